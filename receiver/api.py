@@ -1,0 +1,225 @@
+"""The admin JSON API under /api, behind the admin bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
+from receiver.responses import JSON, error, iso
+from receiver.states import Status
+
+if TYPE_CHECKING:
+    from receiver.runtime import Runtime
+
+log = logging.getLogger("vidhook.api")
+
+Handler = Callable[[Request], Awaitable[Response]]
+MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Vidu takes base64 images up to 20 MB
+
+
+def admin(handler: Handler) -> Handler:
+    async def guarded(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        expected = runtime.config.admin_token.reveal().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            response = error(401, "unauthorized", "send Authorization: Bearer <admin token>")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="vidhook"'
+            return response
+        return await handler(request)
+
+    return guarded
+
+
+def redact_callback_url(url: str | None, token: str | None) -> str | None:
+    if not url or not token:
+        return url
+    return url.replace(token, token[:4] + "…")
+
+
+def render_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    out = {
+        key: job.get(key)
+        for key in (
+            "id", "provider", "provider_job_id", "status", "provider_status", "model",
+            "prompt", "request", "result_url", "cover_url", "error", "credits", "notify",
+            "anomalies", "key_fingerprint",
+        )
+    }  # fmt: skip
+    for key in ("created_at", "updated_at", "finished_at", "last_callback_at", "next_poll_at"):
+        out[key] = iso(job.get(key))
+    out["callback_url"] = redact_callback_url(job.get("callback_url"), job.get("callback_token"))
+    if "transitions" in job:
+        out["transitions"] = [{**t, "at": iso(t["at"])} for t in job["transitions"]]
+        out["deliveries"] = [
+            {
+                **d,
+                **{k: iso(d[k]) for k in ("next_attempt_at", "created_at", "updated_at",
+                                          "delivered_at")},
+            }
+            for d in job["deliveries"]
+        ]  # fmt: skip
+        out["callbacks"] = [
+            {"id": c["id"], "received_at": iso(c["received_at"]),
+             "provider_status": c["provider_status"], "outcome": c["outcome"]}
+            for c in job["callbacks"]
+        ]  # fmt: skip
+    return out
+
+
+async def read_json(request: Request) -> tuple[Any, Response | None]:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        return None, error(415, "unsupported_media_type", "send the request as application/json")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_REQUEST_BYTES:
+            return None, error(
+                413, "body_too_large", f"requests are limited to {MAX_REQUEST_BYTES} bytes"
+            )
+    try:
+        return request.app.state.runtime.json_loads(body), None
+    except ValueError:
+        return None, error(400, "invalid_json", "the request body is not valid JSON")
+
+
+def parse_submission(
+    payload: Any, runtime: Runtime
+) -> tuple[str, SubmitRequest, list[str] | None] | dict[str, str]:
+    """The provider name, the request and the notify list, or the problems by field."""
+    if not isinstance(payload, dict):
+        return {"body": "must be a JSON object"}
+    problems: dict[str, str] = {}
+    known = {"provider", "prompt", "model", "images", "mode", "options", "notify"}
+    for name in payload:
+        if name not in known:
+            problems[name] = f"unknown field; known fields: {', '.join(sorted(known))}"
+    provider = payload.get("provider")
+    if not isinstance(provider, str) or provider not in runtime.providers:
+        choices = ", ".join(sorted(runtime.providers))
+        problems["provider"] = f"required; one of the configured providers: {choices}"
+    for name in ("prompt", "model", "mode"):
+        if payload.get(name) is not None and not isinstance(payload[name], str):
+            problems[name] = "must be a string"
+    images = payload.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+        problems["images"] = "must be a list of image URLs or data: URIs"
+        images = []
+    options = payload.get("options", {})
+    if not isinstance(options, dict):
+        problems["options"] = "must be an object of provider-specific fields"
+        options = {}
+    notify = payload.get("notify")
+    if notify is not None:
+        if not isinstance(notify, list) or not all(isinstance(n, str) for n in notify):
+            problems["notify"] = "must be a list of channel names"
+        elif unknown := [n for n in notify if n not in runtime.config.channels]:
+            problems["notify"] = f"unknown channels: {', '.join(unknown)}"
+    request = SubmitRequest(
+        prompt=payload.get("prompt") if isinstance(payload.get("prompt"), str) else None,
+        model=payload.get("model") if isinstance(payload.get("model"), str) else None,
+        images=tuple(images),
+        mode=payload.get("mode") if isinstance(payload.get("mode"), str) else None,
+        options=options,
+    )
+    if isinstance(provider, str) and "provider" not in problems:
+        try:
+            runtime.providers[provider].validate(request)
+        except InvalidRequest as exc:
+            problems.update(exc.fields)
+    if problems or not isinstance(provider, str):
+        return problems
+    return provider, request, notify
+
+
+@admin
+async def create_job(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    payload, problem = await read_json(request)
+    if problem is not None:
+        return problem
+    parsed = parse_submission(payload, runtime)
+    if isinstance(parsed, dict):
+        return error(422, "invalid_fields", "some fields are invalid", fields=parsed)
+    provider_name, submit, notify = parsed
+    job_id = await runtime.submit(provider_name, submit, notify)
+    job = await runtime.store.job_detail(job_id)
+    assert job is not None
+    if job["status"] == Status.FAILED and job["provider_job_id"] is None:
+        return error(
+            502,
+            "provider_refused",
+            f"{provider_name} refused the job: {job['error']}",
+            job=render_job(job),
+        )
+    return JSON(render_job(job), status_code=201, headers={"Location": f"/api/jobs/{job_id}"})
+
+
+@admin
+async def list_jobs(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    params = request.query_params
+    problems: dict[str, str] = {}
+    status = params.get("status")
+    if status is not None and status not in {s.value for s in Status}:
+        problems["status"] = f"one of {', '.join(s.value for s in Status)}"
+    provider = params.get("provider")
+    limit_text = params.get("limit", "50")
+    limit = int(limit_text) if limit_text.isdigit() else 0
+    if not 1 <= limit <= 500:
+        problems["limit"] = "a whole number from 1 to 500"
+    if problems:
+        return error(422, "invalid_fields", "some query parameters are invalid", fields=problems)
+    jobs = await runtime.store.list_jobs(
+        status=status, provider=provider, before=params.get("cursor"), limit=limit + 1
+    )
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JSON(
+        {
+            "jobs": [render_job(j) for j in jobs],
+            "next_cursor": jobs[-1]["id"] if more else None,
+        }
+    )
+
+
+@admin
+async def get_job(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    job = await runtime.store.job_detail(request.path_params["job_id"])
+    if job is None:
+        return error(404, "unknown_job", "no job has this id")
+    return JSON(render_job(job))
+
+
+@admin
+async def refresh_job(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    job_id = request.path_params["job_id"]
+    job = await runtime.store.get_job(job_id)
+    if job is None:
+        return error(404, "unknown_job", "no job has this id")
+    if job["provider_job_id"] is not None and not Status(job["status"]).terminal:
+        try:
+            await runtime.poller.poll(job, raise_errors=True)
+        except ProviderError as exc:
+            return error(502, "provider_error", str(exc), transient=exc.transient)
+    detail = await runtime.store.job_detail(job_id)
+    assert detail is not None
+    return JSON(render_job(detail))
+
+
+routes = [
+    Route("/jobs", create_job, methods=["POST"]),
+    Route("/jobs", list_jobs, methods=["GET"]),
+    Route("/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
+]

@@ -1,0 +1,121 @@
+"""create_app(config) -> the Starlette application; its lifespan runs the workers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from receiver import api, callbacks
+from receiver.config import Config
+from receiver.responses import JSON, error
+from receiver.runtime import Runtime
+
+log = logging.getLogger("vidhook.http")
+
+
+async def healthz(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    checks = {"workers": runtime.ready, "database": False}
+    if runtime.store.writer.running:
+        try:
+            await runtime.store.ping()
+            checks["database"] = True
+        except Exception as exc:
+            log.error("readiness: database not writable: %s", exc)
+    ok = all(checks.values())
+    return JSON({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return error(404, "not_found", "no such endpoint")
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error(405, "method_not_allowed", f"{request.method} is not allowed here")
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    return error(500, "internal_error", "vidhook failed to handle this request; see its log")
+
+
+class AccessLog:
+    """One line per request, with callback tokens cut out of the path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record(message: dict[str, object]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])  # type: ignore[call-overload]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)  # type: ignore[arg-type]
+        finally:
+            log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                redact_path(scope["path"]),
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def redact_path(path: str) -> str:
+    parts = path.split("/")
+    # /callbacks/{provider}/{token}: the token is a per-job secret.
+    if len(parts) >= 4 and parts[1] == "callbacks":
+        parts[3] = "***"
+    return "/".join(parts)
+
+
+def create_app(
+    config: Config,
+    *,
+    clock: Callable[[], float] = time.time,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    runtime = Runtime(config, clock=clock, transport=transport)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
+            Mount("/api", routes=api.routes),
+        ],
+        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.add_middleware(AccessLog)
+    return app

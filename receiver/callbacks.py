@@ -1,0 +1,139 @@
+"""POST /callbacks/{provider}/{token}: provider callbacks, verified before they count.
+
+A callback is answered 2xx only after it is on disk. A callback that would end a job is
+not trusted on its own (Vidu signs the headers, not the body): it is stored and the job
+is scheduled for a confirming status fetch, which the poller performs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+import signing
+from receiver.providers.base import JobRef
+from receiver.responses import JSON, error
+
+if TYPE_CHECKING:
+    from receiver.runtime import Runtime
+
+log = logging.getLogger("vidhook.callbacks")
+
+# Never stored: they prove nothing once verified, and some are credentials.
+_UNSTORED_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-hmac-signature", "x-api-key"}
+)
+# What makes two requests byte-identical for replay purposes, besides the body.
+_DIGEST_HEADERS = ("date", "x-request-nonce", "x-hmac-signed-headers", "x-hmac-signature")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def is_json_media(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def request_digest(body: bytes, headers: Any) -> str:
+    h = hashlib.sha256(body)
+    for name in _DIGEST_HEADERS:
+        h.update(
+            b"\n" + name.encode() + b":" + (headers.get(name) or "").encode("utf-8", "replace")
+        )
+    return h.hexdigest()
+
+
+async def receive(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    provider_name = request.path_params["provider"]
+    token = request.path_params["token"]
+    provider = runtime.providers.get(provider_name)
+    if provider is None or not provider.supports_callbacks:
+        return error(
+            404, "unknown_provider", f"no provider named {provider_name!r} takes callbacks"
+        )
+    limit = runtime.config.callbacks.max_body_bytes
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
+        runtime.count_callback(provider_name, "too_large")
+        return error(413, "body_too_large", f"callback bodies are limited to {limit} bytes")
+    except ClientDisconnect:
+        return Response(status_code=400)
+    if not is_json_media(request.headers.get("content-type")):
+        runtime.count_callback(provider_name, "wrong_content_type")
+        return error(415, "unsupported_media_type", "send the callback as application/json")
+
+    job = await runtime.store.job_by_token(provider_name, token)
+    if job is None:
+        runtime.count_callback(provider_name, "unknown_token")
+        return error(404, "unknown_token", "no job has this callback URL")
+    ref = JobRef(job["id"], job["provider_job_id"], job["key_fingerprint"], job["callback_url"])
+    try:
+        nonce, _date = provider.verify_callback(
+            ref, request.headers, tolerance=runtime.config.callbacks.date_tolerance
+        )
+    except signing.SignatureError as exc:
+        runtime.count_callback(provider_name, "bad_signature", reason=exc.reason)
+        log.warning("callback for job %s refused: %s (%s)", job["id"], exc.reason, exc.message)
+        return error(401, "invalid_signature", exc.message, reason=exc.reason)
+
+    try:
+        text = body.decode("utf-8")
+        payload = runtime.json_loads(text)
+    except (UnicodeDecodeError, ValueError):
+        runtime.count_callback(provider_name, "invalid_json")
+        return error(400, "invalid_json", "the callback body is not valid UTF-8 JSON")
+    if not isinstance(payload, dict):
+        runtime.count_callback(provider_name, "invalid_json")
+        return error(400, "invalid_json", "the callback body must be a JSON object")
+
+    obs = provider.parse_callback(payload)
+    confirm = provider.needs_confirmation(obs)
+    outcome = await runtime.store.record_callback(
+        job_id=job["id"],
+        provider=provider_name,
+        nonce=nonce,
+        digest=request_digest(body, request.headers),
+        nonce_expires_at=runtime.store.clock() + 2 * runtime.config.callbacks.date_tolerance + 60,
+        headers={k: v for k, v in request.headers.items() if k not in _UNSTORED_HEADERS},
+        body=text,
+        obs=obs,
+        confirm=confirm,
+    )
+    runtime.count_callback(provider_name, outcome)
+    if outcome == "replayed":
+        log.warning("callback for job %s refused: nonce replayed with another request", job["id"])
+        return error(409, "replayed_nonce", "this nonce was already used by a different request")
+    if outcome == "accepted" and confirm:
+        runtime.poller.wake()
+    log.info(
+        "callback for job %s: %s (%s)%s",
+        job["id"],
+        obs.provider_status,
+        outcome,
+        ", confirming" if confirm and outcome == "accepted" else "",
+    )
+    return JSON({"ok": True, "duplicate": outcome == "duplicate"})

@@ -1,0 +1,215 @@
+"""The `vidhook` command line. `python -m receiver` is the same."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from receiver.config import ConfigError, config_path, load_config
+from receiver.timeline import format_job, format_timeline
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("completed", "failed")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # httpx logs full request URLs at INFO, and URLs can carry secrets.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.app import create_app
+
+    try:
+        config = load_config(config_path(args.config))
+    except ConfigError as exc:
+        print("vidhook: the configuration has problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level)
+    uvicorn.run(
+        create_app(config),
+        host=args.host or config.server.host,
+        port=args.port if args.port is not None else config.server.port,
+        access_log=False,
+        log_level=args.log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from receiver.demo import run_demo
+
+    return run_demo(timeout=args.timeout)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.sandbox import create_sandbox_app
+
+    setup_logging("info")
+    print(f"sandbox providers on http://{args.host}:{args.port} (Vidu at /vidu)")
+    uvicorn.run(create_sandbox_app(), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+class Client:
+    """The admin API of a running vidhook, for the commands that talk to it."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        token = os.environ.get(args.token_env, "")
+        if not token:
+            raise SystemExit(f"vidhook: set {args.token_env} to the service's admin token")
+        self.http = httpx.Client(
+            base_url=args.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=120,
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise SystemExit(
+                f"vidhook: cannot reach {self.http.base_url} ({exc.__class__.__name__}); "
+                "is `vidhook serve` running? (--url or VIDHOOK_URL)"
+            ) from None
+        body = response.json() if response.content else {}
+        if response.status_code >= 400:
+            err = body.get("error", {}) if isinstance(body, dict) else {}
+            lines = [f"vidhook: {err.get('message', response.reason_phrase)}"]
+            lines += [f"  {k}: {v}" for k, v in err.get("fields", {}).items()]
+            raise SystemExit("\n".join(lines))
+        return body
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = Client(args)
+    payload: dict[str, Any] = {"provider": args.provider, "prompt": args.prompt}
+    if args.model:
+        payload["model"] = args.model
+    if args.image:
+        payload["images"] = args.image
+    job = client.call("POST", "/api/jobs", json=payload)
+    print(f"{job['id']} {job['status']}")
+    if not args.wait:
+        return 0
+    shown = 0
+    while True:
+        job = client.call("GET", f"/api/jobs/{job['id']}")
+        lines = format_timeline(job)
+        for line in lines[shown:]:
+            print(line)
+        shown = len(lines)
+        if job["status"] in TERMINAL:
+            break
+        time.sleep(1)
+    if job["status"] == "completed":
+        print(f"result: {job['result_url']}")
+        return 0
+    print(f"failed: {job['error']}")
+    return 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    client = Client(args)
+    params = {k: v for k, v in (("status", args.status), ("provider", args.provider)) if v}
+    page = client.call("GET", "/api/jobs", params=params)
+    for job in page["jobs"]:
+        prompt = (job.get("prompt") or "").replace("\n", " ")
+        print(f"{job['id']}  {job['provider']:<10} {job['status']:<10} ", end="")
+        print(f"{job['created_at']}  {prompt[:50]}")
+    if not page["jobs"]:
+        print("no jobs")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    client = Client(args)
+    job = client.call("GET", f"/api/jobs/{args.job_id}")
+    for line in format_job(job):
+        print(line)
+    return 0
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("VIDHOOK_URL", DEFAULT_URL),
+        help=f"the running service (default: $VIDHOOK_URL or {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--token-env",
+        default="VIDHOOK_ADMIN_TOKEN",
+        help="environment variable holding the admin token (default: VIDHOOK_ADMIN_TOKEN)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidhook", description="Self-hosted companion for AI video-generation APIs."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--config", help="path to vidhook.toml (default: $VIDHOOK_CONFIG)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.set_defaults(func=cmd_serve)
+
+    demo = commands.add_parser("demo", help="run everything on loopback with sample jobs")
+    demo.add_argument("--timeout", type=float, default=60.0)
+    demo.set_defaults(func=cmd_demo)
+
+    sandbox = commands.add_parser("sandbox", help="run the fake providers alone")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8800)
+    sandbox.set_defaults(func=cmd_sandbox)
+
+    submit = commands.add_parser("submit", help="submit a job to a running service")
+    submit.add_argument("provider")
+    submit.add_argument("--prompt", required=True)
+    submit.add_argument("--model")
+    submit.add_argument("--image", action="append", help="image URL; repeat for several")
+    submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    add_client_options(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    jobs = commands.add_parser("jobs", help="list jobs")
+    jobs.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
+    jobs.add_argument("--provider")
+    add_client_options(jobs)
+    jobs.set_defaults(func=cmd_jobs)
+
+    show = commands.add_parser("show", help="show one job with its timeline")
+    show.add_argument("job_id")
+    add_client_options(show)
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""Load and validate vidhook.toml plus the environment into frozen dataclasses.
+
+Secrets never sit in the file: every secret is named by a key ending in ``_env`` whose
+value is the name of an environment variable. A problem is reported with the file, the
+key and what to do about it, and all problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from receiver.states import Status
+
+CONFIG_ENV = "VIDHOOK_CONFIG"
+DEFAULT_CONFIG_PATH = "vidhook.toml"
+
+PROVIDER_TYPES: dict[str, dict[str, Any]] = {
+    "vidu": {
+        "base_url": "https://api.vidu.com",
+        "auth_scheme": "Token",
+        "default_model": "viduq2",
+        "callbacks": True,
+    },
+}
+CHANNEL_TYPES = ("slack", "email", "webhook", "console")
+AUTH_SCHEMES = ("Token", "Bearer")
+# Keys that would put a secret straight into the file; each has an *_env twin.
+_SECRET_WORDS = ("key", "token", "secret", "password", "webhook_url")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A secret value that does not show itself in reprs, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable, non-reversible name for the secret, safe to store."""
+        return "sha256:" + hashlib.sha256(self._value.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class CallbackConfig:
+    max_body_bytes: int = 1024 * 1024
+    date_tolerance: float = 300.0
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    type: str
+    base_url: str
+    api_key: Secret
+    previous_api_keys: tuple[Secret, ...] = ()
+    auth_scheme: str = "Token"
+    default_model: str | None = None
+    timeout: float = 30.0
+    poll_interval: float = 10.0
+    reconcile_after: float = 600.0
+
+    @property
+    def keys(self) -> tuple[Secret, ...]:
+        return (self.api_key, *self.previous_api_keys)
+
+    def key_for(self, fingerprint: str | None) -> Secret | None:
+        """The key with this fingerprint, current or previous; None if it is gone."""
+        for key in self.keys:
+            if key.fingerprint == fingerprint:
+                return key
+        return None
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    type: str
+    events: frozenset[Status]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    secrets: Mapping[str, Secret] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    public_url: str
+    database: Path
+    admin_token: Secret
+    providers: Mapping[str, ProviderConfig]
+    channels: Mapping[str, ChannelConfig] = field(default_factory=dict)
+    default_channels: tuple[str, ...] = ()
+    server: ServerConfig = field(default_factory=ServerConfig)
+    callbacks: CallbackConfig = field(default_factory=CallbackConfig)
+    source: str = "<memory>"
+
+    def callback_url(self, provider: str, token: str) -> str:
+        return f"{self.public_url}/callbacks/{provider}/{token}"
+
+    def channels_for(self, status: Status, notify: list[str] | None) -> list[str]:
+        names = self.default_channels if notify is None else notify
+        return [n for n in names if n in self.channels and status in self.channels[n].events]
+
+
+def config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(explicit or env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{path}: file not found; copy vidhook.example.toml there or pass --config PATH"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.__class__.__name__})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_config(data, env, source=str(path), base_dir=path.parent)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    *,
+    source: str = "<memory>",
+    base_dir: Path | None = None,
+) -> Config:
+    reader = _Reader(source, os.environ if env is None else env)
+    config = reader.read(data, base_dir or Path.cwd())
+    if reader.problems or config is None:
+        raise ConfigError(reader.problems)
+    return config
+
+
+class _Reader:
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        self.problems: list[str] = []
+
+    def problem(self, key: str, what: str) -> None:
+        self.problems.append(f"{self.source}: {key}: {what}")
+
+    def read(self, data: Mapping[str, Any], base_dir: Path) -> Config | None:
+        known = {
+            "public_url", "database", "admin_token_env", "default_channels",
+            "providers", "channels", "server", "callbacks",
+        }  # fmt: skip
+        self.unknown_keys(data, known, "")
+        public_url = self.public_url(self.env.get("VIDHOOK_PUBLIC_URL") or data.get("public_url"))
+        database = self.typed(data, "database", str, "vidhook.db", "")
+        database = self.env.get("VIDHOOK_DATABASE") or database
+        admin_token = self.secret(data, "admin_token_env", "", default="VIDHOOK_ADMIN_TOKEN")
+        providers = {
+            name: p
+            for name, section in self.tables(data, "providers").items()
+            if (p := self.provider(name, section)) is not None
+        }
+        if not providers:
+            self.problem("providers", "no provider configured; add a [providers.vidu] table")
+        channel_sections = self.tables(data, "channels")
+        channels = {
+            name: c
+            for name, section in channel_sections.items()
+            if (c := self.channel(name, section)) is not None
+        }
+        default_channels = self.string_list(data, "default_channels", "")
+        for name in default_channels:
+            if name not in channel_sections:
+                self.problem("default_channels", f"names {name!r}; add a [channels.{name}] table")
+        server = self.server(data.get("server", {}))
+        callbacks = self.callbacks(data.get("callbacks", {}))
+        if public_url is None or admin_token is None or self.problems:
+            return None
+        db_path = Path(database)
+        return Config(
+            public_url=public_url,
+            database=db_path if db_path.is_absolute() else base_dir / db_path,
+            admin_token=admin_token,
+            providers=providers,
+            channels=channels,
+            default_channels=tuple(default_channels),
+            server=server,
+            callbacks=callbacks,
+            source=self.source,
+        )
+
+    def public_url(self, value: Any) -> str | None:
+        if value is None:
+            self.problem(
+                "public_url", "missing; set it to the https URL providers use to reach vidhook"
+            )
+            return None
+        parts = urlsplit(value) if isinstance(value, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            self.problem(
+                "public_url", "must be an absolute http(s) URL such as https://hooks.example.com"
+            )
+            return None
+        if parts.query or parts.fragment:
+            self.problem("public_url", "must not carry a query or a fragment")
+            return None
+        return str(value).rstrip("/")
+
+    def provider(self, name: str, section: Mapping[str, Any]) -> ProviderConfig | None:
+        key = f"providers.{name}"
+        kind = self.typed(section, "type", str, name, key)
+        defaults = PROVIDER_TYPES.get(kind)
+        if defaults is None:
+            choices = ", ".join(PROVIDER_TYPES)
+            self.problem(f"{key}.type", f"unknown provider type {kind!r}; choose one of {choices}")
+            return None
+        known = {
+            "type", "base_url", "api_key_env", "previous_api_key_envs", "auth_scheme",
+            "default_model", "timeout", "poll_interval", "reconcile_after",
+        }  # fmt: skip
+        self.unknown_keys(section, known, key)
+        base_url = self.typed(section, "base_url", str, defaults["base_url"], key).rstrip("/")
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            self.problem(f"{key}.base_url", "must be an http(s) URL")
+        scheme = self.typed(section, "auth_scheme", str, defaults["auth_scheme"], key)
+        if scheme not in AUTH_SCHEMES:
+            self.problem(f"{key}.auth_scheme", f"must be one of {', '.join(AUTH_SCHEMES)}")
+        api_key = self.secret(section, "api_key_env", key)
+        previous = tuple(
+            s
+            for i, var in enumerate(self.string_list(section, "previous_api_key_envs", key))
+            if (s := self.env_secret(f"{key}.previous_api_key_envs[{i}]", var)) is not None
+        )
+        numbers = {
+            n: self.seconds(section, n, default, key)
+            for n, default in (
+                ("timeout", 30.0),
+                ("poll_interval", 10.0),
+                ("reconcile_after", 600.0),
+            )
+        }
+        if api_key is None:
+            return None
+        return ProviderConfig(
+            name=name,
+            type=kind,
+            base_url=base_url,
+            api_key=api_key,
+            previous_api_keys=previous,
+            auth_scheme=scheme,
+            default_model=self.typed(section, "default_model", str, defaults["default_model"], key),
+            **numbers,
+        )
+
+    def channel(self, name: str, section: Mapping[str, Any]) -> ChannelConfig | None:
+        key = f"channels.{name}"
+        kind = self.typed(section, "type", str, "", key)
+        if kind not in CHANNEL_TYPES:
+            self.problem(f"{key}.type", f"must be one of {', '.join(CHANNEL_TYPES)}")
+            return None
+        events: set[Status] = set()
+        for event in self.string_list(section, "events", key, ["completed", "failed"]):
+            try:
+                events.add(Status(event))
+            except ValueError:
+                allowed = ", ".join(s.value for s in Status)
+                self.problem(f"{key}.events", f"unknown event {event!r}; use {allowed}")
+        options: dict[str, Any] = {}
+        secrets: dict[str, Secret] = {}
+        for option, value in section.items():
+            if option in ("type", "events"):
+                continue
+            if option.endswith("_env"):
+                secret = self.secret(section, option, key)
+                if secret is not None:
+                    secrets[option.removesuffix("_env")] = secret
+            elif any(word in option for word in _SECRET_WORDS):
+                self.problem(
+                    f"{key}.{option}",
+                    f"secrets do not go in the file; put it in an environment variable "
+                    f"and name that variable with {option}_env",
+                )
+            else:
+                options[option] = value
+        return ChannelConfig(name, kind, frozenset(events), options, secrets)
+
+    def server(self, section: Any) -> ServerConfig:
+        if not isinstance(section, Mapping):
+            self.problem("server", "must be a table")
+            return ServerConfig()
+        self.unknown_keys(section, {"host", "port"}, "server")
+        port = self.typed(section, "port", int, 8000, "server")
+        if not 0 <= port <= 65535:
+            self.problem("server.port", "must be between 0 and 65535")
+        return ServerConfig(host=self.typed(section, "host", str, "127.0.0.1", "server"), port=port)
+
+    def callbacks(self, section: Any) -> CallbackConfig:
+        if not isinstance(section, Mapping):
+            self.problem("callbacks", "must be a table")
+            return CallbackConfig()
+        self.unknown_keys(section, {"max_body_bytes", "date_tolerance"}, "callbacks")
+        return CallbackConfig(
+            max_body_bytes=self.typed(section, "max_body_bytes", int, 1024 * 1024, "callbacks"),
+            date_tolerance=self.seconds(section, "date_tolerance", 300.0, "callbacks"),
+        )
+
+    # -- typed accessors: each reports its own problem and returns a usable default --
+
+    def typed(
+        self, section: Mapping[str, Any], name: str, kind: type, default: Any, prefix: str
+    ) -> Any:
+        value = section.get(name, default)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.problem(
+                _join(prefix, name), f"must be a {kind.__name__}, got {type(value).__name__}"
+            )
+            return default
+        return value
+
+    def seconds(self, section: Mapping[str, Any], name: str, default: float, prefix: str) -> float:
+        value = section.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            self.problem(_join(prefix, name), "must be a positive number of seconds")
+            return default
+        return float(value)
+
+    def string_list(
+        self, section: Mapping[str, Any], name: str, prefix: str, default: list[str] | None = None
+    ) -> list[str]:
+        value = section.get(name, default or [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(_join(prefix, name), 'must be a list of strings, such as ["a", "b"]')
+            return []
+        return value
+
+    def tables(self, data: Mapping[str, Any], name: str) -> dict[str, Mapping[str, Any]]:
+        value = data.get(name, {})
+        if not isinstance(value, Mapping) or not all(
+            isinstance(v, Mapping) for v in value.values()
+        ):
+            self.problem(name, f"must hold tables such as [{name}.NAME]")
+            return {}
+        return dict(value)
+
+    def secret(
+        self, section: Mapping[str, Any], name: str, prefix: str, default: str | None = None
+    ) -> Secret | None:
+        key = _join(prefix, name)
+        var = section.get(name, default)
+        if var is None:
+            self.problem(key, "missing; name the environment variable that holds the secret")
+            return None
+        if not isinstance(var, str) or not var:
+            self.problem(key, "must be the name of an environment variable")
+            return None
+        return self.env_secret(key, var)
+
+    def env_secret(self, key: str, var: str) -> Secret | None:
+        value = self.env.get(var, "")
+        if not value:
+            self.problem(key, f"environment variable {var} is not set; export it before starting")
+            return None
+        return Secret(value)
+
+    def unknown_keys(self, section: Mapping[str, Any], known: set[str], prefix: str) -> None:
+        for name in section:
+            if name in known:
+                continue
+            if name.removesuffix("_env") != name or not any(w in name for w in _SECRET_WORDS):
+                self.problem(
+                    _join(prefix, name), f"unknown key; known keys: {', '.join(sorted(known))}"
+                )
+            else:
+                self.problem(
+                    _join(prefix, name),
+                    f"secrets do not go in the file; put it in an environment variable "
+                    f"and name that variable with {name}_env",
+                )
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

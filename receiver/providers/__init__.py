@@ -1,0 +1,15 @@
+"""Provider adapters, one module each, chosen by the configured provider type."""
+
+from __future__ import annotations
+
+import httpx
+
+from receiver.config import ProviderConfig
+from receiver.providers.base import Provider
+from receiver.providers.vidu import Vidu
+
+ADAPTERS: dict[str, type[Provider]] = {"vidu": Vidu}
+
+
+def build(config: ProviderConfig, client: httpx.AsyncClient) -> Provider:
+    return ADAPTERS[config.type](config, client)

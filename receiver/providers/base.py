@@ -1,0 +1,232 @@
+"""What every provider adapter does, and the values it exchanges with the rest of vidhook."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from receiver.config import ProviderConfig, Secret
+from receiver.states import Status
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One thing a provider told us about a job, in normalized form.
+
+    ``known`` is False when the provider's status word was not recognized: the raw word
+    is kept in ``provider_status`` and the job is treated as queued.
+    """
+
+    status: Status
+    provider_status: str | None = None
+    result_url: str | None = None
+    cover_url: str | None = None
+    error: str | None = None
+    credits: float | None = None
+    raw: Mapping[str, Any] | None = None
+    provider_job_id: str | None = None
+    known: bool = True
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    prompt: str | None
+    model: str | None = None
+    images: Sequence[str] = ()
+    # Forces a provider-specific mode (for Vidu: which endpoint) instead of inferring it.
+    mode: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Submission:
+    provider_job_id: str
+    observation: Observation
+    key_fingerprint: str
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """The parts of a stored job an adapter needs to ask about it."""
+
+    id: str
+    provider_job_id: str | None
+    key_fingerprint: str | None
+    callback_url: str | None = None
+
+
+class ProviderError(Exception):
+    """A provider refused or could not be reached.
+
+    ``transient`` says whether asking again later may succeed (network, timeout, 429,
+    5xx) or not (400, 401, 403, 404). ``retry_after`` is the provider's own hint.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        transient: bool,
+        status_code: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.message = message
+        self.transient = transient
+        self.status_code = status_code
+        self.code = code
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        parts = [f"{self.provider}"]
+        if self.status_code is not None:
+            parts.append(f"HTTP {self.status_code}")
+        if self.code:
+            parts.append(self.code)
+        return f"{' '.join(parts)}: {self.message}"
+
+
+class InvalidRequest(ValueError):
+    """A submission that the adapter can tell is wrong before sending it."""
+
+    def __init__(self, fields: Mapping[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
+        self.fields = dict(fields)
+
+
+class Provider(ABC):
+    name: str
+    supports_callbacks: bool = False
+
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        self.config = config
+        self.name = config.name
+        self.client = client
+
+    def key_for(self, job: JobRef) -> Secret:
+        """The key that created the job if it is still configured, else the current one."""
+        return self.config.key_for(job.key_fingerprint) or self.config.api_key
+
+    @abstractmethod
+    def validate(self, request: SubmitRequest) -> None:
+        """Raise InvalidRequest naming each bad field."""
+
+    @abstractmethod
+    async def submit(self, request: SubmitRequest, callback_url: str | None) -> Submission: ...
+
+    @abstractmethod
+    async def fetch(self, job: JobRef) -> Observation: ...
+
+    def verify_callback(
+        self, job: JobRef, headers: Mapping[str, str], *, tolerance: float
+    ) -> tuple[str, str]:
+        """Check a callback's signature; return (nonce, date header). Raises SignatureError."""
+        raise NotImplementedError(f"{self.name} does not send callbacks")
+
+    def parse_callback(self, payload: Mapping[str, Any]) -> Observation:
+        raise NotImplementedError(f"{self.name} does not send callbacks")
+
+    def needs_confirmation(self, observation: Observation) -> bool:
+        """Whether a callback must be confirmed by fetching the status before it applies."""
+        return observation.status.terminal
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def is_transient_status(status_code: int) -> bool:
+    return status_code in (408, 425, 429) or status_code >= 500
+
+
+class HTTPProvider(Provider):
+    """A provider reached over JSON HTTP; maps every failure onto ProviderError."""
+
+    def auth_headers(self, key: Secret) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key.reveal()}"}
+
+    def error_details(self, response: httpx.Response) -> tuple[str | None, str]:
+        """The provider's own error code and message from an error response."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, Mapping):
+            code = body.get("code") or body.get("reason") or body.get("error")
+            message = body.get("message") or body.get("msg") or body.get("reason")
+            if message:
+                return (str(code) if code else None), str(message)[:500]
+        return None, f"HTTP {response.status_code} {response.reason_phrase}".strip()
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: Secret,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        url = f"{self.config.base_url}{path}"
+        try:
+            response = await self.client.request(
+                method,
+                url,
+                json=json,
+                params=params,
+                headers=self.auth_headers(key),
+                timeout=timeout or self.config.timeout,
+                **kwargs,
+            )
+        except httpx.TimeoutException:
+            raise ProviderError(
+                self.name, "timed out waiting for the provider", transient=True
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ProviderError(
+                self.name,
+                f"could not reach the provider ({exc.__class__.__name__})",
+                transient=True,
+            ) from None
+        if response.status_code >= 400:
+            code, message = self.error_details(response)
+            raise ProviderError(
+                self.name,
+                message,
+                transient=is_transient_status(response.status_code),
+                status_code=response.status_code,
+                code=code,
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise ProviderError(
+                self.name,
+                "the provider answered with something that is not JSON",
+                transient=True,
+                status_code=response.status_code,
+            ) from None

@@ -1,0 +1,154 @@
+"""Vidu (api.vidu.com, api.vidu.cn, and proxies such as kkiai that serve the same paths)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import signing
+from receiver.config import Secret
+from receiver.providers.base import (
+    HTTPProvider,
+    InvalidRequest,
+    JobRef,
+    Observation,
+    ProviderError,
+    Submission,
+    SubmitRequest,
+)
+from receiver.states import Status
+from signing import vidu as vidu_signing
+
+# endpoint -> (fewest images, most images, prompt required)
+ENDPOINTS: dict[str, tuple[int, int, bool]] = {
+    "text2video": (0, 0, True),
+    "img2video": (1, 1, False),
+    "start-end2video": (2, 2, False),
+    "reference2video": (1, 7, True),
+}
+STATES = {
+    "created": Status.QUEUED,
+    "queueing": Status.QUEUED,
+    "processing": Status.PROCESSING,
+    "success": Status.COMPLETED,
+    "failed": Status.FAILED,
+}
+MAX_PROMPT = 2000
+# Fields vidhook itself sets; an option may not override them.
+RESERVED = frozenset({"model", "prompt", "images", "callback_url"})
+
+
+def endpoint_for(request: SubmitRequest) -> str:
+    if request.mode:
+        return request.mode
+    count = len(request.images)
+    if count == 0:
+        return "text2video"
+    if count == 1:
+        return "img2video"
+    if count == 2:
+        return "start-end2video"
+    return "reference2video"
+
+
+def observation(body: Mapping[str, Any]) -> Observation:
+    """An observation from a status body or a callback body (same shape)."""
+    raw_state = body.get("state", body.get("status"))
+    state = str(raw_state) if raw_state is not None else None
+    status = STATES.get(state or "")
+    creations = body.get("creations")
+    first = creations[0] if isinstance(creations, list) and creations else {}
+    first = first if isinstance(first, Mapping) else {}
+    credits = body.get("credits")
+    err_code = body.get("err_code") or None
+    task_id = body.get("id", body.get("task_id"))
+    return Observation(
+        status=status or Status.QUEUED,
+        provider_status=state,
+        result_url=_text(first.get("url")),
+        cover_url=_text(first.get("cover_url")),
+        error=str(err_code) if status is Status.FAILED and err_code else None,
+        credits=float(credits) if isinstance(credits, int | float) else None,
+        raw=body,
+        provider_job_id=str(task_id) if task_id is not None else None,
+        known=status is not None,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class Vidu(HTTPProvider):
+    supports_callbacks = True
+
+    def auth_headers(self, key: Secret) -> dict[str, str]:
+        return {"Authorization": f"{self.config.auth_scheme} {key.reveal()}"}
+
+    def validate(self, request: SubmitRequest) -> None:
+        problems: dict[str, str] = {}
+        endpoint = endpoint_for(request)
+        if endpoint not in ENDPOINTS:
+            problems["mode"] = f"must be one of {', '.join(ENDPOINTS)}"
+        else:
+            fewest, most, needs_prompt = ENDPOINTS[endpoint]
+            count = len(request.images)
+            if not fewest <= count <= most:
+                wanted = str(fewest) if fewest == most else f"{fewest} to {most}"
+                problems["images"] = f"{endpoint} takes {wanted} images, got {count}"
+            if needs_prompt and not request.prompt:
+                problems["prompt"] = f"required for {endpoint}"
+        if request.prompt and len(request.prompt) > MAX_PROMPT:
+            problems["prompt"] = f"at most {MAX_PROMPT} characters, got {len(request.prompt)}"
+        for name in request.options:
+            if name in RESERVED:
+                problems[f"options.{name}"] = "is set by vidhook; use the top-level field"
+        if problems:
+            raise InvalidRequest(problems)
+
+    async def submit(self, request: SubmitRequest, callback_url: str | None) -> Submission:
+        self.validate(request)
+        body: dict[str, Any] = dict(request.options)
+        body["model"] = request.model or self.config.default_model
+        if request.prompt:
+            body["prompt"] = request.prompt
+        if request.images:
+            body["images"] = list(request.images)
+        if callback_url:
+            body["callback_url"] = callback_url
+        key = self.config.api_key
+        data = await self.request_json(
+            "POST", f"/ent/v2/{endpoint_for(request)}", key=key, json=body
+        )
+        task_id = data.get("task_id") if isinstance(data, Mapping) else None
+        if not task_id:
+            raise ProviderError(self.name, "the submit response has no task_id", transient=False)
+        return Submission(str(task_id), observation(data), key.fingerprint)
+
+    async def fetch(self, job: JobRef) -> Observation:
+        if not job.provider_job_id:
+            raise ProviderError(self.name, "the job has no provider task id", transient=False)
+        data = await self.request_json(
+            "GET", f"/ent/v2/tasks/{job.provider_job_id}/creations", key=self.key_for(job)
+        )
+        if not isinstance(data, Mapping):
+            raise ProviderError(self.name, "the status response is not an object", transient=True)
+        return observation(data)
+
+    def verify_callback(
+        self, job: JobRef, headers: Mapping[str, str], *, tolerance: float
+    ) -> tuple[str, str]:
+        key = self.config.key_for(job.key_fingerprint)
+        if key is None or not job.callback_url:
+            raise signing.SignatureError(
+                "bad_signature",
+                "the API key that created this job is no longer configured; "
+                "list it in previous_api_key_envs",
+            )
+        verified = vidu_signing.verify(
+            key.reveal(), "POST", job.callback_url, headers, tolerance=tolerance
+        )
+        return verified.nonce, headers.get("date", "")
+
+    def parse_callback(self, payload: Mapping[str, Any]) -> Observation:
+        return observation(payload)

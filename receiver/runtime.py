@@ -1,0 +1,122 @@
+"""The running service's parts, wired together: store, provider adapters, poller."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from receiver import providers as adapters
+from receiver.config import Config
+from receiver.poller import Poller
+from receiver.providers.base import Observation, Provider, ProviderError, SubmitRequest
+from receiver.states import Status
+from receiver.store import NewJob, Store
+
+log = logging.getLogger("vidhook")
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_job_id() -> str:
+    """Time-ordered ids (48-bit milliseconds + 80 random bits): newest first is id order."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "job_" + "".join(reversed(chars))
+
+
+def new_callback_token() -> str:
+    return secrets.token_urlsafe(24)  # 192 bits
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.store = Store(config.database, route=config.channels_for, clock=clock)
+        self.client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        self.providers: dict[str, Provider] = {
+            name: adapters.build(p, self.client) for name, p in config.providers.items()
+        }
+        self.poller = Poller(self.store, self.providers)
+        self.json_loads: Callable[[str | bytes], Any] = json.loads
+        self.counters: Counter[tuple[str, ...]] = Counter()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.open)
+        self.poller.start()
+        log.info(
+            "vidhook ready: database %s, providers %s",
+            self.config.database,
+            ", ".join(self.providers),
+        )
+
+    async def stop(self) -> None:
+        await self.poller.stop()
+        await self.client.aclose()
+        await asyncio.to_thread(self.store.close)
+
+    @property
+    def ready(self) -> bool:
+        return self.store.writer.running and self.poller.running
+
+    def count_callback(self, provider: str, outcome: str, reason: str | None = None) -> None:
+        self.counters["callbacks", provider, outcome, reason or ""] += 1
+
+    async def submit(
+        self, provider_name: str, request: SubmitRequest, notify: list[str] | None
+    ) -> str:
+        """Record the job, then submit it; the job is stored whatever the provider says."""
+        provider = self.providers[provider_name]
+        job_id = new_job_id()
+        token = new_callback_token() if provider.supports_callbacks else None
+        callback_url = self.config.callback_url(provider_name, token) if token else None
+        await self.store.insert_job(
+            NewJob(
+                id=job_id,
+                provider=provider_name,
+                model=request.model or provider.config.default_model,
+                prompt=request.prompt,
+                request={
+                    "images": list(request.images),
+                    "mode": request.mode,
+                    "options": dict(request.options),
+                },
+                callback_token=token,
+                callback_url=callback_url,
+                notify=notify,
+            )
+        )
+        try:
+            submission = await provider.submit(request, callback_url)
+        except ProviderError as exc:
+            log.warning("job %s: %s refused the submission: %s", job_id, provider_name, exc)
+            failed = Observation(status=Status.FAILED, error=str(exc))
+            await self.store.apply(job_id, failed, "submit", {"error": str(exc)})
+            return job_id
+        # Webhook providers are still polled if their callback is late (reconciliation).
+        delay = (
+            provider.config.reconcile_after
+            if provider.supports_callbacks
+            else provider.config.poll_interval
+        )
+        await self.store.record_submission(
+            job_id, submission, next_poll_at=self.store.clock() + delay
+        )
+        log.info("job %s submitted to %s as %s", job_id, provider_name, submission.provider_job_id)
+        return job_id

@@ -1,0 +1,169 @@
+"""The only part of vidhook that speaks SQL.
+
+Writes go through one writer thread (group commit, see ``writer``); reads run on a small
+pool of reader connections. The event loop never waits on SQLite directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlite_utils import Database
+
+from receiver.providers.base import Observation, Submission
+from receiver.store import jobs, queries
+from receiver.store.jobs import Applied, CallbackOutcome, JobNotFound, NewJob, Route
+from receiver.store.schema import migrations
+from receiver.store.writer import Writer, connect
+
+__all__ = ["Applied", "CallbackOutcome", "JobNotFound", "NewJob", "Store", "migrate"]
+
+T = TypeVar("T")
+
+
+def migrate(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    try:
+        migrations.apply(Database(conn))
+    finally:
+        conn.close()
+
+
+class Store:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        route: Route,
+        synchronous: str = "FULL",
+        readers: int = 4,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.route = route
+        self.clock = clock
+        self.writer = Writer(path, synchronous)
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="vidhook-reader")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> Store:
+        migrate(self.path)
+        self.writer.start()
+        return self
+
+    def close(self) -> None:
+        self.writer.stop()
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    # -- plumbing --
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+            with self._lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    def _read_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return fn(self._reader(), *args, **kwargs)
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._readers, partial(self._read_sync, fn, *args, **kwargs)
+        )
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.writer.run(fn)
+
+    async def _op(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def run(conn: sqlite3.Connection) -> T:
+            return fn(conn, *args, now=self.clock(), route=self.route, **kwargs)
+
+        return await self.writer.run(run)
+
+    # -- writes --
+
+    async def insert_job(self, job: NewJob) -> None:
+        await self._op(jobs.insert_job, job)
+
+    async def apply(
+        self,
+        job_id: str,
+        obs: Observation,
+        source: str,
+        detail: Mapping[str, Any] | None = None,
+    ) -> Applied:
+        return await self._op(jobs.apply, job_id, obs, source, detail=detail)
+
+    async def record_submission(
+        self, job_id: str, submission: Submission, *, next_poll_at: float | None
+    ) -> Applied:
+        return await self._op(jobs.record_submission, job_id, submission, next_poll_at=next_poll_at)
+
+    async def record_callback(self, **kwargs: Any) -> CallbackOutcome:
+        return await self._op(jobs.record_callback, **kwargs)
+
+    async def record_poll(self, job_id: str, obs: Observation, *, next_poll_at: float) -> Applied:
+        return await self._op(jobs.record_poll, job_id, obs, next_poll_at=next_poll_at)
+
+    async def record_poll_failure(self, job_id: str, *, next_poll_at: float) -> int:
+        return await self.write(
+            lambda conn: jobs.record_poll_failure(conn, job_id, next_poll_at=next_poll_at)
+        )
+
+    async def schedule_poll(self, job_id: str, at: float) -> bool:
+        return await self.write(lambda conn: jobs.schedule_poll(conn, job_id, at))
+
+    async def purge_nonces(self) -> int:
+        now = self.clock()
+        return await self.write(lambda conn: jobs.purge_nonces(conn, now))
+
+    async def ping(self) -> None:
+        """Prove the database takes writes: an empty transaction through the writer."""
+        await self.write(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- reads --
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return await self.read(queries.get_job, job_id)
+
+    async def job_by_token(self, provider: str, token: str) -> dict[str, Any] | None:
+        return await self.read(queries.job_by_token, provider, token)
+
+    async def list_jobs(self, **filters: Any) -> list[dict[str, Any]]:
+        return await self.read(queries.list_jobs, **filters)
+
+    async def job_detail(self, job_id: str) -> dict[str, Any] | None:
+        def detail(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            job = queries.get_job(conn, job_id)
+            if job is not None:
+                job["transitions"] = queries.transitions(conn, job_id)
+                job["deliveries"] = queries.deliveries(conn, job_id)
+                job["callbacks"] = queries.callbacks(conn, job_id)
+            return job
+
+        return await self.read(detail)
+
+    async def due_polls(self, limit: int) -> list[dict[str, Any]]:
+        return await self.read(queries.due_polls, self.clock(), limit)
+
+    async def next_poll_at(self) -> float | None:
+        return await self.read(queries.next_poll_at)

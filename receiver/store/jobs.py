@@ -1,0 +1,266 @@
+"""Write operations. Each runs inside the writer's transaction on its connection.
+
+``apply`` is the one path of a state change: it decides with ``states``, updates the job,
+appends the transition and enqueues its deliveries, all in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from receiver.providers.base import Observation, Submission
+from receiver.states import Status, decide
+
+Route = Callable[[Status, "list[str] | None"], "list[str]"]
+CallbackOutcome = Literal["accepted", "duplicate", "replayed"]
+MAX_ANOMALIES = 50
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    provider: str
+    model: str | None
+    prompt: str | None
+    request: Mapping[str, Any]
+    callback_token: str | None
+    callback_url: str | None
+    notify: list[str] | None
+
+
+@dataclass(frozen=True)
+class Applied:
+    job_id: str
+    status: Status
+    transition_id: int | None
+    anomaly: str | None = None
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Route) -> None:
+    conn.execute(
+        "INSERT INTO jobs (id, provider, status, model, prompt, request, callback_token,"
+        " callback_url, notify, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            job.id,
+            job.provider,
+            Status.QUEUED.value,
+            job.model,
+            job.prompt,
+            dumps(dict(job.request)),
+            job.callback_token,
+            job.callback_url,
+            None if job.notify is None else dumps(job.notify),
+            now,
+            now,
+        ),
+    )
+    _transition(conn, job.id, job.notify, None, Status.QUEUED, "api", None, now=now, route=route)
+
+
+def apply(
+    conn: sqlite3.Connection,
+    job_id: str,
+    obs: Observation,
+    source: str,
+    *,
+    now: float,
+    route: Route,
+    detail: Mapping[str, Any] | None = None,
+) -> Applied:
+    row = conn.execute(
+        "SELECT status, notify, anomalies FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
+    if row is None:
+        raise JobNotFound(job_id)
+    current = Status(row["status"])
+    decision = decide(current, obs.status)
+    if decision.new is None:
+        anomaly = decision.anomaly if obs.known else None
+        if anomaly:
+            anomalies = json.loads(row["anomalies"] or "[]")[-(MAX_ANOMALIES - 1) :]
+            anomalies.append(
+                {"at": now, "source": source, "observed": obs.status.value,
+                 "provider_status": obs.provider_status, "note": anomaly}
+            )  # fmt: skip
+            conn.execute(
+                "UPDATE jobs SET anomalies = ?, updated_at = ? WHERE id = ?",
+                (dumps(anomalies), now, job_id),
+            )
+        elif not current.terminal and obs.provider_status:
+            conn.execute(
+                "UPDATE jobs SET provider_status = ?, updated_at = ? WHERE id = ?",
+                (obs.provider_status, now, job_id),
+            )
+        return Applied(job_id, current, None, anomaly)
+
+    new = decision.new
+    conn.execute(
+        "UPDATE jobs SET status = ?, provider_status = COALESCE(?, provider_status),"
+        " result_url = COALESCE(?, result_url), cover_url = COALESCE(?, cover_url),"
+        " error = COALESCE(?, error), credits = COALESCE(?, credits), updated_at = ?,"
+        " finished_at = ?, next_poll_at = CASE WHEN ? THEN NULL ELSE next_poll_at END,"
+        " confirm_callback_id = CASE WHEN ? THEN NULL ELSE confirm_callback_id END"
+        " WHERE id = ?",
+        (
+            new.value,
+            obs.provider_status,
+            obs.result_url,
+            obs.cover_url,
+            obs.error,
+            obs.credits,
+            now,
+            now if new.terminal else None,
+            new.terminal,
+            new.terminal,
+            job_id,
+        ),
+    )
+    notify = None if row["notify"] is None else json.loads(row["notify"])
+    info = {"provider_status": obs.provider_status, **(detail or {})}
+    tid = _transition(conn, job_id, notify, current, new, source, info, now=now, route=route)
+    return Applied(job_id, new, tid)
+
+
+def _transition(
+    conn: sqlite3.Connection,
+    job_id: str,
+    notify: list[str] | None,
+    old: Status | None,
+    new: Status,
+    source: str,
+    detail: Mapping[str, Any] | None,
+    *,
+    now: float,
+    route: Route,
+) -> int:
+    cur = conn.execute(
+        "INSERT INTO transitions (job_id, from_status, to_status, source, at, detail)"
+        " VALUES (?,?,?,?,?,?)",
+        (job_id, old and old.value, new.value, source, now,
+         dumps({k: v for k, v in detail.items() if v is not None}) if detail else None),
+    )  # fmt: skip
+    tid = cur.lastrowid
+    assert tid is not None
+    for channel in route(new, notify):
+        conn.execute(
+            "INSERT INTO deliveries (job_id, transition_id, channel, event, status,"
+            " next_attempt_at, created_at, updated_at) VALUES (?,?,?,?, 'pending', ?,?,?)",
+            (job_id, tid, channel, new.value, now, now, now),
+        )
+    return tid
+
+
+def record_submission(
+    conn: sqlite3.Connection,
+    job_id: str,
+    submission: Submission,
+    *,
+    next_poll_at: float | None,
+    now: float,
+    route: Route,
+) -> Applied:
+    conn.execute(
+        "UPDATE jobs SET provider_job_id = ?, key_fingerprint = ?, next_poll_at = ? WHERE id = ?",
+        (submission.provider_job_id, submission.key_fingerprint, next_poll_at, job_id),
+    )
+    return apply(conn, job_id, submission.observation, "submit", now=now, route=route)
+
+
+def record_callback(
+    conn: sqlite3.Connection,
+    *,
+    job_id: str,
+    provider: str,
+    nonce: str,
+    digest: str,
+    nonce_expires_at: float,
+    headers: Mapping[str, str],
+    body: str,
+    obs: Observation,
+    confirm: bool,
+    now: float,
+    route: Route,
+) -> CallbackOutcome:
+    """Store an authenticated callback; a nonce seen before is a retry or a replay."""
+    seen = conn.execute(
+        "SELECT digest FROM nonces WHERE provider = ? AND nonce = ?", (provider, nonce)
+    ).fetchone()
+    if seen is not None:
+        return "duplicate" if seen["digest"] == digest else "replayed"
+    conn.execute(
+        "INSERT INTO nonces (provider, nonce, digest, expires_at) VALUES (?,?,?,?)",
+        (provider, nonce, digest, nonce_expires_at),
+    )
+    cur = conn.execute(
+        "INSERT INTO callbacks (job_id, provider, received_at, nonce, provider_status,"
+        " headers, body, outcome) VALUES (?,?,?,?,?,?,?,?)",
+        (job_id, provider, now, nonce, obs.provider_status, dumps(dict(headers)), body,
+         "confirming" if confirm else "applied"),
+    )  # fmt: skip
+    callback_id = cur.lastrowid
+    conn.execute("UPDATE jobs SET last_callback_at = ? WHERE id = ?", (now, job_id))
+    if confirm:
+        # The poller confirms with the provider before the job may turn terminal; the
+        # schedule is a row, so a restart still performs the confirmation.
+        conn.execute(
+            "UPDATE jobs SET confirm_callback_id = ?, next_poll_at = ?, poll_failures = 0"
+            " WHERE id = ? AND status NOT IN ('completed', 'failed')",
+            (callback_id, now, job_id),
+        )
+    else:
+        detail = {"callback_id": callback_id}
+        apply(conn, job_id, obs, "callback", now=now, route=route, detail=detail)
+    return "accepted"
+
+
+def record_poll(
+    conn: sqlite3.Connection,
+    job_id: str,
+    obs: Observation,
+    *,
+    next_poll_at: float | None,
+    now: float,
+    route: Route,
+) -> Applied:
+    row = conn.execute("SELECT confirm_callback_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    detail = {"confirms_callback_id": row["confirm_callback_id"]} if row else None
+    applied = apply(conn, job_id, obs, "poll", now=now, route=route, detail=detail)
+    if not applied.status.terminal:
+        conn.execute(
+            "UPDATE jobs SET next_poll_at = ?, poll_failures = 0 WHERE id = ?",
+            (next_poll_at, job_id),
+        )
+    return applied
+
+
+def record_poll_failure(conn: sqlite3.Connection, job_id: str, *, next_poll_at: float) -> int:
+    conn.execute(
+        "UPDATE jobs SET next_poll_at = ?, poll_failures = poll_failures + 1 WHERE id = ?",
+        (next_poll_at, job_id),
+    )
+    row = conn.execute("SELECT poll_failures FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return int(row["poll_failures"]) if row else 0
+
+
+def schedule_poll(conn: sqlite3.Connection, job_id: str, at: float) -> bool:
+    cur = conn.execute(
+        "UPDATE jobs SET next_poll_at = ? WHERE id = ? AND status NOT IN ('completed', 'failed')",
+        (at, job_id),
+    )
+    return cur.rowcount > 0
+
+
+def purge_nonces(conn: sqlite3.Connection, now: float) -> int:
+    return conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,)).rowcount

@@ -1,0 +1,89 @@
+"""Read operations, run on reader connections off the event loop."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+_JSON_COLUMNS = ("request", "notify", "anomalies", "detail", "headers")
+
+
+def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    out = dict(row)
+    for column in _JSON_COLUMNS:
+        if isinstance(out.get(column), str):
+            out[column] = json.loads(out[column])
+    return out
+
+
+def _rows(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+    return [r for r in (_row(row) for row in cur.fetchall()) if r is not None]
+
+
+def get_job(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
+    return _row(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+
+def job_by_token(conn: sqlite3.Connection, provider: str, token: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT * FROM jobs WHERE callback_token = ? AND provider = ?", (token, provider)
+    ).fetchone()
+    return _row(row)
+
+
+def list_jobs(
+    conn: sqlite3.Connection,
+    *,
+    status: str | None = None,
+    provider: str | None = None,
+    before: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    where, params = [], []
+    for column, value in (("status", status), ("provider", provider)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if before is not None:
+        where.append("id < ?")
+        params.append(before)
+    sql = "SELECT * FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    return _rows(conn.execute(sql, (*params, limit)))
+
+
+def transitions(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    return _rows(conn.execute("SELECT * FROM transitions WHERE job_id = ? ORDER BY id", (job_id,)))
+
+
+def deliveries(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    return _rows(conn.execute("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,)))
+
+
+def callbacks(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    return _rows(conn.execute("SELECT * FROM callbacks WHERE job_id = ? ORDER BY id", (job_id,)))
+
+
+def due_polls(conn: sqlite3.Connection, now: float, limit: int) -> list[dict[str, Any]]:
+    return _rows(
+        conn.execute(
+            "SELECT id, provider, provider_job_id, key_fingerprint, callback_url,"
+            " confirm_callback_id, poll_failures, next_poll_at FROM jobs"
+            " WHERE next_poll_at IS NOT NULL AND next_poll_at <= ?"
+            " AND status NOT IN ('completed', 'failed') ORDER BY next_poll_at LIMIT ?",
+            (now, limit),
+        )
+    )
+
+
+def next_poll_at(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(
+        "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
+        " AND status NOT IN ('completed', 'failed')"
+    ).fetchone()
+    return None if row is None else row[0]

@@ -1,0 +1,111 @@
+"""The schema, as sqlite-utils migrations: an older database upgrades in place on start."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("vidhook")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.table("jobs").create(
+        {
+            "id": str,
+            "provider": str,
+            "provider_job_id": str,
+            "status": str,
+            "provider_status": str,
+            "model": str,
+            "prompt": str,
+            "request": str,  # JSON: images, mode, options as submitted
+            "callback_token": str,
+            "callback_url": str,  # exactly as sent to the provider
+            "key_fingerprint": str,  # which API key created the task; never the key
+            "result_url": str,
+            "cover_url": str,
+            "error": str,
+            "credits": float,
+            "notify": str,  # JSON list of channel names, NULL for the defaults
+            "anomalies": str,  # JSON list of observations that were ignored
+            "created_at": float,
+            "updated_at": float,
+            "finished_at": float,
+            "last_callback_at": float,
+            "next_poll_at": float,  # NULL: no poll scheduled
+            "poll_failures": int,
+            "confirm_callback_id": int,  # a terminal callback awaiting confirmation
+        },
+        pk="id",
+        not_null={"provider", "status", "created_at", "updated_at"},
+        defaults={"anomalies": "[]", "poll_failures": 0},
+    )
+    db.table("jobs").create_index(["callback_token"], unique=True)
+    db.table("jobs").create_index(["next_poll_at"])
+    db.table("jobs").create_index(["status", "id"])
+    db.table("jobs").create_index(["provider", "provider_job_id"])
+
+    db.table("transitions").create(
+        {
+            "id": int,
+            "job_id": str,
+            "from_status": str,
+            "to_status": str,
+            "source": str,
+            "at": float,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"job_id", "to_status", "source", "at"},
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db.table("transitions").create_index(["job_id", "id"])
+
+    db.table("callbacks").create(
+        {
+            "id": int,
+            "job_id": str,
+            "provider": str,
+            "received_at": float,
+            "nonce": str,
+            "provider_status": str,
+            "headers": str,  # JSON, with signatures and credentials removed
+            "body": str,
+            "outcome": str,  # applied | confirming
+        },
+        pk="id",
+        not_null={"job_id", "provider", "received_at"},
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db.table("callbacks").create_index(["job_id", "id"])
+
+    db.table("nonces").create(
+        {"provider": str, "nonce": str, "digest": str, "expires_at": float},
+        pk=("provider", "nonce"),
+        not_null={"digest", "expires_at"},
+    )
+    db.table("nonces").create_index(["expires_at"])
+
+    db.table("deliveries").create(
+        {
+            "id": int,
+            "job_id": str,
+            "transition_id": int,
+            "channel": str,
+            "event": str,
+            "status": str,  # pending | delivered | dead
+            "attempts": int,
+            "next_attempt_at": float,
+            "created_at": float,
+            "updated_at": float,
+            "delivered_at": float,
+            "last_error": str,
+        },
+        pk="id",
+        not_null={"job_id", "transition_id", "channel", "event", "status", "created_at"},
+        defaults={"attempts": 0},
+        foreign_keys=[("job_id", "jobs", "id"), ("transition_id", "transitions", "id")],
+    )
+    db.table("deliveries").create_index(["transition_id", "channel"], unique=True)
+    db.table("deliveries").create_index(["status", "next_attempt_at"])

@@ -1,0 +1,132 @@
+"""One thread owns the write connection and commits concurrent requests together.
+
+Requests queue up while a commit is on its way to disk; the next round takes all of them
+into one transaction, each inside its own savepoint, so one request that fails is rolled
+back alone and the others still commit. A request's future resolves only after COMMIT
+returned, which with synchronous=FULL means the data is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger("vidhook.store")
+
+T = TypeVar("T")
+MAX_BATCH = 512
+_STOP = object()
+
+
+def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    # isolation_level=None: transactions are begun and ended explicitly, never implicitly.
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Writer:
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+        self.requests = 0
+
+    def start(self) -> None:
+        conn = connect(self.path, self.synchronous)
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="vidhook-writer", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        future: Future[T] = Future()
+        if not self.running:
+            future.set_exception(RuntimeError("the store is closed"))
+            return future
+        self._queue.put((fn, future))
+        return future
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._commit(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        outcomes: list[tuple[Future[Any], bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, future in batch:
+                if not future.set_running_or_notify_cancel():
+                    continue
+                conn.execute("SAVEPOINT request")
+                try:
+                    result = fn(conn)
+                except BaseException as exc:  # handed to the caller, whatever it is
+                    conn.execute("ROLLBACK TO request")
+                    conn.execute("RELEASE request")
+                    outcomes.append((future, False, exc))
+                else:
+                    conn.execute("RELEASE request")
+                    outcomes.append((future, True, result))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("commit failed: %s", exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _fn, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.batches += 1
+        self.requests += len(outcomes)
+        for future, ok, value in outcomes:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)

@@ -1,0 +1,184 @@
+import asyncio
+import sqlite3
+import threading
+
+import pytest
+
+from receiver.providers.base import Observation
+from receiver.states import Status
+from receiver.store import JobNotFound, NewJob, Store, migrate
+from receiver.store.writer import Writer
+
+
+def route_all(status, notify):
+    names = ["team"] if notify is None else notify
+    return [n for n in names if status in (Status.COMPLETED, Status.FAILED)]
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "vidhook.db"
+
+
+@pytest.fixture
+def fresh_store(db_path):
+    store = Store(db_path, route=route_all).open()
+    yield store
+    store.close()
+
+
+def new_job(job_id="job_1", notify=None):
+    return NewJob(
+        id=job_id,
+        provider="vidu",
+        model="viduq2",
+        prompt="a cat",
+        request={"images": []},
+        callback_token=f"tok-{job_id}",
+        callback_url=f"https://hooks.example.com/callbacks/vidu/tok-{job_id}",
+        notify=notify,
+    )
+
+
+def rows(db_path, sql, *params):
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def test_schema_is_wal_and_migrations_are_idempotent(db_path):
+    migrate(db_path)
+    migrate(db_path)
+    assert rows(db_path, "PRAGMA journal_mode")[0][0] == "wal"
+    names = {r[0] for r in rows(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"jobs", "transitions", "callbacks", "nonces", "deliveries"} <= names
+    assert rows(db_path, "SELECT count(*) FROM _sqlite_migrations")[0][0] == 1
+
+
+def test_writer_uses_synchronous_full(db_path):
+    migrate(db_path)
+    writer = Writer(db_path)
+    writer.start()
+    try:
+        level = writer.submit(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+        assert level.result(5) == 2  # FULL
+    finally:
+        writer.stop()
+
+
+def test_apply_records_transition_and_enqueues_deliveries(fresh_store, db_path):
+    async def run():
+        await fresh_store.insert_job(new_job())
+        await fresh_store.apply("job_1", Observation(Status.PROCESSING, "processing"), "callback")
+        done = Observation(Status.COMPLETED, "success", result_url="https://cdn/x.mp4")
+        return await fresh_store.apply("job_1", done, "poll")
+
+    applied = asyncio.run(run())
+    assert applied.status is Status.COMPLETED and applied.transition_id is not None
+    steps = rows(db_path, "SELECT from_status, to_status, source FROM transitions ORDER BY id")
+    assert steps == [
+        (None, "queued", "api"),
+        ("queued", "processing", "callback"),
+        ("processing", "completed", "poll"),
+    ]
+    job = rows(db_path, "SELECT status, result_url, finished_at IS NOT NULL FROM jobs")[0]
+    assert job == ("completed", "https://cdn/x.mp4", 1)
+    deliveries = rows(db_path, "SELECT channel, event, status, transition_id FROM deliveries")
+    assert deliveries == [("team", "completed", "pending", applied.transition_id)]
+
+
+def test_backwards_and_cross_terminal_observations_are_anomalies(fresh_store, db_path):
+    async def run():
+        await fresh_store.insert_job(new_job())
+        await fresh_store.apply("job_1", Observation(Status.COMPLETED, "success"), "poll")
+        late = await fresh_store.apply("job_1", Observation(Status.PROCESSING, "processing"), "callback")
+        other = await fresh_store.apply("job_1", Observation(Status.FAILED, "failed"), "callback")
+        return late, other
+
+    late, other = asyncio.run(run())
+    assert late.transition_id is None and late.anomaly
+    assert other.transition_id is None and other.anomaly
+    assert rows(db_path, "SELECT status FROM jobs")[0][0] == "completed"
+    assert rows(db_path, "SELECT count(*) FROM transitions")[0][0] == 2
+    anomalies = rows(db_path, "SELECT anomalies FROM jobs")[0][0]
+    assert '"observed":"processing"' in anomalies and '"observed":"failed"' in anomalies
+
+
+def test_unknown_provider_status_is_kept_raw_without_anomaly(fresh_store, db_path):
+    async def run():
+        await fresh_store.insert_job(new_job())
+        obs = Observation(Status.QUEUED, "scheduled", known=False)
+        return await fresh_store.apply("job_1", obs, "poll")
+
+    applied = asyncio.run(run())
+    assert applied.anomaly is None
+    assert rows(db_path, "SELECT status, provider_status, anomalies FROM jobs")[0] == (
+        "queued",
+        "scheduled",
+        "[]",
+    )
+
+
+def test_apply_to_missing_job_raises_and_writes_nothing(fresh_store, db_path):
+    with pytest.raises(JobNotFound):
+        asyncio.run(fresh_store.apply("nope", Observation(Status.COMPLETED), "poll"))
+    assert rows(db_path, "SELECT count(*) FROM transitions")[0][0] == 0
+
+
+def test_group_commit_isolates_a_failing_request(db_path):
+    """Requests batched into one transaction: one that fails is rolled back alone."""
+    migrate(db_path)
+    writer = Writer(db_path)
+    gate = threading.Event()
+    writer.start()
+    try:
+        # Hold the writer busy so that the following requests queue up into one batch.
+        blocker = writer.submit(lambda conn: gate.wait(5))
+        futures = []
+        for i in range(20):
+            if i == 7:
+                futures.append(writer.submit(_insert_then_fail))
+            else:
+                futures.append(writer.submit(_inserter(f"job_{i}")))
+        gate.set()
+        blocker.result(5)
+        results = [f.exception(5) for f in futures]
+    finally:
+        writer.stop()
+    assert isinstance(results[7], RuntimeError)
+    assert all(r is None for i, r in enumerate(results) if i != 7)
+    ids = {r[0] for r in rows(db_path, "SELECT id FROM jobs")}
+    assert ids == {f"job_{i}" for i in range(20) if i != 7}
+    assert writer.batches <= 3  # the 19 good requests did not each take a commit
+
+
+def _inserter(job_id):
+    def insert(conn):
+        conn.execute(
+            "INSERT INTO jobs (id, provider, status, created_at, updated_at)"
+            " VALUES (?, 'vidu', 'queued', 0, 0)",
+            (job_id,),
+        )
+
+    return insert
+
+
+def _insert_then_fail(conn):
+    _inserter("job_bad")(conn)
+    raise RuntimeError("boom")
+
+
+def test_nonce_purge_removes_only_expired(fresh_store, db_path):
+    async def run():
+        await fresh_store.write(
+            lambda conn: conn.executemany(
+                "INSERT INTO nonces (provider, nonce, digest, expires_at) VALUES ('vidu',?,'d',?)",
+                [("old", 1.0), ("new", fresh_store.clock() + 600)],
+            )
+        )
+        return await fresh_store.purge_nonces()
+
+    assert asyncio.run(run()) == 1
+    assert rows(db_path, "SELECT nonce FROM nonces") == [("new",)]

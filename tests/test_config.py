@@ -1,0 +1,137 @@
+from pathlib import Path
+
+import pytest
+
+from receiver.config import ConfigError, Secret, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {"VIDHOOK_ADMIN_TOKEN": "admin-secret", "VIDU_API_KEY": "vidu-secret-key"}
+
+
+def write(tmp_path, text):
+    path = tmp_path / "vidhook.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+public_url = "https://hooks.example.com/"
+[providers.vidu]
+api_key_env = "VIDU_API_KEY"
+"""
+
+
+def test_minimal_config_fills_defaults(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL), ENV)
+    vidu = config.providers["vidu"]
+    assert config.public_url == "https://hooks.example.com"
+    assert config.database == tmp_path / "vidhook.db"
+    assert vidu.base_url == "https://api.vidu.com"
+    assert vidu.auth_scheme == "Token"
+    assert vidu.api_key.reveal() == "vidu-secret-key"
+    assert config.callback_url("vidu", "abc") == "https://hooks.example.com/callbacks/vidu/abc"
+
+
+def test_example_file_documents_a_loadable_config():
+    config = load_config(ROOT / "vidhook.example.toml", ENV)
+    assert set(config.providers) == {"vidu"}
+
+
+def test_secrets_do_not_show_in_reprs(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL), ENV)
+    assert "vidu-secret-key" not in repr(config)
+    assert "admin-secret" not in repr(config)
+    assert Secret("x").fingerprint.startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        ("[providers.vidu]\napi_key_env='VIDU_API_KEY'", "public_url", "missing"),
+        ("public_url='ftp://x'\n[providers.vidu]\napi_key_env='VIDU_API_KEY'", "public_url", "http"),
+        ("public_url='https://x'", "providers", "[providers.vidu]"),
+        ("public_url='https://x'\n[providers.vidu]\n", "providers.vidu.api_key_env", "missing"),
+        (
+            "public_url='https://x'\n[providers.vidu]\napi_key_env='NOPE'",
+            "providers.vidu.api_key_env",
+            "NOPE is not set",
+        ),
+        (
+            "public_url='https://x'\n[providers.vidu]\napi_key='sk-123'\napi_key_env='VIDU_API_KEY'",
+            "providers.vidu.api_key",
+            "environment variable",
+        ),
+        (
+            "public_url='https://x'\n[providers.vidu]\napi_key_env='VIDU_API_KEY'\n"
+            "auth_scheme='Basic'",
+            "providers.vidu.auth_scheme",
+            "Token, Bearer",
+        ),
+        (
+            "public_url='https://x'\n[providers.vidu]\napi_key_env='VIDU_API_KEY'\ntimeout=-1",
+            "providers.vidu.timeout",
+            "positive",
+        ),
+        (
+            "public_url='https://x'\n[providers.nope]\napi_key_env='VIDU_API_KEY'",
+            "providers.nope.type",
+            "unknown provider type",
+        ),
+        (
+            "public_url='https://x'\ndefault_channels=['team']\n"
+            "[providers.vidu]\napi_key_env='VIDU_API_KEY'",
+            "default_channels",
+            "[channels.team]",
+        ),
+        (
+            "public_url='https://x'\nbogus=1\n[providers.vidu]\napi_key_env='VIDU_API_KEY'",
+            "bogus",
+            "unknown key",
+        ),
+    ],
+)
+def test_problems_name_file_key_and_fix(tmp_path, text, key, hint):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV)
+    matching = [p for p in caught.value.problems if p.startswith(f"{path}: {key}:")]
+    assert matching, caught.value.problems
+    assert hint in matching[0]
+    assert "sk-123" not in str(caught.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml", ENV)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "public_url = "), ENV)
+
+
+def test_admin_token_env_must_be_set(tmp_path):
+    with pytest.raises(ConfigError, match="admin_token_env: environment variable VIDHOOK_ADMIN"):
+        load_config(write(tmp_path, MINIMAL), {"VIDU_API_KEY": "k"})
+
+
+def test_previous_keys_and_environment_overrides(tmp_path):
+    env = {**ENV, "OLD_KEY": "old", "VIDHOOK_PUBLIC_URL": "https://other.example/vh"}
+    text = MINIMAL + "previous_api_key_envs = ['OLD_KEY']\n"
+    config = load_config(write(tmp_path, text), env)
+    vidu = config.providers["vidu"]
+    assert [k.reveal() for k in vidu.keys] == ["vidu-secret-key", "old"]
+    assert vidu.key_for(Secret("old").fingerprint).reveal() == "old"
+    assert vidu.key_for("sha256:unknown") is None
+    assert config.public_url == "https://other.example/vh"
+
+
+def test_channel_secrets_come_from_the_environment():
+    data = {
+        "public_url": "https://x",
+        "default_channels": ["team"],
+        "providers": {"vidu": {"api_key_env": "VIDU_API_KEY"}},
+        "channels": {"team": {"type": "slack", "webhook_url_env": "SLACK_URL"}},
+    }
+    config = parse_config(data, {**ENV, "SLACK_URL": "https://hooks.slack.com/x"})
+    assert config.channels["team"].secrets["webhook_url"].reveal() == "https://hooks.slack.com/x"
+    data["channels"]["team"]["webhook_url"] = "https://hooks.slack.com/x"
+    with pytest.raises(ConfigError, match=r"channels.team.webhook_url: secrets do not go"):
+        parse_config(data, {**ENV, "SLACK_URL": "y"})

@@ -1,0 +1,48 @@
+import itertools
+
+import pytest
+
+from receiver.states import Decision, Status, decide
+
+Q, P, C, F = Status.QUEUED, Status.PROCESSING, Status.COMPLETED, Status.FAILED
+
+# The whole table: (current, observed) -> new status, or None for "no change".
+# An "!" marks the pairs that are kept as anomalies.
+TABLE = {
+    (None, Q): Q, (None, P): P, (None, C): C, (None, F): F,
+    (Q, Q): None, (Q, P): P, (Q, C): C, (Q, F): F,
+    (P, Q): "!", (P, P): None, (P, C): C, (P, F): F,
+    (C, Q): "!", (C, P): "!", (C, C): None, (C, F): "!",
+    (F, Q): "!", (F, P): "!", (F, C): "!", (F, F): None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("current", "observed"), list(TABLE))
+def test_transition_table(current, observed):
+    expected = TABLE[current, observed]
+    decision = decide(current, observed)
+    if expected == "!":
+        assert decision.new is None
+        assert decision.anomaly and str(current) in decision.anomaly
+    elif expected is None:
+        assert decision == Decision(new=None, anomaly=None)
+    else:
+        assert decision == Decision(new=expected, anomaly=None)
+
+
+def test_table_covers_every_pair():
+    pairs = set(itertools.product([None, *Status], Status))
+    assert pairs == set(TABLE)
+
+
+def test_terminal_states_are_absorbing():
+    for terminal in (C, F):
+        for observed in Status:
+            assert decide(terminal, observed).new is None
+
+
+def test_status_never_moves_backwards():
+    order = [Q, P, C]
+    for i, current in enumerate(order):
+        for observed in order[:i]:
+            assert decide(current, observed).new is None
