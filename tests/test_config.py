@@ -48,7 +48,7 @@ def test_secrets_do_not_show_in_reprs(tmp_path):
     ("text", "key", "hint"),
     [
         ("[providers.vidu]\napi_key_env='VIDU_API_KEY'", "public_url", "missing"),
-        ("public_url='ftp://x'\n[providers.vidu]\napi_key_env='VIDU_API_KEY'", "public_url", "http"),
+        ("public_url='ftp://x'\n[providers.vidu]\napi_key_env='K'", "public_url", "http"),
         ("public_url='https://x'", "providers", "[providers.vidu]"),
         ("public_url='https://x'\n[providers.vidu]\n", "providers.vidu.api_key_env", "missing"),
         (

@@ -93,7 +93,8 @@ def test_backwards_and_cross_terminal_observations_are_anomalies(fresh_store, db
     async def run():
         await fresh_store.insert_job(new_job())
         await fresh_store.apply("job_1", Observation(Status.COMPLETED, "success"), "poll")
-        late = await fresh_store.apply("job_1", Observation(Status.PROCESSING, "processing"), "callback")
+        processing = Observation(Status.PROCESSING, "processing")
+        late = await fresh_store.apply("job_1", processing, "callback")
         other = await fresh_store.apply("job_1", Observation(Status.FAILED, "failed"), "callback")
         return late, other
 
