@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
-from receiver.responses import JSON, error, iso
+from receiver.responses import JSON, dumps, error, iso
 from receiver.states import Status
 
 if TYPE_CHECKING:
@@ -86,8 +86,11 @@ async def read_json(request: Request) -> tuple[Any, Response | None]:
                 413, "body_too_large", f"requests are limited to {MAX_REQUEST_BYTES} bytes"
             )
     try:
-        return request.app.state.runtime.json_loads(body), None
-    except ValueError:
+        payload = request.app.state.runtime.json_loads(body)
+        # Escaped lone surrogates ("\ud800") parse but cannot be stored as UTF-8 text.
+        dumps(payload)
+        return payload, None
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError; deep nesting recurses
         return None, error(400, "invalid_json", "the request body is not valid JSON")
 
 
@@ -134,7 +137,9 @@ def parse_submission(
         try:
             runtime.providers[provider].validate(request)
         except InvalidRequest as exc:
-            problems.update(exc.fields)
+            # A field already refused for its type keeps that message, the one to act on.
+            for name, problem in exc.fields.items():
+                problems.setdefault(name, problem)
     if problems or not isinstance(provider, str):
         return problems
     return provider, request, notify
@@ -173,7 +178,8 @@ async def list_jobs(request: Request) -> Response:
         problems["status"] = f"one of {', '.join(s.value for s in Status)}"
     provider = params.get("provider")
     limit_text = params.get("limit", "50")
-    limit = int(limit_text) if limit_text.isdigit() else 0
+    # isascii(): str.isdigit() also accepts digits such as "²" that int() refuses.
+    limit = int(limit_text) if limit_text.isascii() and limit_text.isdigit() else 0
     if not 1 <= limit <= 500:
         problems["limit"] = "a whole number from 1 to 500"
     if problems:

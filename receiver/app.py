@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -44,7 +45,10 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
-    return error(405, "method_not_allowed", f"{request.method} is not allowed here")
+    response = error(405, "method_not_allowed", f"{request.method} is not allowed here")
+    if isinstance(exc, HTTPException) and exc.headers and "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 import signing
 from receiver.providers.base import JobRef
-from receiver.responses import JSON, error
+from receiver.responses import JSON, dumps, error
 
 if TYPE_CHECKING:
     from receiver.runtime import Runtime
@@ -103,7 +103,9 @@ async def receive(request: Request) -> Response:
     try:
         text = body.decode("utf-8")
         payload = runtime.json_loads(text)
-    except (UnicodeDecodeError, ValueError):
+        # Escaped lone surrogates ("\ud800") parse but cannot be stored as UTF-8 text.
+        dumps(payload)
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError; deep nesting recurses
         runtime.count_callback(provider_name, "invalid_json")
         return error(400, "invalid_json", "the callback body is not valid UTF-8 JSON")
     if not isinstance(payload, dict):

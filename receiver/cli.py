@@ -90,12 +90,26 @@ class Client:
                 f"vidhook: cannot reach {self.http.base_url} ({exc.__class__.__name__}); "
                 "is `vidhook serve` running? (--url or VIDHOOK_URL)"
             ) from None
-        body = response.json() if response.content else {}
+        try:
+            body = response.json() if response.content else {}
+        except ValueError:
+            body = None  # not JSON: not vidhook answering (a proxy, another service)
+        not_vidhook = (
+            f"vidhook: {self.http.base_url} answered HTTP {response.status_code} "
+            f"{response.reason_phrase} without a vidhook JSON body; "
+            "is --url (or VIDHOOK_URL) a vidhook service?"
+        )
         if response.status_code >= 400:
-            err = body.get("error", {}) if isinstance(body, dict) else {}
-            lines = [f"vidhook: {err.get('message', response.reason_phrase)}"]
-            lines += [f"  {k}: {v}" for k, v in err.get("fields", {}).items()]
+            err = body.get("error") if isinstance(body, dict) else None
+            if not isinstance(err, dict) or not err.get("message"):
+                raise SystemExit(not_vidhook)
+            lines = [f"vidhook: {err['message']}"]
+            fields = err.get("fields")
+            if isinstance(fields, dict):
+                lines += [f"  {k}: {v}" for k, v in fields.items()]
             raise SystemExit("\n".join(lines))
+        if not isinstance(body, dict):
+            raise SystemExit(not_vidhook)
         return body
 
 

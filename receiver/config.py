@@ -188,12 +188,13 @@ class _Reader:
         database = self.typed(data, "database", str, "vidhook.db", "")
         database = self.env.get("VIDHOOK_DATABASE") or database
         admin_token = self.secret(data, "admin_token_env", "", default="VIDHOOK_ADMIN_TOKEN")
+        provider_sections = self.tables(data, "providers")
         providers = {
             name: p
-            for name, section in self.tables(data, "providers").items()
+            for name, section in provider_sections.items()
             if (p := self.provider(name, section)) is not None
         }
-        if not providers:
+        if not provider_sections:
             self.problem("providers", "no provider configured; add a [providers.vidu] table")
         channel_sections = self.tables(data, "channels")
         channels = {

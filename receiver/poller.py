@@ -94,7 +94,11 @@ class Poller:
         upcoming = await self.store.next_poll_at()
         if upcoming is None:
             return IDLE_WAIT
-        return min(IDLE_WAIT, max(0.05, upcoming - self.store.clock()))
+        delay = upcoming - self.store.clock()
+        if delay <= 0:
+            # Only jobs already being polled are due; their completion wakes the loop.
+            return IDLE_WAIT
+        return min(IDLE_WAIT, delay)
 
     async def _poll(self, row: Mapping[str, Any]) -> None:
         try:
@@ -104,6 +108,8 @@ class Poller:
             log.exception("poll of job %s failed", row["id"])
         finally:
             self._inflight.discard(row["id"])
+            # The finished job is rescheduled; the main loop may have been waiting on it.
+            self.wake()
 
     async def poll(self, row: Mapping[str, Any], *, raise_errors: bool = False) -> Applied | None:
         """Fetch one job's status and apply it.

@@ -35,6 +35,15 @@ def new_job_id() -> str:
     return "job_" + "".join(reversed(chars))
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """json.loads without the NaN and Infinity extensions, which no provider sends."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
 def new_callback_token() -> str:
     return secrets.token_urlsafe(24)  # 192 bits
 
@@ -54,7 +63,7 @@ class Runtime:
             name: adapters.build(p, self.client) for name, p in config.providers.items()
         }
         self.poller = Poller(self.store, self.providers)
-        self.json_loads: Callable[[str | bytes], Any] = json.loads
+        self.json_loads: Callable[[str | bytes], Any] = strict_json
         self.counters: Counter[tuple[str, ...]] = Counter()
 
     async def start(self) -> None:
@@ -99,6 +108,9 @@ class Runtime:
                 },
                 callback_token=token,
                 callback_url=callback_url,
+                # Known before the submission, so a callback that overtakes the submit
+                # response can already be verified.
+                key_fingerprint=provider.config.api_key.fingerprint,
                 notify=notify,
             )
         )

@@ -19,10 +19,8 @@ def format_timeline(job: dict[str, Any]) -> list[str]:
     for t in transitions:
         detail = t.get("detail") or {}
         notes = [f"{k}={v}" for k, v in detail.items()]
-        lines.append(
-            f"  +{_seconds(start, t['at']):6.2f}s  {t['to_status']:<10}  via {t['source']:<8}"
-            + (f"  {' '.join(notes)}" if notes else "")
-        )
+        line = f"  +{_seconds(start, t['at']):6.2f}s  {t['to_status']:<10}  via {t['source']:<8}"
+        lines.append(f"{line}  {' '.join(notes)}" if notes else line.rstrip())
     return lines
 
 

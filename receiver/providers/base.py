@@ -173,10 +173,12 @@ class HTTPProvider(Provider):
         except ValueError:
             body = None
         if isinstance(body, Mapping):
-            code = body.get("code") or body.get("reason") or body.get("error")
+            # Some providers (Vidu) put the HTTP status in "code" and the name in "reason".
+            names = (body.get(k) for k in ("code", "reason", "error", "type"))
+            code = next((n for n in names if isinstance(n, str) and n and not n.isdigit()), None)
             message = body.get("message") or body.get("msg") or body.get("reason")
             if message:
-                return (str(code) if code else None), str(message)[:500]
+                return code, str(message)[:500]
         return None, f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
     async def request_json(

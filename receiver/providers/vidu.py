@@ -127,7 +127,8 @@ class Vidu(HTTPProvider):
 
     async def fetch(self, job: JobRef) -> Observation:
         if not job.provider_job_id:
-            raise ProviderError(self.name, "the job has no provider task id", transient=False)
+            # The submit response may still be on its way; ask again later.
+            raise ProviderError(self.name, "the provider task id is not known yet", transient=True)
         data = await self.request_json(
             "GET", f"/ent/v2/tasks/{job.provider_job_id}/creations", key=self.key_for(job)
         )

@@ -33,6 +33,7 @@ class NewJob:
     request: Mapping[str, Any]
     callback_token: str | None
     callback_url: str | None
+    key_fingerprint: str | None
     notify: list[str] | None
 
 
@@ -51,7 +52,8 @@ def dumps(value: Any) -> str:
 def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Route) -> None:
     conn.execute(
         "INSERT INTO jobs (id, provider, status, model, prompt, request, callback_token,"
-        " callback_url, notify, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        " callback_url, key_fingerprint, notify, created_at, updated_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             job.id,
             job.provider,
@@ -61,6 +63,7 @@ def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Rout
             dumps(dict(job.request)),
             job.callback_token,
             job.callback_url,
+            job.key_fingerprint,
             None if job.notify is None else dumps(job.notify),
             now,
             now,
@@ -210,7 +213,12 @@ def record_callback(
          "confirming" if confirm else "applied"),
     )  # fmt: skip
     callback_id = cur.lastrowid
-    conn.execute("UPDATE jobs SET last_callback_at = ? WHERE id = ?", (now, job_id))
+    # A callback can overtake the submit response; its task id is then the first we see.
+    conn.execute(
+        "UPDATE jobs SET last_callback_at = ?,"
+        " provider_job_id = COALESCE(provider_job_id, ?) WHERE id = ?",
+        (now, obs.provider_job_id, job_id),
+    )
     if confirm:
         # The poller confirms with the provider before the job may turn terminal; the
         # schedule is a row, so a restart still performs the confirmation.

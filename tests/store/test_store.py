@@ -36,6 +36,7 @@ def new_job(job_id="job_1", notify=None):
         request={"images": []},
         callback_token=f"tok-{job_id}",
         callback_url=f"https://hooks.example.com/callbacks/vidu/tok-{job_id}",
+        key_fingerprint="sha256:0123456789abcdef",
         notify=notify,
     )
 
