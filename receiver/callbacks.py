@@ -92,8 +92,8 @@ async def receive(request: Request) -> Response:
         return error(404, "unknown_token", "no job has this callback URL")
     ref = JobRef(job["id"], job["provider_job_id"], job["key_fingerprint"], job["callback_url"])
     try:
-        nonce, _date = provider.verify_callback(
-            ref, request.headers, tolerance=runtime.config.callbacks.date_tolerance
+        nonce = provider.verify_callback(
+            ref, request.headers, body, tolerance=runtime.config.callbacks.date_tolerance
         )
     except signing.SignatureError as exc:
         runtime.count_callback(provider_name, "bad_signature", reason=exc.reason)

@@ -127,9 +127,13 @@ class Provider(ABC):
     async def fetch(self, job: JobRef) -> Observation: ...
 
     def verify_callback(
-        self, job: JobRef, headers: Mapping[str, str], *, tolerance: float
-    ) -> tuple[str, str]:
-        """Check a callback's signature; return (nonce, date header). Raises SignatureError."""
+        self, job: JobRef, headers: Mapping[str, str], body: bytes, *, tolerance: float
+    ) -> str:
+        """Check a callback's authenticity; return its nonce. Raises SignatureError.
+
+        The nonce identifies the delivery for replay detection: a signed nonce where the
+        provider sends one, otherwise something derived from the request itself.
+        """
         raise NotImplementedError(f"{self.name} does not send callbacks")
 
     def parse_callback(self, payload: Mapping[str, Any]) -> Observation:

@@ -137,8 +137,8 @@ class Vidu(HTTPProvider):
         return observation(data)
 
     def verify_callback(
-        self, job: JobRef, headers: Mapping[str, str], *, tolerance: float
-    ) -> tuple[str, str]:
+        self, job: JobRef, headers: Mapping[str, str], body: bytes, *, tolerance: float
+    ) -> str:
         key = self.config.key_for(job.key_fingerprint)
         if key is None or not job.callback_url:
             raise signing.SignatureError(
@@ -149,7 +149,7 @@ class Vidu(HTTPProvider):
         verified = vidu_signing.verify(
             key.reveal(), "POST", job.callback_url, headers, tolerance=tolerance
         )
-        return verified.nonce, headers.get("date", "")
+        return verified.nonce
 
     def parse_callback(self, payload: Mapping[str, Any]) -> Observation:
         return observation(payload)
