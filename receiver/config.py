@@ -21,14 +21,30 @@ from receiver.states import Status
 CONFIG_ENV = "VIDHOOK_CONFIG"
 DEFAULT_CONFIG_PATH = "vidhook.toml"
 
-PROVIDER_TYPES: dict[str, dict[str, Any]] = {
-    "vidu": {
-        "base_url": "https://api.vidu.com",
-        "auth_scheme": "Token",
-        "default_model": "viduq2",
-        "callbacks": True,
-    },
+# Scheduling defaults, in seconds: a provider table may override each of them.
+_TIMING: dict[str, float] = {
+    "timeout": 30.0,
+    "initial_delay": 10.0,  # before the first poll of a poll-only provider's job
+    "poll_interval": 10.0,  # the first gap between polls; gaps grow from here...
+    "poll_max_interval": 60.0,  # ...to here
+    "reconcile_after": 600.0,  # webhook providers: poll anyway if no callback ended the job
+    "reconcile_interval": 60.0,  # and then at this slow cadence
+    "deadline": 3600.0,  # a job not finished by then fails with "timed out"
 }
+PROVIDER_TYPES: dict[str, dict[str, Any]] = {
+    "vidu": {"base_url": "https://api.vidu.com", "default_model": "viduq2"},
+    "kvid": {"base_url": "https://api.kvid.ai", "default_model": "v2", "poll_interval": 5.0,
+             "poll_max_interval": 30.0},
+    # revid asks callers to wait 45 to 60 s before the first poll; 1000 requests/min.
+    "revid": {"base_url": "https://ai.revidapi.com", "default_model": "kling-2.5-turbo",
+              "initial_delay": 45.0, "requests_per_second": 16.0},
+    # apimodels suggests polling every 5 to 10 s.
+    "apimodels": {"base_url": "https://apimodels.app", "default_model": None,
+                  "initial_delay": 5.0, "poll_interval": 5.0, "poll_max_interval": 10.0},
+    # Gateways poll their upstream every 15 s: asking more often only costs requests.
+    "newapi": {"base_url": None, "default_model": None, "initial_delay": 15.0,
+               "poll_interval": 15.0},
+}  # fmt: skip
 CHANNEL_TYPES = ("slack", "email", "webhook", "console")
 AUTH_SCHEMES = ("Token", "Bearer")
 # Keys that would put a secret straight into the file; each has an *_env twin.
@@ -91,8 +107,14 @@ class ProviderConfig:
     auth_scheme: str = "Token"
     default_model: str | None = None
     timeout: float = 30.0
+    initial_delay: float = 10.0
     poll_interval: float = 10.0
+    poll_max_interval: float = 60.0
     reconcile_after: float = 600.0
+    reconcile_interval: float = 60.0
+    deadline: float = 3600.0
+    requests_per_second: float | None = None
+    max_concurrency: int = 8
 
     @property
     def keys(self) -> tuple[Secret, ...]:
@@ -250,13 +272,14 @@ class _Reader:
             return None
         known = {
             "type", "base_url", "api_key_env", "previous_api_key_envs", "auth_scheme",
-            "default_model", "timeout", "poll_interval", "reconcile_after",
+            "default_model", "requests_per_second", "max_concurrency", *_TIMING,
         }  # fmt: skip
         self.unknown_keys(section, known, key)
-        base_url = self.typed(section, "base_url", str, defaults["base_url"], key).rstrip("/")
+        base_url = self.typed(section, "base_url", str, defaults["base_url"] or "", key)
+        base_url = base_url.rstrip("/")
         if urlsplit(base_url).scheme not in ("http", "https"):
-            self.problem(f"{key}.base_url", "must be an http(s) URL")
-        scheme = self.typed(section, "auth_scheme", str, defaults["auth_scheme"], key)
+            self.problem(f"{key}.base_url", "required: the provider's http(s) URL")
+        scheme = self.typed(section, "auth_scheme", str, "Token", key)
         if scheme not in AUTH_SCHEMES:
             self.problem(f"{key}.auth_scheme", f"must be one of {', '.join(AUTH_SCHEMES)}")
         api_key = self.secret(section, "api_key_env", key)
@@ -265,14 +288,18 @@ class _Reader:
             for i, var in enumerate(self.string_list(section, "previous_api_key_envs", key))
             if (s := self.env_secret(f"{key}.previous_api_key_envs[{i}]", var)) is not None
         )
-        numbers = {
-            n: self.seconds(section, n, default, key)
-            for n, default in (
-                ("timeout", 30.0),
-                ("poll_interval", 10.0),
-                ("reconcile_after", 600.0),
-            )
-        }
+        timing = {n: self.seconds(section, n, defaults.get(n, d), key) for n, d in _TIMING.items()}
+        if timing["poll_max_interval"] < timing["poll_interval"]:
+            self.problem(f"{key}.poll_max_interval", "must not be less than poll_interval")
+        rps = section.get("requests_per_second", defaults.get("requests_per_second"))
+        if rps is not None:
+            rps = self.seconds(section, "requests_per_second", 1.0, key, "requests per second")
+        model = section.get("default_model", defaults["default_model"])
+        if model is not None and not isinstance(model, str):
+            self.problem(f"{key}.default_model", "must be a string")
+        concurrency = self.typed(section, "max_concurrency", int, 8, key)
+        if concurrency < 1:
+            self.problem(f"{key}.max_concurrency", "must be at least 1")
         if api_key is None:
             return None
         return ProviderConfig(
@@ -282,8 +309,10 @@ class _Reader:
             api_key=api_key,
             previous_api_keys=previous,
             auth_scheme=scheme,
-            default_model=self.typed(section, "default_model", str, defaults["default_model"], key),
-            **numbers,
+            default_model=model if isinstance(model, str) else None,
+            requests_per_second=rps,
+            max_concurrency=concurrency,
+            **timing,
         )
 
     def channel(self, name: str, section: Mapping[str, Any]) -> ChannelConfig | None:
@@ -351,10 +380,17 @@ class _Reader:
             return default
         return value
 
-    def seconds(self, section: Mapping[str, Any], name: str, default: float, prefix: str) -> float:
+    def seconds(
+        self,
+        section: Mapping[str, Any],
+        name: str,
+        default: float,
+        prefix: str,
+        unit: str = "seconds",
+    ) -> float:
         value = section.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            self.problem(_join(prefix, name), "must be a positive number of seconds")
+            self.problem(_join(prefix, name), f"must be a positive number of {unit}")
             return default
         return float(value)
 

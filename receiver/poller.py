@@ -1,8 +1,13 @@
 """Fetches job status from providers on a schedule kept in the database.
 
-Every job that needs a poll has ``next_poll_at`` set on its row: a terminal callback
-awaiting confirmation, a job whose callback is late, a refresh. Nothing lives only in
-memory, so after a restart the poller resumes from the stored schedule.
+Every job that needs a poll has ``next_poll_at`` on its row: a poll-only provider's job,
+a terminal callback awaiting confirmation, a webhook job whose callback is late, a
+refresh. Nothing lives only in memory, so after a restart the poller resumes from the
+stored schedule, spreading the polls that fell due while it was down.
+
+Each provider is dispatched separately, never more polls in flight than its concurrency
+limit, and every request passes through the provider's Gate (rate limit, Retry-After):
+a provider that is down or slow only delays its own jobs.
 """
 
 from __future__ import annotations
@@ -11,20 +16,59 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from receiver.config import ProviderConfig
 from receiver.providers.base import JobRef, Observation, Provider, ProviderError
 from receiver.states import Status
 from receiver.store import Applied, Store
 
 log = logging.getLogger("vidhook.poller")
 
-BATCH = 200
-IDLE_WAIT = 5.0
-HOUSEKEEPING_EVERY = 60.0
+GROWTH = 1.5  # each poll of an unfinished job waits this much longer than the last
+JITTER = 0.1  # +-10 %, so jobs submitted together do not stay in lockstep
 MAX_BACKOFF = 300.0
-PER_PROVIDER_CONCURRENCY = 8
+IDLE_WAIT = 5.0
+DEADLINE_BATCH = 100
+HOUSEKEEPING_EVERY = 60.0
+TIMED_OUT = "timed out"
+
+
+def first_poll_delay(config: ProviderConfig, callbacks: bool) -> float:
+    """Seconds from submission to the first poll."""
+    return config.reconcile_after if callbacks else config.initial_delay
+
+
+def next_interval(
+    config: ProviderConfig,
+    *,
+    polls: int,
+    callbacks: bool,
+    confirming: bool,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds until the next poll of a job that is still unfinished."""
+    if confirming:
+        base = config.poll_interval
+    elif callbacks:
+        # Reconciliation: the callback is late or lost; ask now and then, not often.
+        base = config.reconcile_interval
+    else:
+        base = min(config.poll_max_interval, config.poll_interval * GROWTH**polls)
+    return base * (1 + JITTER * (2 * rng() - 1))
+
+
+def retry_delay(
+    config: ProviderConfig,
+    failures: int,
+    retry_after: float | None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds before asking again after a transient error: backoff, or the provider's word."""
+    backoff = min(MAX_BACKOFF, config.poll_interval * 2.0**failures) * (0.5 + 0.5 * rng())
+    return max(retry_after or 0.0, backoff)
 
 
 class Poller:
@@ -39,11 +83,12 @@ class Poller:
         self.providers = providers
         self.on_applied = on_applied
         self._wake = asyncio.Event()
-        self._inflight: set[str] = set()
+        self._inflight: dict[str, set[str]] = {name: set() for name in providers}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._limits = {name: asyncio.Semaphore(PER_PROVIDER_CONCURRENCY) for name in providers}
         self._main: asyncio.Task[None] | None = None
         self._last_housekeeping = 0.0
+        # Seconds between when a poll was due and when it was sent, latest first.
+        self.lateness: deque[float] = deque(maxlen=10_000)
 
     @property
     def running(self) -> bool:
@@ -63,6 +108,7 @@ class Poller:
         self._wake.set()
 
     async def _run(self) -> None:
+        await self._spread_overdue()
         while True:
             # Cleared before the round, so a wake() during the round is not lost.
             self._wake.clear()
@@ -75,40 +121,52 @@ class Poller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
+    async def _spread_overdue(self) -> None:
+        for name, provider in self.providers.items():
+            window = provider.config.poll_interval
+            moved = await self.store.spread_overdue(name, window, provider.gate.spacing)
+            if moved:
+                log.info("%s: %d overdue polls spread over the next %.0f s", name, moved, window)
+
     async def _round(self) -> None:
         now = self.store.clock()
         if now - self._last_housekeeping >= HOUSEKEEPING_EVERY:
             self._last_housekeeping = now
-            purged = await self.store.purge_nonces()
-            if purged:
-                log.debug("purged %d expired nonces", purged)
-        for row in await self.store.due_polls(BATCH):
-            if row["id"] in self._inflight or row["provider"] not in self.providers:
+            await self.store.purge_nonces()
+        for job_id in await self.store.overdue_deadlines(DEADLINE_BATCH):
+            log.warning("job %s %s: its deadline passed", job_id, TIMED_OUT)
+            timed_out = Observation(status=Status.FAILED, error=TIMED_OUT)
+            self._notify(await self.store.apply(job_id, timed_out, "deadline"))
+        for name, provider in self.providers.items():
+            inflight = self._inflight[name]
+            room = provider.gate.max_concurrency - len(inflight)
+            if room <= 0 or provider.gate.blocked_for > 0:
                 continue
-            self._inflight.add(row["id"])
-            task = asyncio.create_task(self._poll(row))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            for row in await self.store.due_polls(name, room, sorted(inflight)):
+                inflight.add(row["id"])
+                self.lateness.append(max(0.0, self.store.clock() - row["next_poll_at"]))
+                task = asyncio.create_task(self._poll(name, row))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _until_next(self) -> float:
-        upcoming = await self.store.next_poll_at()
+        busy = [job_id for jobs in self._inflight.values() for job_id in jobs]
+        upcoming = await self.store.next_wake(busy)
         if upcoming is None:
             return IDLE_WAIT
         delay = upcoming - self.store.clock()
         if delay <= 0:
-            # Only jobs already being polled are due; their completion wakes the loop.
-            return IDLE_WAIT
+            # Due, but its provider has no free slot: a finishing poll wakes the loop.
+            return min(IDLE_WAIT, 0.5)
         return min(IDLE_WAIT, delay)
 
-    async def _poll(self, row: Mapping[str, Any]) -> None:
+    async def _poll(self, provider: str, row: Mapping[str, Any]) -> None:
         try:
-            async with self._limits[row["provider"]]:
-                await self.poll(row)
+            await self.poll(row)
         except Exception:
             log.exception("poll of job %s failed", row["id"])
         finally:
-            self._inflight.discard(row["id"])
-            # The finished job is rescheduled; the main loop may have been waiting on it.
+            self._inflight[provider].discard(row["id"])
             self.wake()
 
     async def poll(self, row: Mapping[str, Any], *, raise_errors: bool = False) -> Applied | None:
@@ -125,8 +183,15 @@ class Poller:
             if raise_errors:
                 raise
             return await self._failed(row, provider, exc)
-        next_at = self.store.clock() + provider.config.poll_interval
-        applied = await self.store.record_poll(row["id"], obs, next_poll_at=next_at)
+        interval = next_interval(
+            provider.config,
+            polls=int(row.get("polls") or 0),
+            callbacks=provider.supports_callbacks,
+            confirming=row.get("confirm_callback_id") is not None,
+        )
+        applied = await self.store.record_poll(
+            row["id"], obs, next_poll_at=self.store.clock() + interval
+        )
         self._notify(applied)
         return applied
 
@@ -140,10 +205,13 @@ class Poller:
             self._notify(applied)
             return applied
         failures = int(row.get("poll_failures") or 0)
-        backoff = min(MAX_BACKOFF, provider.config.poll_interval * 2**failures)
-        delay = max(exc.retry_after or 0.0, backoff * random.uniform(0.5, 1.0))
+        delay = retry_delay(provider.config, failures, exc.retry_after)
         log.info("poll of job %s will be retried in %.1f s: %s", row["id"], delay, exc)
-        await self.store.record_poll_failure(row["id"], next_poll_at=self.store.clock() + delay)
+        now = self.store.clock()
+        await self.store.record_poll_failure(row["id"], next_poll_at=now + delay)
+        if exc.retry_after:
+            # Persisted with the jobs, so the pause outlives a restart.
+            await self.store.defer_provider(provider.name, now + exc.retry_after)
         return None
 
     def _notify(self, applied: Applied) -> None:

@@ -15,7 +15,7 @@ import httpx
 
 from receiver import providers as adapters
 from receiver.config import Config
-from receiver.poller import Poller
+from receiver.poller import Poller, first_poll_delay
 from receiver.providers.base import Observation, Provider, ProviderError, SubmitRequest
 from receiver.states import Status
 from receiver.store import NewJob, Store
@@ -112,6 +112,7 @@ class Runtime:
                 # response can already be verified.
                 key_fingerprint=provider.config.api_key.fingerprint,
                 notify=notify,
+                deadline_at=self.store.clock() + provider.config.deadline,
             )
         )
         try:
@@ -122,13 +123,10 @@ class Runtime:
             await self.store.apply(job_id, failed, "submit", {"error": str(exc)})
             return job_id
         # Webhook providers are still polled if their callback is late (reconciliation).
-        delay = (
-            provider.config.reconcile_after
-            if provider.supports_callbacks
-            else provider.config.poll_interval
-        )
+        delay = first_poll_delay(provider.config, provider.supports_callbacks)
         await self.store.record_submission(
             job_id, submission, next_poll_at=self.store.clock() + delay
         )
+        self.poller.wake()
         log.info("job %s submitted to %s as %s", job_id, provider_name, submission.provider_job_id)
         return job_id

@@ -79,7 +79,7 @@ def status_fetches(sandbox, task_id):
 
 
 def db_job(service, job_id, columns="status, error, provider_job_id"):
-    ((*values,),) = service.rows(f"SELECT {columns} FROM jobs WHERE id=?", job_id)  # noqa: S608
+    ((*values,),) = service.rows(f"SELECT {columns} FROM jobs WHERE id=?", job_id)
     return tuple(values)
 
 

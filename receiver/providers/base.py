@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from receiver.config import ProviderConfig, Secret
+from receiver.providers.limits import Gate, GateClosed
 from receiver.states import Status
 
 
@@ -111,6 +112,7 @@ class Provider(ABC):
         self.config = config
         self.name = config.name
         self.client = client
+        self.gate = Gate(config.requests_per_second, config.max_concurrency)
 
     def key_for(self, job: JobRef) -> Secret:
         """The key that created the job if it is still configured, else the current one."""
@@ -198,15 +200,23 @@ class HTTPProvider(Provider):
     ) -> Any:
         url = f"{self.config.base_url}{path}"
         try:
-            response = await self.client.request(
-                method,
-                url,
-                json=json,
-                params=params,
-                headers=self.auth_headers(key),
-                timeout=timeout or self.config.timeout,
-                **kwargs,
-            )
+            async with self.gate.slot(max_wait=self.config.timeout):
+                response = await self.client.request(
+                    method,
+                    url,
+                    json=json,
+                    params=params,
+                    headers=self.auth_headers(key),
+                    timeout=timeout or self.config.timeout,
+                    **kwargs,
+                )
+        except GateClosed as closed:
+            raise ProviderError(
+                self.name,
+                f"the provider asked for a pause; {closed.wait:.0f} s to go",
+                transient=True,
+                retry_after=closed.wait,
+            ) from None
         except httpx.TimeoutException:
             raise ProviderError(
                 self.name, "timed out waiting for the provider", transient=True
@@ -219,13 +229,16 @@ class HTTPProvider(Provider):
             ) from None
         if response.status_code >= 400:
             code, message = self.error_details(response)
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            if retry_after and response.status_code in (429, 503):
+                self.gate.block_for(retry_after)
             raise ProviderError(
                 self.name,
                 message,
                 transient=is_transient_status(response.status_code),
                 status_code=response.status_code,
                 code=code,
-                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                retry_after=retry_after,
             )
         try:
             return response.json()

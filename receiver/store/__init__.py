@@ -132,6 +132,15 @@ class Store:
     async def schedule_poll(self, job_id: str, at: float) -> bool:
         return await self.write(lambda conn: jobs.schedule_poll(conn, job_id, at))
 
+    async def defer_provider(self, provider: str, until: float) -> int:
+        return await self.write(lambda conn: jobs.defer_provider(conn, provider, until))
+
+    async def spread_overdue(self, provider: str, window: float, min_step: float) -> int:
+        now = self.clock()
+        return await self.write(
+            lambda conn: jobs.spread_overdue(conn, provider, now, window, min_step)
+        )
+
     async def purge_nonces(self) -> int:
         now = self.clock()
         return await self.write(lambda conn: jobs.purge_nonces(conn, now))
@@ -162,8 +171,11 @@ class Store:
 
         return await self.read(detail)
 
-    async def due_polls(self, limit: int) -> list[dict[str, Any]]:
-        return await self.read(queries.due_polls, self.clock(), limit)
+    async def due_polls(self, provider: str, limit: int, skip: list[str]) -> list[dict[str, Any]]:
+        return await self.read(queries.due_polls, provider, self.clock(), limit, skip)
 
-    async def next_poll_at(self) -> float | None:
-        return await self.read(queries.next_poll_at)
+    async def overdue_deadlines(self, limit: int) -> list[str]:
+        return await self.read(queries.overdue_deadlines, self.clock(), limit)
+
+    async def next_wake(self, skip: list[str]) -> float | None:
+        return await self.read(queries.next_wake, skip)

@@ -35,6 +35,7 @@ class NewJob:
     callback_url: str | None
     key_fingerprint: str | None
     notify: list[str] | None
+    deadline_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ def dumps(value: Any) -> str:
 def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Route) -> None:
     conn.execute(
         "INSERT INTO jobs (id, provider, status, model, prompt, request, callback_token,"
-        " callback_url, key_fingerprint, notify, created_at, updated_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        " callback_url, key_fingerprint, notify, deadline_at, created_at, updated_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             job.id,
             job.provider,
@@ -65,6 +66,7 @@ def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Rout
             job.callback_url,
             job.key_fingerprint,
             None if job.notify is None else dumps(job.notify),
+            job.deadline_at,
             now,
             now,
         ),
@@ -245,11 +247,12 @@ def record_poll(
     row = conn.execute("SELECT confirm_callback_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
     detail = {"confirms_callback_id": row["confirm_callback_id"]} if row else None
     applied = apply(conn, job_id, obs, "poll", now=now, route=route, detail=detail)
-    if not applied.status.terminal:
-        conn.execute(
-            "UPDATE jobs SET next_poll_at = ?, poll_failures = 0 WHERE id = ?",
-            (next_poll_at, job_id),
-        )
+    conn.execute(
+        "UPDATE jobs SET polls = polls + 1, poll_failures = 0,"
+        " next_poll_at = CASE WHEN status IN ('completed', 'failed') THEN NULL ELSE ? END"
+        " WHERE id = ?",
+        (next_poll_at, job_id),
+    )
     return applied
 
 
@@ -268,6 +271,39 @@ def schedule_poll(conn: sqlite3.Connection, job_id: str, at: float) -> bool:
         (at, job_id),
     )
     return cur.rowcount > 0
+
+
+def defer_provider(conn: sqlite3.Connection, provider: str, until: float) -> int:
+    """Move every poll of a provider that asked for a pause to the end of the pause."""
+    return conn.execute(
+        "UPDATE jobs SET next_poll_at = ? WHERE provider = ? AND next_poll_at < ?"
+        " AND status NOT IN ('completed', 'failed')",
+        (until, provider, until),
+    ).rowcount
+
+
+def spread_overdue(
+    conn: sqlite3.Connection, provider: str, now: float, window: float, min_step: float
+) -> int:
+    """Reschedule overdue polls evenly over ``window`` seconds instead of all at once.
+
+    Never closer together than ``min_step``, the provider's own request spacing.
+    """
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM jobs WHERE provider = ? AND next_poll_at < ?"
+            " AND status NOT IN ('completed', 'failed') ORDER BY next_poll_at",
+            (provider, now),
+        )
+    ]
+    if ids:
+        step = max(min_step, window / len(ids))
+        conn.executemany(
+            "UPDATE jobs SET next_poll_at = ? WHERE id = ?",
+            [(now + i * step, job_id) for i, job_id in enumerate(ids)],
+        )
+    return len(ids)
 
 
 def purge_nonces(conn: sqlite3.Connection, now: float) -> int:

@@ -69,21 +69,46 @@ def callbacks(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
     return _rows(conn.execute("SELECT * FROM callbacks WHERE job_id = ? ORDER BY id", (job_id,)))
 
 
-def due_polls(conn: sqlite3.Connection, now: float, limit: int) -> list[dict[str, Any]]:
+def due_polls(
+    conn: sqlite3.Connection, provider: str, now: float, limit: int, skip: list[str]
+) -> list[dict[str, Any]]:
+    """A provider's due polls, oldest first, leaving out the ids in ``skip`` (in flight)."""
+    marks = ",".join("?" * len(skip))
     return _rows(
         conn.execute(
             "SELECT id, provider, provider_job_id, key_fingerprint, callback_url,"
-            " confirm_callback_id, poll_failures, next_poll_at FROM jobs"
-            " WHERE next_poll_at IS NOT NULL AND next_poll_at <= ?"
-            " AND status NOT IN ('completed', 'failed') ORDER BY next_poll_at LIMIT ?",
-            (now, limit),
+            " confirm_callback_id, poll_failures, polls, next_poll_at FROM jobs"
+            " WHERE provider = ? AND next_poll_at <= ?"
+            " AND status NOT IN ('completed', 'failed')"
+            f" AND id NOT IN ({marks}) ORDER BY next_poll_at LIMIT ?",
+            (provider, now, *skip, limit),
         )
     )
 
 
-def next_poll_at(conn: sqlite3.Connection) -> float | None:
-    row = conn.execute(
-        "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
-        " AND status NOT IN ('completed', 'failed')"
-    ).fetchone()
-    return None if row is None else row[0]
+def overdue_deadlines(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM jobs WHERE deadline_at <= ?"
+            " AND status NOT IN ('completed', 'failed') ORDER BY deadline_at LIMIT ?",
+            (now, limit),
+        )
+    ]
+
+
+def next_wake(conn: sqlite3.Connection, skip: list[str]) -> float | None:
+    """The earliest poll or deadline among unfinished jobs not in ``skip``."""
+    marks = ",".join("?" * len(skip))
+    times = []
+    for column in ("next_poll_at", "deadline_at"):
+        # ORDER BY the indexed column with LIMIT 1 reads one index entry, not the table.
+        row = conn.execute(
+            f"SELECT {column} FROM jobs WHERE {column} IS NOT NULL"
+            f" AND status NOT IN ('completed', 'failed') AND id NOT IN ({marks})"
+            f" ORDER BY {column} LIMIT 1",
+            skip,
+        ).fetchone()
+        if row is not None:
+            times.append(row[0])
+    return min(times, default=None)

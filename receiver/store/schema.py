@@ -109,3 +109,12 @@ def m001_initial(db: Database) -> None:
     )
     db.table("deliveries").create_index(["transition_id", "channel"], unique=True)
     db.table("deliveries").create_index(["status", "next_attempt_at"])
+
+
+@migrations()
+def m002_poll_schedule(db: Database) -> None:
+    jobs = db.table("jobs")
+    jobs.add_column("polls", int, not_null_default=0)  # successful polls so far
+    jobs.add_column("deadline_at", float)  # past it, an unfinished job fails "timed out"
+    jobs.create_index(["deadline_at"])
+    jobs.create_index(["provider", "next_poll_at"])

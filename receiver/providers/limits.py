@@ -1,0 +1,60 @@
+"""Per-provider request limits: concurrency, requests per second, and Retry-After.
+
+Every request to a provider passes through its Gate, so submissions, polls and refreshes
+share one budget, and a provider that is slow or refusing never holds up another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+
+class GateClosed(Exception):
+    """The provider may not be asked before ``wait`` seconds have passed."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"{wait:.1f} s")
+        self.wait = wait
+
+
+class Gate:
+    def __init__(
+        self,
+        requests_per_second: float | None,
+        max_concurrency: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # Depth-one token bucket: requests are spaced at least 1/rate apart, so no
+        # window of one second ever holds more than the rate allows.
+        self.spacing = 1.0 / requests_per_second if requests_per_second else 0.0
+        self.max_concurrency = max_concurrency
+        self._clock = clock
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._next_send = 0.0
+        self._blocked_until = 0.0
+
+    def block_for(self, seconds: float) -> None:
+        """The provider asked for a pause (Retry-After): no request before it ends."""
+        self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+
+    @property
+    def blocked_for(self) -> float:
+        return max(0.0, self._blocked_until - self._clock())
+
+    @asynccontextmanager
+    async def slot(self, max_wait: float | None = None) -> AsyncIterator[None]:
+        """Hold one of the provider's request slots; raise GateClosed past ``max_wait``."""
+        async with self._slots:
+            while True:
+                now = self._clock()
+                wait = max(self._next_send, self._blocked_until) - now
+                if wait <= 0:
+                    break
+                if max_wait is not None and wait > max_wait:
+                    raise GateClosed(wait)
+                await asyncio.sleep(wait)
+            self._next_send = self._clock() + self.spacing
+            yield
