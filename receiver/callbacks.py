@@ -7,9 +7,8 @@ is scheduled for a confirming status fetch, which the poller performs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -27,8 +26,6 @@ log = logging.getLogger("vidhook.callbacks")
 _UNSTORED_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "x-hmac-signature", "x-api-key"}
 )
-# What makes two requests byte-identical for replay purposes, besides the body.
-_DIGEST_HEADERS = ("date", "x-request-nonce", "x-hmac-signed-headers", "x-hmac-signature")
 
 
 class BodyTooLarge(Exception):
@@ -54,15 +51,6 @@ def is_json_media(content_type: str | None) -> bool:
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
-
-
-def request_digest(body: bytes, headers: Any) -> str:
-    h = hashlib.sha256(body)
-    for name in _DIGEST_HEADERS:
-        h.update(
-            b"\n" + name.encode() + b":" + (headers.get(name) or "").encode("utf-8", "replace")
-        )
-    return h.hexdigest()
 
 
 async def receive(request: Request) -> Response:
@@ -118,7 +106,7 @@ async def receive(request: Request) -> Response:
         job_id=job["id"],
         provider=provider_name,
         nonce=nonce,
-        digest=request_digest(body, request.headers),
+        digest=provider.replay_digest(request.headers, body),
         nonce_expires_at=runtime.store.clock() + 2 * runtime.config.callbacks.date_tolerance + 60,
         headers={k: v for k, v in request.headers.items() if k not in _UNSTORED_HEADERS},
         body=text,

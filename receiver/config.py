@@ -33,13 +33,14 @@ _TIMING: dict[str, float] = {
 }
 PROVIDER_TYPES: dict[str, dict[str, Any]] = {
     "vidu": {"base_url": "https://api.vidu.com", "default_model": "viduq2"},
-    "kvid": {"base_url": "https://api.kvid.ai", "default_model": "v2", "poll_interval": 5.0,
-             "poll_max_interval": 30.0},
+    # kvid estimates about 30 s per video; a poll of a finished job costs two requests.
+    "kvid": {"base_url": "https://api.kvid.ai", "default_model": "v2", "initial_delay": 15.0,
+             "poll_interval": 5.0, "poll_max_interval": 30.0},
     # revid asks callers to wait 45 to 60 s before the first poll; 1000 requests/min.
-    "revid": {"base_url": "https://ai.revidapi.com", "default_model": "kling-2.5-turbo",
+    "revid": {"base_url": "https://ai.revidapi.com", "default_model": "kling-2.6",
               "initial_delay": 45.0, "requests_per_second": 16.0},
     # apimodels suggests polling every 5 to 10 s.
-    "apimodels": {"base_url": "https://apimodels.app", "default_model": None,
+    "apimodels": {"base_url": "https://apimodels.app", "default_model": "grok-video-3",
                   "initial_delay": 5.0, "poll_interval": 5.0, "poll_max_interval": 10.0},
     # Gateways poll their upstream every 15 s: asking more often only costs requests.
     "newapi": {"base_url": None, "default_model": None, "initial_delay": 15.0,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +14,17 @@ import pytest
 
 from receiver.app import create_app
 from receiver.config import parse_config
-from receiver.sandbox import ServerThread, ViduSandbox, ViduSandboxSettings, create_sandbox_app
+from receiver.sandbox import (
+    ApimodelsFakeSettings,
+    FakeSettings,
+    NewApiFakeSettings,
+    ServerThread,
+    Timing,
+    ViduSandbox,
+    ViduSandboxSettings,
+    create_sandbox_app,
+)
+from receiver.sandbox.base import FakeProvider
 
 VIDU_KEY = "vidu-test-key-0123456789abcdef"
 OLD_VIDU_KEY = "vidu-old-key-fedcba9876543210"
@@ -20,40 +32,94 @@ ADMIN_TOKEN = "admin-test-token-5e1f"
 ENV = {"VIDU_API_KEY": VIDU_KEY, "OLD_VIDU_KEY": OLD_VIDU_KEY, "VIDHOOK_ADMIN_TOKEN": ADMIN_TOKEN}
 
 
+POLL_ONLY = ("kvid", "revid", "newapi")
+PROVIDERS = ("vidu", "apimodels", *POLL_ONLY)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate, timeout=10.0, what="condition", interval=0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 @dataclass
 class Sandbox:
     url: str
     vidu: ViduSandbox
+    kvid: FakeProvider
+    revid: FakeProvider
+    apimodels: FakeProvider
+    newapi: FakeProvider
 
     @property
     def settings(self) -> ViduSandboxSettings:
         return self.vidu.settings
 
+    def fake(self, name: str) -> FakeProvider:
+        fake = getattr(self, name)
+        assert isinstance(fake, FakeProvider)
+        return fake
 
-@pytest.fixture
-def sandbox():
-    settings = ViduSandboxSettings(
+
+def fake_settings(kind=FakeSettings, **fields):
+    timing = Timing(queue_delay=0.05, start_delay=0.05, run_time=0.15, slow_factor=6)
+    return kind(api_keys=[VIDU_KEY, OLD_VIDU_KEY], timing=timing, **fields)
+
+
+@contextmanager
+def running_sandbox():
+    vidu = ViduSandboxSettings(
         api_keys=[VIDU_KEY, OLD_VIDU_KEY],
         queue_delay=0.05,
         start_delay=0.05,
         run_time=0.15,
         callback_retry_delay=0.1,
     )
-    app = create_sandbox_app(settings)
+    app = create_sandbox_app(
+        vidu,
+        kvid=fake_settings(),
+        revid=fake_settings(),
+        apimodels=fake_settings(ApimodelsFakeSettings, callback_retry_delays=(0.1, 0.1, 0.1)),
+        newapi=fake_settings(NewApiFakeSettings),
+    )
     with ServerThread(app) as server:
-        yield Sandbox(server.url, app.state.vidu)
+        fakes = [getattr(app.state, name) for name in ("vidu", "kvid", "revid", "apimodels")]
+        yield Sandbox(server.url, *fakes, app.state.newapi)
 
 
-def service_config(public_url, sandbox_url, db_path, **vidu):
-    provider = {
-        "base_url": f"{sandbox_url}/vidu",
-        "api_key_env": "VIDU_API_KEY",
-        "poll_interval": 0.2,
-        "reconcile_after": 60,
-        "timeout": 5,
-        **vidu,
+# Quick schedules, so that tests see many polls in little time.
+FAST_POLLING = {
+    "timeout": 2,
+    "initial_delay": 0.05,
+    "poll_interval": 0.1,
+    "poll_max_interval": 0.3,
+    "reconcile_after": 60,
+    "reconcile_interval": 60,
+}
+
+
+def service_config(public_url, sandbox_url, db_path, overrides=None, **vidu):
+    """Every provider pointed at the sandbox; ``overrides`` maps provider -> settings."""
+    providers = {
+        name: {"base_url": f"{sandbox_url}/{name}", "api_key_env": "VIDU_API_KEY", **FAST_POLLING}
+        for name in PROVIDERS
     }
-    data = {"public_url": public_url, "database": str(db_path), "providers": {"vidu": provider}}
+    providers["newapi"]["default_model"] = "kling-v1"
+    providers["vidu"].update({"poll_interval": 0.2, "timeout": 5, **vidu})
+    for name, settings in (overrides or {}).items():
+        providers[name].update(settings)
+    data = {"public_url": public_url, "database": str(db_path), "providers": providers}
     return parse_config(data, ENV)
 
 
@@ -109,10 +175,26 @@ class Service:
         self.http.close()
 
 
-def start_service(sandbox_url, db_path, **vidu):
+@contextmanager
+def running_service(sandbox_url, db_path, overrides=None, **vidu):
+    svc = start_service(sandbox_url, db_path, overrides, **vidu)
+    try:
+        yield svc
+    finally:
+        svc.close()
+        svc.server.stop()
+
+
+@pytest.fixture
+def sandbox():
+    with running_sandbox() as fakes:
+        yield fakes
+
+
+def start_service(sandbox_url, db_path, overrides=None, **vidu):
     server = ServerThread(None)
     server.bind()
-    server.app = create_app(service_config(server.url, sandbox_url, db_path, **vidu))
+    server.app = create_app(service_config(server.url, sandbox_url, db_path, overrides, **vidu))
     server.start()
     return Service(server, db_path)
 
@@ -124,7 +206,5 @@ def db_path(tmp_path):
 
 @pytest.fixture
 def service(sandbox, db_path):
-    svc = start_service(sandbox.url, db_path)
-    yield svc
-    svc.close()
-    svc.server.stop()
+    with running_service(sandbox.url, db_path) as svc:
+        yield svc

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from receiver.sandbox import ServerThread, ViduSandboxSettings, create_sandbox_app
-from tests.conftest import ADMIN_TOKEN, OLD_VIDU_KEY, VIDU_KEY, Sandbox, start_service
+from tests.conftest import ADMIN_TOKEN, OLD_VIDU_KEY, VIDU_KEY, running_sandbox, running_service
 
 # -- fixtures ---------------------------------------------------------------------------
 # One sandbox and one receiver for the module, shadowing conftest's per-test ones (stopping
@@ -17,32 +16,20 @@ from tests.conftest import ADMIN_TOKEN, OLD_VIDU_KEY, VIDU_KEY, Sandbox, start_s
 
 @pytest.fixture(scope="module")
 def sandbox():
-    settings = ViduSandboxSettings(
-        api_keys=[VIDU_KEY, OLD_VIDU_KEY],
-        queue_delay=0.05,
-        start_delay=0.05,
-        run_time=0.15,
-        callback_retry_delay=0.1,
-    )
-    app = create_sandbox_app(settings)
-    with ServerThread(app) as server:
-        yield Sandbox(server.url, app.state.vidu)
+    with running_sandbox() as fakes:
+        yield fakes
 
 
 @pytest.fixture(scope="module")
 def service(sandbox, tmp_path_factory):
-    svc = start_service(sandbox.url, tmp_path_factory.mktemp("api") / "vidhook.db")
-    yield svc
-    svc.close()
-    svc.server.stop()
+    with running_service(sandbox.url, tmp_path_factory.mktemp("api") / "vidhook.db") as svc:
+        yield svc
 
 
 @pytest.fixture
 def fresh(sandbox, tmp_path):
-    svc = start_service(sandbox.url, tmp_path / "fresh.db")
-    yield svc
-    svc.close()
-    svc.server.stop()
+    with running_service(sandbox.url, tmp_path / "fresh.db") as svc:
+        yield svc
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from receiver.sandbox import ServerThread, ViduSandboxSettings, create_sandbox_app
-from tests.conftest import OLD_VIDU_KEY, VIDU_KEY, Sandbox, start_service
+from tests.conftest import OLD_VIDU_KEY, VIDU_KEY, running_sandbox, running_service
 from tests.vidu_signer import vidu_headers
 
 LIMIT = 1024 * 1024  # callbacks.max_body_bytes, the default
@@ -36,24 +35,14 @@ JOB_COLUMNS = (
 
 @pytest.fixture(scope="module")
 def sandbox():
-    settings = ViduSandboxSettings(
-        api_keys=[VIDU_KEY, OLD_VIDU_KEY],
-        queue_delay=0.05,
-        start_delay=0.05,
-        run_time=0.15,
-        callback_retry_delay=0.1,
-    )
-    app = create_sandbox_app(settings)
-    with ServerThread(app) as server:
-        yield Sandbox(server.url, app.state.vidu)
+    with running_sandbox() as fakes:
+        yield fakes
 
 
 @pytest.fixture(scope="module")
 def service(sandbox, tmp_path_factory):
-    svc = start_service(sandbox.url, tmp_path_factory.mktemp("callbacks") / "vidhook.db")
-    yield svc
-    svc.close()
-    svc.server.stop()
+    with running_service(sandbox.url, tmp_path_factory.mktemp("callbacks") / "vidhook.db") as svc:
+        yield svc
 
 
 @pytest.fixture(autouse=True)

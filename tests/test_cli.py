@@ -10,8 +10,8 @@ import pytest
 
 from receiver.cli import main
 from receiver.demo import SAMPLES
-from tests.conftest import ADMIN_TOKEN
-from tests.test_restart import REPO, free_port
+from tests.conftest import ADMIN_TOKEN, free_port
+from tests.test_restart import REPO
 
 TIMELINE_LINE = re.compile(r"^  \+\s*\d+\.\d\ds  (\w+)\s+via (\w+)")
 

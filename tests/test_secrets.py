@@ -11,8 +11,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, VIDU_KEY
-from tests.test_restart import ServiceProcess, wait_for
+from tests.conftest import ADMIN_TOKEN, VIDU_KEY, wait_for
+from tests.test_restart import ServiceProcess
 from tests.vidu_signer import vidu_headers
 
 pytestmark = pytest.mark.slow

@@ -5,10 +5,20 @@ from __future__ import annotations
 import httpx
 
 from receiver.config import ProviderConfig
+from receiver.providers.apimodels import Apimodels
 from receiver.providers.base import Provider
+from receiver.providers.kvid import Kvid
+from receiver.providers.newapi import NewApi
+from receiver.providers.revid import Revid
 from receiver.providers.vidu import Vidu
 
-ADAPTERS: dict[str, type[Provider]] = {"vidu": Vidu}
+ADAPTERS: dict[str, type[Provider]] = {
+    "vidu": Vidu,
+    "kvid": Kvid,
+    "revid": Revid,
+    "apimodels": Apimodels,
+    "newapi": NewApi,
+}
 
 
 def build(config: ProviderConfig, client: httpx.AsyncClient) -> Provider:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -137,6 +138,10 @@ class Provider(ABC):
         provider sends one, otherwise something derived from the request itself.
         """
         raise NotImplementedError(f"{self.name} does not send callbacks")
+
+    def replay_digest(self, headers: Mapping[str, str], body: bytes) -> str:
+        """What must match for a repeated nonce to count as a retry rather than a replay."""
+        return hashlib.sha256(body).hexdigest()
 
     def parse_callback(self, payload: Mapping[str, Any]) -> Observation:
         raise NotImplementedError(f"{self.name} does not send callbacks")

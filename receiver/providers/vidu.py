@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,7 @@ STATES = {
     "success": Status.COMPLETED,
     "failed": Status.FAILED,
 }
+SIGNATURE_HEADERS = ("date", "x-request-nonce", "x-hmac-signed-headers", "x-hmac-signature")
 MAX_PROMPT = 2000
 # Fields vidhook itself sets; an option may not override them.
 RESERVED = frozenset({"model", "prompt", "images", "callback_url"})
@@ -150,6 +152,13 @@ class Vidu(HTTPProvider):
             key.reveal(), "POST", job.callback_url, headers, tolerance=tolerance
         )
         return verified.nonce
+
+    def replay_digest(self, headers: Mapping[str, str], body: bytes) -> str:
+        # A retry from Vidu repeats the signed headers as well as the body.
+        digest = hashlib.sha256(body)
+        for name in SIGNATURE_HEADERS:
+            digest.update(f"\n{name}:{headers.get(name, '')}".encode("utf-8", "replace"))
+        return digest.hexdigest()
 
     def parse_callback(self, payload: Mapping[str, Any]) -> Observation:
         return observation(payload)

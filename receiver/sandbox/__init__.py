@@ -1,7 +1,7 @@
 """Fake providers served on loopback for ``vidhook demo``, local development and tests.
 
-Each provider is a Starlette app mounted under its own prefix (``/vidu``, ...), so a
-provider's base_url is ``{sandbox_url}/{prefix}``.
+Each provider is a Starlette app mounted under its own prefix (``/vidu``, ``/kvid``, ...),
+so a provider's base_url is ``{sandbox_url}/{prefix}``.
 """
 
 from __future__ import annotations
@@ -12,18 +12,49 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from receiver.sandbox.apimodels import ApimodelsFake, ApimodelsFakeSettings
+from receiver.sandbox.base import FakeProvider, FakeSettings, Faults, Timing
+from receiver.sandbox.kvid import KvidFake
+from receiver.sandbox.newapi import NewApiFake, NewApiFakeSettings
+from receiver.sandbox.revid import RevidFake
 from receiver.sandbox.server import ServerThread
 from receiver.sandbox.vidu import ViduSandbox, ViduSandboxSettings
 
-__all__ = ["ServerThread", "ViduSandbox", "ViduSandboxSettings", "create_sandbox_app"]
+__all__ = [
+    "ApimodelsFakeSettings",
+    "FakeSettings",
+    "Faults",
+    "NewApiFakeSettings",
+    "ServerThread",
+    "Timing",
+    "ViduSandbox",
+    "ViduSandboxSettings",
+    "create_sandbox_app",
+]
+
+PREFIXES = ("vidu", "kvid", "revid", "apimodels", "newapi")
 
 
-def create_sandbox_app(vidu: ViduSandboxSettings | None = None) -> Starlette:
-    """All fake providers in one app; ``app.state.vidu`` is the :class:`ViduSandbox`."""
-    vidu_sandbox = ViduSandbox(vidu)
-    mounts = [Mount("/vidu", app=vidu_sandbox.app, name="vidu")]
+def create_sandbox_app(
+    vidu: ViduSandboxSettings | None = None,
+    *,
+    kvid: FakeSettings | None = None,
+    revid: FakeSettings | None = None,
+    apimodels: ApimodelsFakeSettings | None = None,
+    newapi: NewApiFakeSettings | None = None,
+) -> Starlette:
+    """All fake providers in one app; ``app.state.<prefix>`` is each provider's fake."""
+    fakes: dict[str, ViduSandbox | FakeProvider] = {
+        "vidu": ViduSandbox(vidu),
+        "kvid": KvidFake(kvid),
+        "revid": RevidFake(revid),
+        "apimodels": ApimodelsFake(apimodels),
+        "newapi": NewApiFake(newapi),
+    }
+    mounts = [Mount(f"/{name}", app=fake.app, name=name) for name, fake in fakes.items()]
     app = Starlette(routes=mounts, lifespan=_mounted_lifespans(mounts))
-    app.state.vidu = vidu_sandbox
+    for name, fake in fakes.items():
+        setattr(app.state, name, fake)
     return app
 
 

@@ -1,0 +1,292 @@
+"""new-api style gateways (new-api, one-api forks) relaying Kling, Jimeng, Vidu and others.
+
+Poll only: the gateway polls its upstream itself (about every 15 s) and has no webhooks.
+Two status endpoints exist for the same task: the task envelope at
+``/v1/video/generations/{task_id}`` and, on newer gateways, an OpenAI-style video object
+at ``/v1/videos/{id}``. Gateways differ in which one they serve, so ``fetch`` tries the
+one that last worked and falls back to the other on 404.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, TypeGuard
+from urllib.parse import quote
+
+import httpx
+
+from receiver.config import ProviderConfig
+from receiver.providers.base import (
+    HTTPProvider,
+    InvalidRequest,
+    JobRef,
+    Observation,
+    ProviderError,
+    Submission,
+    SubmitRequest,
+)
+from receiver.states import Status
+
+# The task envelope's words (upper case in new-api's TaskStatus).
+TASK_STATES = {
+    "NOT_START": Status.QUEUED,
+    "SUBMITTED": Status.QUEUED,
+    "QUEUED": Status.QUEUED,
+    "IN_PROGRESS": Status.PROCESSING,
+    "SUCCESS": Status.COMPLETED,
+    "FAILURE": Status.FAILED,
+    "UNKNOWN": Status.QUEUED,
+}
+# The OpenAI-style video object's words. "unknown" is how new-api renders its UNKNOWN
+# task status in this shape, so it gets the same reading.
+VIDEO_STATES = {
+    "queued": Status.QUEUED,
+    "in_progress": Status.PROCESSING,
+    "completed": Status.COMPLETED,
+    "failed": Status.FAILED,
+    "unknown": Status.QUEUED,
+}
+TASK_PATH = "/video/generations/{id}"
+VIDEO_PATH = "/videos/{id}"
+MODEL_REQUIRED = "required for new-api gateways; set default_model or pass model"
+# Fields vidhook itself sets; an option may not override them.
+RESERVED = frozenset({"model", "prompt", "image", "images", "callback_url"})
+# Documented submit fields whose type the gateway checks; a wrong one is refused here
+# instead of costing a round trip (or, on lenient forks, being silently dropped).
+_NUMBER, _INTEGER, _TEXT, _OBJECT = "a number", "an integer", "a string", "an object"
+OPTION_TYPES = {
+    "duration": _NUMBER,
+    "fps": _INTEGER,
+    "height": _INTEGER,
+    "width": _INTEGER,
+    "seed": _INTEGER,
+    "n": _INTEGER,
+    "size": _TEXT,
+    "response_format": _TEXT,
+    "user": _TEXT,
+    "metadata": _OBJECT,
+}
+_SIZE = re.compile(r"\d+x\d+")
+# The task envelope's "code" when the lookup worked.
+_SUCCESS = "success"
+# Error codes that mean the task will never be found, whatever HTTP status carries them.
+_GONE = frozenset({"task_not_exist"})
+
+
+def observation(body: Mapping[str, Any]) -> Observation:
+    """An observation from either status shape: the task envelope or the video object."""
+    data = body.get("data")
+    if isinstance(data, Mapping):
+        return task_observation(data)
+    return video_observation(body)
+
+
+def task_observation(data: Mapping[str, Any]) -> Observation:
+    """From the ``data`` of ``/v1/video/generations/{task_id}``."""
+    word = _word(data.get("status"))
+    status = TASK_STATES.get((word or "").upper())
+    reason = _text(data.get("fail_reason"))
+    result_url = _text(data.get("result_url"))
+    if status is Status.COMPLETED and result_url is None and _is_url(reason):
+        # Older gateways store the video URL in fail_reason and have no result_url.
+        result_url = reason
+    quota = data.get("quota")
+    task_id = data.get("task_id")
+    return Observation(
+        status=status or Status.QUEUED,
+        provider_status=word,
+        result_url=result_url if status is Status.COMPLETED else None,
+        error=(reason or "failed without a reason") if status is Status.FAILED else None,
+        # The gateway's own billing units for the task, not upstream credits.
+        credits=float(quota) if _is_number(quota) else None,
+        raw=data,
+        provider_job_id=str(task_id) if task_id else None,
+        known=status is not None,
+    )
+
+
+def video_observation(body: Mapping[str, Any]) -> Observation:
+    """From the OpenAI-style object of ``/v1/videos/{id}``."""
+    word = _word(body.get("status"))
+    status = VIDEO_STATES.get((word or "").lower())
+    metadata = body.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    error = body.get("error")
+    message: str | None = None
+    if isinstance(error, Mapping):
+        message = _text(error.get("message")) or _text(error.get("code"))
+    elif isinstance(error, str):
+        message = _text(error)
+    video_id = body.get("id") or body.get("task_id")
+    return Observation(
+        status=status or Status.QUEUED,
+        provider_status=word,
+        result_url=_text(metadata.get("url")) if status is Status.COMPLETED else None,
+        error=(message or "failed without a reason") if status is Status.FAILED else None,
+        raw=body,
+        provider_job_id=str(video_id) if video_id else None,
+        known=status is not None,
+    )
+
+
+def _word(value: Any) -> str | None:
+    return str(value) if value is not None and value != "" else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _is_url(value: str | None) -> bool:
+    return value is not None and value.startswith(("https://", "http://"))
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _option_problem(name: str, value: Any) -> str | None:
+    wanted = OPTION_TYPES.get(name)
+    if wanted == _NUMBER and not (_is_number(value) and value > 0):
+        return "must be a positive number of seconds"
+    if wanted == _INTEGER and not (isinstance(value, int) and not isinstance(value, bool)):
+        return "must be an integer"
+    if wanted == _TEXT and not isinstance(value, str):
+        return "must be a string"
+    if wanted == _OBJECT and not isinstance(value, Mapping):
+        return "must be an object of vendor-specific parameters"
+    if name == "size" and isinstance(value, str) and not _SIZE.fullmatch(value):
+        return "must be WIDTHxHEIGHT, e.g. 1920x1080"
+    if name == "n" and value != 1 and isinstance(value, int):
+        return "vidhook tracks one video per job; leave n unset or 1"
+    return None
+
+
+class NewApi(HTTPProvider):
+    supports_callbacks = False
+    # Status endpoints in the order first tried; a subclass (or an instance, before its
+    # first fetch) may put VIDEO_PATH first for gateways known to serve only that one.
+    status_paths: tuple[str, ...] = (TASK_PATH, VIDEO_PATH)
+
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        super().__init__(config, client)
+        self._working_path: str | None = None
+
+    def _url_path(self, suffix: str) -> str:
+        # base_url is the gateway root; tolerate the ".../v1" that OpenAI clients want.
+        root = self.config.base_url.rstrip("/")
+        return suffix if root.endswith("/v1") else f"/v1{suffix}"
+
+    def error_details(self, response: httpx.Response) -> tuple[str | None, str]:
+        """``{code, message, param, type}``, at the top level or under ``error``."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, Mapping):
+            inner = body.get("error")
+            if isinstance(inner, Mapping):
+                body = inner
+            elif isinstance(inner, str) and inner and not body.get("message"):
+                body = {"message": inner}
+            names = (body.get(k) for k in ("code", "type"))
+            code = next((n for n in names if isinstance(n, str) and n and not n.isdigit()), None)
+            message = body.get("message")
+            if isinstance(message, str) and message:
+                return code, message[:500]
+            if code:
+                return code, code
+        return None, f"HTTP {response.status_code} {response.reason_phrase}".strip()
+
+    def validate(self, request: SubmitRequest) -> None:
+        problems: dict[str, str] = {}
+        if not (request.model or self.config.default_model):
+            problems["model"] = MODEL_REQUIRED
+        if not request.prompt or not request.prompt.strip():
+            problems["prompt"] = "required by new-api gateways"
+        if len(request.images) > 1:
+            problems["images"] = f"new-api gateways take at most 1 image, got {len(request.images)}"
+        elif request.images and not (isinstance(request.images[0], str) and request.images[0]):
+            problems["images"] = "the image must be a URL or base64 data"
+        if request.mode:
+            problems["mode"] = "new-api gateways have no modes; leave it unset"
+        for name, value in request.options.items():
+            if name in RESERVED:
+                problems[f"options.{name}"] = "is set by vidhook; use the top-level field"
+            elif (problem := _option_problem(name, value)) is not None:
+                problems[f"options.{name}"] = problem
+        if problems:
+            raise InvalidRequest(problems)
+
+    async def submit(self, request: SubmitRequest, callback_url: str | None) -> Submission:
+        # callback_url is ignored: the gateway cannot call back, so vidhook polls.
+        self.validate(request)
+        body: dict[str, Any] = dict(request.options)
+        body["model"] = request.model or self.config.default_model
+        body["prompt"] = request.prompt
+        if request.images:
+            body["image"] = request.images[0]
+        key = self.config.api_key
+        data = await self.request_json(
+            "POST", self._url_path("/video/generations"), key=key, json=body
+        )
+        if not isinstance(data, Mapping):
+            raise ProviderError(self.name, "the submit response is not an object", transient=False)
+        task_id = data.get("task_id") or data.get("id")
+        if not task_id:
+            # Not transient: asking again would create (and bill) a second task.
+            raise ProviderError(self.name, "the submit response has no task_id", transient=False)
+        # Every accepted task is reported "processing" here, while the status endpoint
+        # then says NOT_START/SUBMITTED/QUEUED; reading it as queued keeps the first poll
+        # from looking like a step backwards.
+        accepted = Observation(
+            status=Status.QUEUED,
+            provider_status=_word(data.get("status")),
+            raw=data,
+            provider_job_id=str(task_id),
+        )
+        return Submission(str(task_id), accepted, key.fingerprint)
+
+    async def fetch(self, job: JobRef) -> Observation:
+        if not job.provider_job_id:
+            # The submit response may still be on its way; ask again later.
+            raise ProviderError(self.name, "the provider task id is not known yet", transient=True)
+        key = self.key_for(job)
+        task_id = quote(job.provider_job_id, safe="")
+        paths = list(self.status_paths)
+        if self._working_path in paths:
+            paths.remove(self._working_path)
+            paths.insert(0, self._working_path)
+        for index, path in enumerate(paths):
+            try:
+                data = await self.request_json(
+                    "GET", self._url_path(path.format(id=task_id)), key=key
+                )
+            except ProviderError as exc:
+                # 404 is this gateway lacking the route; an unknown task is 400.
+                if exc.status_code == 404 and index + 1 < len(paths):
+                    continue
+                raise
+            self._working_path = path
+            return self._read_status(data)
+        raise ProviderError(self.name, "no status endpoint to ask", transient=False)
+
+    def _read_status(self, data: Any) -> Observation:
+        if not isinstance(data, Mapping):
+            raise ProviderError(self.name, "the status response is not an object", transient=True)
+        if isinstance(data.get("data"), Mapping):
+            return task_observation(data["data"])
+        code = data.get("code")
+        if isinstance(code, str) and code and code != _SUCCESS:
+            # An error envelope with HTTP 200, as some forks send.
+            message = data.get("message")
+            raise ProviderError(
+                self.name,
+                str(message)[:500] if message else code,
+                transient=code not in _GONE,
+                code=code,
+            )
+        if "status" in data:
+            return video_observation(data)
+        raise ProviderError(self.name, "the status response has no task status", transient=True)
