@@ -294,7 +294,7 @@ class _Reader:
             self.problem(f"{key}.poll_max_interval", "must not be less than poll_interval")
         rps = section.get("requests_per_second", defaults.get("requests_per_second"))
         if rps is not None:
-            rps = self.seconds(section, "requests_per_second", 1.0, key, "requests per second")
+            rps = self.seconds(section, "requests_per_second", rps, key, "requests per second")
         model = section.get("default_model", defaults["default_model"])
         if model is not None and not isinstance(model, str):
             self.problem(f"{key}.default_model", "must be a string")

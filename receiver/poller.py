@@ -138,10 +138,10 @@ class Poller:
             timed_out = Observation(status=Status.FAILED, error=TIMED_OUT)
             self._notify(await self.store.apply(job_id, timed_out, "deadline"))
         for name, provider in self.providers.items():
+            if not self._has_room(name, provider):
+                continue
             inflight = self._inflight[name]
             room = provider.gate.max_concurrency - len(inflight)
-            if room <= 0 or provider.gate.blocked_for > 0:
-                continue
             for row in await self.store.due_polls(name, room, sorted(inflight)):
                 inflight.add(row["id"])
                 self.lateness.append(max(0.0, self.store.clock() - row["next_poll_at"]))
@@ -150,15 +150,18 @@ class Poller:
                 task.add_done_callback(self._tasks.discard)
 
     async def _until_next(self) -> float:
-        busy = [job_id for jobs in self._inflight.values() for job_id in jobs]
-        upcoming = await self.store.next_wake(busy)
-        if upcoming is None:
-            return IDLE_WAIT
-        delay = upcoming - self.store.clock()
-        if delay <= 0:
-            # Due, but its provider has no free slot: a finishing poll wakes the loop.
-            return min(IDLE_WAIT, 0.5)
-        return min(IDLE_WAIT, delay)
+        # A provider with every slot taken is left out: a finishing poll wakes the loop.
+        # One that asked for a pause is left out until the pause ends.
+        open_ = [name for name, p in self.providers.items() if self._has_room(name, p)]
+        paused = [p.gate.blocked_for for p in self.providers.values() if p.gate.blocked_for > 0]
+        busy = [job_id for name in open_ for job_id in self._inflight[name]]
+        upcoming = await self.store.next_wake(open_, busy)
+        delay = IDLE_WAIT if upcoming is None else upcoming - self.store.clock()
+        return max(0.0, min(IDLE_WAIT, delay, *paused))
+
+    def _has_room(self, name: str, provider: Provider) -> bool:
+        free = provider.gate.max_concurrency > len(self._inflight[name])
+        return free and provider.gate.blocked_for <= 0
 
     async def _poll(self, provider: str, row: Mapping[str, Any]) -> None:
         try:

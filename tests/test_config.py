@@ -135,3 +135,23 @@ def test_channel_secrets_come_from_the_environment():
     data["channels"]["team"]["webhook_url"] = "https://hooks.slack.com/x"
     with pytest.raises(ConfigError, match=r"channels.team.webhook_url: secrets do not go"):
         parse_config(data, {**ENV, "SLACK_URL": "y"})
+
+
+def test_provider_types_bring_their_own_defaults_and_tables_override_them(tmp_path):
+    text = (
+        MINIMAL
+        + "[providers.revid]\napi_key_env = 'VIDU_API_KEY'\n"
+        + "[providers.fast]\ntype = 'revid'\napi_key_env = 'VIDU_API_KEY'\n"
+        + "requests_per_second = 2\ninitial_delay = 1\n"
+    )
+    config = load_config(write(tmp_path, text), ENV)
+    revid, fast = config.providers["revid"], config.providers["fast"]
+    assert (revid.requests_per_second, revid.initial_delay) == (16.0, 45.0)
+    assert (fast.requests_per_second, fast.initial_delay, fast.type) == (2.0, 1.0, "revid")
+    assert config.providers["vidu"].requests_per_second is None
+
+
+def test_newapi_needs_a_base_url(tmp_path):
+    text = MINIMAL + "[providers.gateway]\ntype = 'newapi'\napi_key_env = 'VIDU_API_KEY'\n"
+    with pytest.raises(ConfigError, match=r"providers.gateway.base_url: required"):
+        load_config(write(tmp_path, text), ENV)

@@ -177,5 +177,5 @@ class Store:
     async def overdue_deadlines(self, limit: int) -> list[str]:
         return await self.read(queries.overdue_deadlines, self.clock(), limit)
 
-    async def next_wake(self, skip: list[str]) -> float | None:
-        return await self.read(queries.next_wake, skip)
+    async def next_wake(self, providers: list[str], skip: list[str]) -> float | None:
+        return await self.read(queries.next_wake, providers, skip)

@@ -97,18 +97,22 @@ def overdue_deadlines(conn: sqlite3.Connection, now: float, limit: int) -> list[
     ]
 
 
-def next_wake(conn: sqlite3.Connection, skip: list[str]) -> float | None:
-    """The earliest poll or deadline among unfinished jobs not in ``skip``."""
-    marks = ",".join("?" * len(skip))
-    times = []
-    for column in ("next_poll_at", "deadline_at"):
-        # ORDER BY the indexed column with LIMIT 1 reads one index entry, not the table.
-        row = conn.execute(
-            f"SELECT {column} FROM jobs WHERE {column} IS NOT NULL"
-            f" AND status NOT IN ('completed', 'failed') AND id NOT IN ({marks})"
-            f" ORDER BY {column} LIMIT 1",
-            skip,
-        ).fetchone()
-        if row is not None:
-            times.append(row[0])
-    return min(times, default=None)
+def next_wake(conn: sqlite3.Connection, providers: list[str], skip: list[str]) -> float | None:
+    """The earliest deadline of any unfinished job, or poll of one of ``providers``.
+
+    Jobs in ``skip`` (polls in flight) are left out.
+    """
+    marks = ",".join("?" * len(providers))
+    skipped = ",".join("?" * len(skip))
+    # ORDER BY an indexed column with LIMIT 1 reads a few index entries, not the table.
+    poll = conn.execute(
+        "SELECT next_poll_at FROM jobs WHERE next_poll_at IS NOT NULL"
+        f" AND status NOT IN ('completed', 'failed') AND provider IN ({marks})"
+        f" AND id NOT IN ({skipped}) ORDER BY next_poll_at LIMIT 1",
+        (*providers, *skip),
+    ).fetchone()
+    deadline = conn.execute(
+        "SELECT deadline_at FROM jobs WHERE deadline_at IS NOT NULL"
+        " AND status NOT IN ('completed', 'failed') ORDER BY deadline_at LIMIT 1"
+    ).fetchone()
+    return min((row[0] for row in (poll, deadline) if row is not None), default=None)
