@@ -19,7 +19,15 @@ import httpx
 
 from receiver.app import create_app
 from receiver.config import parse_config
-from receiver.sandbox import ServerThread, ViduSandboxSettings, create_sandbox_app
+from receiver.sandbox import (
+    PREFIXES,
+    ApimodelsFakeSettings,
+    FakeSettings,
+    NewApiFakeSettings,
+    ServerThread,
+    ViduSandboxSettings,
+    create_sandbox_app,
+)
 from receiver.timeline import format_timeline
 
 
@@ -55,7 +63,35 @@ SAMPLES = (
         {"provider": "vidu", "prompt": "A hummingbird at a feeder, slow motion [lost]"},
         "completed",
     ),
+    Sample(
+        "apimodels: unsigned webhook, confirmed by a poll",
+        {"provider": "apimodels", "prompt": "Tea steam curling in morning light"},
+        "completed",
+    ),
+    Sample(
+        "kvid: no webhooks, polled, with an undocumented status on the way",
+        {"provider": "kvid", "prompt": "A paper crane unfolding [unknown]"},
+        "completed",
+    ),
+    Sample(
+        "revid: no webhooks, polled; the provider fails the job",
+        {"provider": "revid", "prompt": "City traffic in time-lapse [fail]"},
+        "failed",
+    ),
+    Sample(
+        "new-api gateway: no webhooks, polled",
+        {"provider": "newapi", "prompt": "Waves against black rocks", "model": "kling-v1"},
+        "completed",
+    ),
 )
+# Quick schedules for the demo; real defaults are in vidhook.example.toml.
+DEMO_POLLING = {
+    "initial_delay": 0.3,
+    "poll_interval": 0.3,
+    "poll_max_interval": 1.0,
+    "reconcile_after": 2.0,
+    "reconcile_interval": 2.0,
+}
 
 
 def demo_config(public_url: str, sandbox_url: str, database: Path, env: dict[str, str]) -> Any:
@@ -65,12 +101,12 @@ def demo_config(public_url: str, sandbox_url: str, database: Path, env: dict[str
             "database": str(database),
             "admin_token_env": "VIDHOOK_DEMO_ADMIN_TOKEN",
             "providers": {
-                "vidu": {
-                    "base_url": f"{sandbox_url}/vidu",
-                    "api_key_env": "VIDHOOK_DEMO_VIDU_KEY",
-                    "poll_interval": 0.5,
-                    "reconcile_after": 2.0,
+                name: {
+                    "base_url": f"{sandbox_url}/{name}",
+                    "api_key_env": "VIDHOOK_DEMO_KEY",
+                    **DEMO_POLLING,
                 }
+                for name in PREFIXES
             },
         },
         env,
@@ -83,11 +119,18 @@ def run_demo(timeout: float = 60.0) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     env = {
         "VIDHOOK_DEMO_ADMIN_TOKEN": secrets.token_urlsafe(24),
-        "VIDHOOK_DEMO_VIDU_KEY": "demo-" + secrets.token_hex(16),
+        "VIDHOOK_DEMO_KEY": "demo-" + secrets.token_hex(16),
     }
     with tempfile.TemporaryDirectory(prefix="vidhook-demo-") as tmp:
-        settings = ViduSandboxSettings(api_keys=[env["VIDHOOK_DEMO_VIDU_KEY"]])
-        with ServerThread(create_sandbox_app(settings)) as sandbox:
+        keys = [env["VIDHOOK_DEMO_KEY"]]
+        fakes = {name: FakeSettings(api_keys=keys) for name in ("kvid", "revid")}
+        app = create_sandbox_app(
+            ViduSandboxSettings(api_keys=keys),
+            apimodels=ApimodelsFakeSettings(api_keys=keys, callback_retry_delays=(0.5, 1.0)),
+            newapi=NewApiFakeSettings(api_keys=keys),
+            **fakes,
+        )
+        with ServerThread(app) as sandbox:
             receiver = ServerThread(None)
             receiver.bind()
             config = demo_config(receiver.url, sandbox.url, Path(tmp) / "demo.db", env)

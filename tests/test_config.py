@@ -33,8 +33,11 @@ def test_minimal_config_fills_defaults(tmp_path):
 
 
 def test_example_file_documents_a_loadable_config():
-    config = load_config(ROOT / "vidhook.example.toml", ENV)
-    assert set(config.providers) == {"vidu"}
+    keys = ("KVID_API_KEY", "REVID_API_KEY", "APIMODELS_API_KEY", "GATEWAY_API_KEY")
+    config = load_config(ROOT / "vidhook.example.toml", {**ENV, **dict.fromkeys(keys, "k")})
+    assert set(config.providers) == {"vidu", "kvid", "revid", "apimodels", "gateway"}
+    assert config.providers["gateway"].type == "newapi"
+    assert config.providers["revid"].initial_delay == 45
 
 
 def test_secrets_do_not_show_in_reprs(tmp_path):

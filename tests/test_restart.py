@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ENV, free_port, wait_for
+from tests.conftest import ADMIN_TOKEN, ENV, POLL_ONLY, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 # Variables that would override the config file written here.
@@ -30,7 +30,9 @@ pytestmark = pytest.mark.slow
 class ServiceProcess:
     """`python -m receiver serve` on its own config, database and log in a tmp folder."""
 
-    def __init__(self, folder: Path, sandbox_url: str, log_level: str = "info") -> None:
+    def __init__(
+        self, folder: Path, sandbox_url: str, log_level: str = "info", extra_config: str = ""
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_path = folder / "vidhook.db"
@@ -49,7 +51,7 @@ class ServiceProcess:
             'api_key_env = "VIDU_API_KEY"\n'
             "poll_interval = 0.2\n"
             "reconcile_after = 60\n"
-            "timeout = 2\n",
+            "timeout = 2\n" + extra_config,
             encoding="utf-8",
         )
         self.env = {k: v for k, v in os.environ.items() if k not in _OVERRIDES}
@@ -246,3 +248,65 @@ def test_sigkill_right_after_callbacks_were_acknowledged_loses_none_of_them(sand
              {"provider_status": "processing", "callback_id": stored[0]["id"]}),
         ]  # fmt: skip
         assert svc.job(job_id)["status"] == "processing"
+
+
+def test_sigkill_and_restart_resumes_polling_every_unfinished_job(sandbox, tmp_path):
+    extra = "".join(
+        f"\n[providers.{name}]\n"
+        f'base_url = "{sandbox.url}/{name}"\n'
+        'api_key_env = "VIDU_API_KEY"\n'
+        "initial_delay = 0.1\npoll_interval = 0.2\npoll_max_interval = 0.4\ntimeout = 2\n"
+        + ('default_model = "kling-v1"\n' if name == "newapi" else "")
+        for name in POLL_ONLY
+    )
+    service = ServiceProcess(tmp_path, sandbox.url, extra_config=extra)
+    try:
+        service.start()
+        ids = []
+        for name in POLL_ONLY:
+            for i in range(3):
+                body = {"provider": name, "prompt": f"Tide pools {i} [slow]"}
+                response = service.api.post("/api/jobs", json=body)
+                assert response.status_code == 201, response.text
+                ids.append(response.json()["id"])
+
+        def polled_jobs():
+            return service_rows(service, "SELECT count(*) FROM jobs WHERE polls > 0")[0][0]
+
+        wait_for(lambda: polled_jobs() == len(ids), what="a first poll of every job")
+        service.kill()
+        unfinished = service_rows(
+            service, "SELECT id FROM jobs WHERE status NOT IN ('completed', 'failed')"
+        )
+        assert len(unfinished) >= len(ids) - 2  # the kill came while they were running
+        polls_before = {name: count_gets(sandbox, name) for name in POLL_ONLY}
+
+        service.start()
+        wait_for(
+            lambda: all(
+                service.api.get(f"/api/jobs/{job_id}").json()["status"] == "completed"
+                for job_id in ids
+            ),
+            timeout=20,
+            what="every job to complete after the restart",
+        )
+        for name in POLL_ONLY:
+            assert count_gets(sandbox, name) > polls_before[name]
+        steps = service_rows(
+            service, "SELECT job_id, to_status, count(*) FROM transitions GROUP BY 1, 2"
+        )
+        assert all(count == 1 for _job, _status, count in steps)
+    finally:
+        service.close()
+
+
+def service_rows(service, sql):
+    conn = sqlite3.connect(service.db_path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def count_gets(sandbox, name):
+    return sum(1 for r in sandbox.fake(name).requests if r.method == "GET")

@@ -21,6 +21,7 @@ from receiver.sandbox.server import ServerThread
 from receiver.sandbox.vidu import ViduSandbox, ViduSandboxSettings
 
 __all__ = [
+    "PREFIXES",
     "ApimodelsFakeSettings",
     "FakeSettings",
     "Faults",
