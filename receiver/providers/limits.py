@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
+SAFETY = 1.05
+
+
 class GateClosed(Exception):
     """The provider may not be asked before ``wait`` seconds have passed."""
 
@@ -28,8 +31,9 @@ class Gate:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # Depth-one token bucket: requests are spaced at least 1/rate apart, so no
-        # window of one second ever holds more than the rate allows.
-        self.spacing = 1.0 / requests_per_second if requests_per_second else 0.0
+        # window of one second ever holds more than the rate allows. The 5 % margin
+        # absorbs network jitter: the provider counts arrivals, not departures.
+        self.spacing = SAFETY / requests_per_second if requests_per_second else 0.0
         self.max_concurrency = max_concurrency
         self._clock = clock
         self._slots = asyncio.Semaphore(max_concurrency)
