@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -12,8 +12,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
-from receiver.responses import JSON, dumps, error, iso
+from receiver.responses import JSON, dumps, error
 from receiver.states import Status
+from receiver.views import render_job
 
 if TYPE_CHECKING:
     from receiver.runtime import Runtime
@@ -36,42 +37,6 @@ def admin(handler: Handler) -> Handler:
         return await handler(request)
 
     return guarded
-
-
-def redact_callback_url(url: str | None, token: str | None) -> str | None:
-    if not url or not token:
-        return url
-    return url.replace(token, token[:4] + "…")
-
-
-def render_job(job: Mapping[str, Any]) -> dict[str, Any]:
-    out = {
-        key: job.get(key)
-        for key in (
-            "id", "provider", "provider_job_id", "status", "provider_status", "model",
-            "prompt", "request", "result_url", "cover_url", "error", "credits", "notify",
-            "anomalies", "key_fingerprint",
-        )
-    }  # fmt: skip
-    for key in ("created_at", "updated_at", "finished_at", "last_callback_at", "next_poll_at"):
-        out[key] = iso(job.get(key))
-    out["callback_url"] = redact_callback_url(job.get("callback_url"), job.get("callback_token"))
-    if "transitions" in job:
-        out["transitions"] = [{**t, "at": iso(t["at"])} for t in job["transitions"]]
-        out["deliveries"] = [
-            {
-                **d,
-                **{k: iso(d[k]) for k in ("next_attempt_at", "created_at", "updated_at",
-                                          "delivered_at")},
-            }
-            for d in job["deliveries"]
-        ]  # fmt: skip
-        out["callbacks"] = [
-            {"id": c["id"], "received_at": iso(c["received_at"]),
-             "provider_status": c["provider_status"], "outcome": c["outcome"]}
-            for c in job["callbacks"]
-        ]  # fmt: skip
-    return out
 
 
 async def read_json(request: Request) -> tuple[Any, Response | None]:

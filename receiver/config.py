@@ -46,7 +46,30 @@ PROVIDER_TYPES: dict[str, dict[str, Any]] = {
     "newapi": {"base_url": None, "default_model": None, "initial_delay": 15.0,
                "poll_interval": 15.0},
 }  # fmt: skip
-CHANNEL_TYPES = ("slack", "email", "webhook", "console")
+# The keys each channel type takes besides `type` and `events`; *_env keys hold secrets.
+CHANNEL_KEYS: dict[str, frozenset[str]] = {
+    # An incoming webhook (webhook_url_env), or a bot token (bot_token_env) and a channel.
+    "slack": frozenset({"webhook_url_env", "bot_token_env", "channel", "api_url", "timeout"}),
+    "email": frozenset(
+        {"host", "port", "security", "username", "password_env", "from", "to", "timeout"}
+    ),
+    "webhook": frozenset({"url", "secret_env", "timeout"}),
+    "console": frozenset(),
+}
+CHANNEL_TYPES = tuple(CHANNEL_KEYS)
+# (keys of which one is needed, what to do) per channel type.
+_CHANNEL_NEEDS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
+    "slack": (
+        (("webhook_url_env", "bot_token_env"),
+         "name the variable holding an incoming-webhook URL, or set bot_token_env and channel"),
+    ),
+    "email": (
+        (("host",), "the SMTP server's host name"),
+        (("from",), "the sender address"),
+        (("to",), 'the recipients, such as ["team@example.com"]'),
+    ),
+    "webhook": ((("url",), "the https URL of your endpoint"),),
+}  # fmt: skip
 AUTH_SCHEMES = ("Token", "Bearer")
 # Keys that would put a secret straight into the file; each has an *_env twin.
 _SECRET_WORDS = ("key", "token", "secret", "password", "webhook_url")
@@ -334,7 +357,10 @@ class _Reader:
         for option, value in section.items():
             if option in ("type", "events"):
                 continue
-            if option.endswith("_env"):
+            if option not in CHANNEL_KEYS[kind] and not any(w in option for w in _SECRET_WORDS):
+                known = ", ".join(sorted(CHANNEL_KEYS[kind])) or "none"
+                self.problem(f"{key}.{option}", f"unknown key for a {kind} channel; known: {known}")
+            elif option.endswith("_env"):
                 secret = self.secret(section, option, key)
                 if secret is not None:
                     secrets[option.removesuffix("_env")] = secret
@@ -346,6 +372,9 @@ class _Reader:
                 )
             else:
                 options[option] = value
+        for needed, hint in _CHANNEL_NEEDS.get(kind, ()):
+            if not any(k in section for k in needed):
+                self.problem(f"{key}.{needed[0]}", f"missing; {hint}")
         return ChannelConfig(name, kind, frozenset(events), options, secrets)
 
     def server(self, section: Any) -> ServerConfig:

@@ -1,0 +1,44 @@
+"""How a stored job is shown outside the database: the admin API and notifications."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from receiver.responses import iso
+
+
+def redact_callback_url(url: str | None, token: str | None) -> str | None:
+    if not url or not token:
+        return url
+    return url.replace(token, token[:4] + "…")
+
+
+def render_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    out = {
+        key: job.get(key)
+        for key in (
+            "id", "provider", "provider_job_id", "status", "provider_status", "model",
+            "prompt", "request", "result_url", "cover_url", "error", "credits", "notify",
+            "anomalies", "key_fingerprint",
+        )
+    }  # fmt: skip
+    for key in ("created_at", "updated_at", "finished_at", "last_callback_at", "next_poll_at"):
+        out[key] = iso(job.get(key))
+    out["callback_url"] = redact_callback_url(job.get("callback_url"), job.get("callback_token"))
+    if "transitions" in job:
+        out["transitions"] = [{**t, "at": iso(t["at"])} for t in job["transitions"]]
+        out["deliveries"] = [
+            {
+                **d,
+                **{k: iso(d[k]) for k in ("next_attempt_at", "created_at", "updated_at",
+                                          "delivered_at")},
+            }
+            for d in job["deliveries"]
+        ]  # fmt: skip
+        out["callbacks"] = [
+            {"id": c["id"], "received_at": iso(c["received_at"]),
+             "provider_status": c["provider_status"], "outcome": c["outcome"]}
+            for c in job["callbacks"]
+        ]  # fmt: skip
+    return out
