@@ -14,7 +14,7 @@ from starlette.routing import Route
 from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
 from receiver.responses import JSON, dumps, error
 from receiver.states import Status
-from receiver.views import render_job
+from receiver.views import render_delivery, render_job
 
 if TYPE_CHECKING:
     from receiver.runtime import Runtime
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vidhook.api")
 
 Handler = Callable[[Request], Awaitable[Response]]
+DELIVERY_STATUSES = ("pending", "delivered", "dead")
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Vidu takes base64 images up to 20 MB
 
 
@@ -188,9 +189,61 @@ async def refresh_job(request: Request) -> Response:
     return JSON(render_job(detail))
 
 
+@admin
+async def list_deliveries(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    params = request.query_params
+    problems: dict[str, str] = {}
+    status = params.get("status")
+    if status is not None and status not in DELIVERY_STATUSES:
+        problems["status"] = f"one of {', '.join(DELIVERY_STATUSES)}"
+    limit = _whole(params.get("limit", "50"))
+    if limit is None or not 1 <= limit <= 500:
+        problems["limit"] = "a whole number from 1 to 500"
+    cursor = params.get("cursor")
+    before = _whole(cursor) if cursor is not None else None
+    if cursor is not None and before is None:
+        problems["cursor"] = "pass back the next_cursor of the previous page"
+    if problems or limit is None:
+        return error(422, "invalid_fields", "some query parameters are invalid", fields=problems)
+    rows = await runtime.store.list_deliveries(status=status, before=before, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JSON(
+        {
+            "deliveries": [render_delivery(d) for d in rows],
+            "next_cursor": str(rows[-1]["id"]) if more else None,
+        }
+    )
+
+
+@admin
+async def retry_delivery(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    delivery_id = _whole(request.path_params["delivery_id"])
+    source = None if delivery_id is None else await runtime.store.delivery_source(delivery_id)
+    if delivery_id is None or source is None:
+        return error(404, "unknown_delivery", "no delivery has this id")
+    if source["status"] != "dead":
+        return error(
+            409, "not_dead", f"only dead deliveries are retried; this one is {source['status']}"
+        )
+    delivery = await runtime.store.requeue_delivery(delivery_id)
+    assert delivery is not None
+    runtime.outbox.disabled.pop(delivery["channel"], None)
+    runtime.outbox.wake()
+    return JSON(render_delivery(delivery))
+
+
+def _whole(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isascii() and text.isdigit() else None
+
+
 routes = [
     Route("/jobs", create_job, methods=["POST"]),
     Route("/jobs", list_jobs, methods=["GET"]),
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
+    Route("/deliveries", list_deliveries, methods=["GET"]),
+    Route("/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),
 ]

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from receiver.config import ConfigError, config_path, load_config
+from receiver.providers import ADAPTERS
 from receiver.timeline import format_job, format_timeline
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -162,6 +165,61 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    client = Client(args)
+    if args.action == "retry":
+        delivery = client.call("POST", f"/api/deliveries/{args.delivery_id}/retry")
+        print(f"delivery {delivery['id']} to {delivery['channel']} queued again")
+        return 0
+    params = {"status": args.status} if args.status else {}
+    page = client.call("GET", "/api/deliveries", params=params)
+    for d in page["deliveries"]:
+        error = f"  {d['last_error']}" if d.get("last_error") else ""
+        print(f"{d['id']:>8}  {d['channel']:<12} {d['event']:<10} {d['status']:<9} ", end="")
+        print(f"attempts={d['attempts']}  {d['job_id']}{error}")
+    if not page["deliveries"]:
+        print("no deliveries")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"vidhook: {path} has problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    print(f"{path}: ok")
+    print(f"database: {config.database}")
+    print("callback URLs (each job adds its own token):")
+    for name, provider in config.providers.items():
+        takes = ADAPTERS[provider.type].supports_callbacks
+        where = config.callback_url(name, "<token>") if takes else "none: polled"
+        print(f"  {name:<12} {where}")
+    disabled = disabled_channels(config.database)
+    print("channels:" if config.channels else "channels: none configured")
+    for name, channel in config.channels.items():
+        state = f"DISABLED: {disabled[name]}" if name in disabled else "enabled"
+        print(f"  {name:<12} {channel.type:<8} {state}")
+    return 1 if any(name in disabled for name in config.channels) else 0
+
+
+def disabled_channels(database: Path) -> dict[str, str]:
+    """Channels the outbox disabled because their destination is gone."""
+    if not database.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT name, reason FROM channel_states").fetchall()
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
+    return {name: reason for name, reason in rows}
+
+
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
@@ -216,6 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("job_id")
     add_client_options(show)
     show.set_defaults(func=cmd_show)
+
+    deliveries = commands.add_parser("deliveries", help="list notification deliveries")
+    deliveries.add_argument("--status", choices=["pending", "delivered", "dead"])
+    actions = deliveries.add_subparsers(dest="action")
+    retry = actions.add_parser("retry", help="queue a dead delivery again")
+    retry.add_argument("delivery_id")
+    add_client_options(retry)
+    add_client_options(deliveries)
+    deliveries.set_defaults(func=cmd_deliveries)
+
+    check = commands.add_parser("check", help="validate the config and show callback URLs")
+    check.add_argument("--config", help="path to vidhook.toml (default: $VIDHOOK_CONFIG)")
+    check.set_defaults(func=cmd_check)
     return parser
 
 

@@ -122,6 +122,14 @@ class CallbackConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    max_attempts: int = 12  # then the delivery is dead
+    max_age: float = 86400.0  # seconds; then the delivery is dead however few its attempts
+    retry_base: float = 5.0  # the first retry's delay; each further one doubles it
+    retry_max: float = 3600.0
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     name: str
     type: str
@@ -171,6 +179,7 @@ class Config:
     default_channels: tuple[str, ...] = ()
     server: ServerConfig = field(default_factory=ServerConfig)
     callbacks: CallbackConfig = field(default_factory=CallbackConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = "<memory>"
 
     def callback_url(self, provider: str, token: str) -> str:
@@ -227,7 +236,7 @@ class _Reader:
     def read(self, data: Mapping[str, Any], base_dir: Path) -> Config | None:
         known = {
             "public_url", "database", "admin_token_env", "default_channels",
-            "providers", "channels", "server", "callbacks",
+            "providers", "channels", "server", "callbacks", "notify",
         }  # fmt: skip
         self.unknown_keys(data, known, "")
         public_url = self.public_url(self.env.get("VIDHOOK_PUBLIC_URL") or data.get("public_url"))
@@ -254,6 +263,7 @@ class _Reader:
                 self.problem("default_channels", f"names {name!r}; add a [channels.{name}] table")
         server = self.server(data.get("server", {}))
         callbacks = self.callbacks(data.get("callbacks", {}))
+        notify = self.notify(data.get("notify", {}))
         if public_url is None or admin_token is None or self.problems:
             return None
         db_path = Path(database)
@@ -266,6 +276,7 @@ class _Reader:
             default_channels=tuple(default_channels),
             server=server,
             callbacks=callbacks,
+            notify=notify,
             source=self.source,
         )
 
@@ -395,6 +406,22 @@ class _Reader:
         return CallbackConfig(
             max_body_bytes=self.typed(section, "max_body_bytes", int, 1024 * 1024, "callbacks"),
             date_tolerance=self.seconds(section, "date_tolerance", 300.0, "callbacks"),
+        )
+
+    def notify(self, section: Any) -> NotifyConfig:
+        if not isinstance(section, Mapping):
+            self.problem("notify", "must be a table")
+            return NotifyConfig()
+        known = {"max_attempts", "max_age", "retry_base", "retry_max"}
+        self.unknown_keys(section, known, "notify")
+        attempts = self.typed(section, "max_attempts", int, 12, "notify")
+        if attempts < 1:
+            self.problem("notify.max_attempts", "must be at least 1")
+        return NotifyConfig(
+            max_attempts=attempts,
+            max_age=self.seconds(section, "max_age", 86400.0, "notify"),
+            retry_base=self.seconds(section, "retry_base", 5.0, "notify"),
+            retry_max=self.seconds(section, "retry_max", 3600.0, "notify"),
         )
 
     # -- typed accessors: each reports its own problem and returns a usable default --

@@ -100,6 +100,9 @@ def demo_config(public_url: str, sandbox_url: str, database: Path, env: dict[str
             "public_url": public_url,
             "database": str(database),
             "admin_token_env": "VIDHOOK_DEMO_ADMIN_TOKEN",
+            # Events as they happen, one line each, while the jobs run.
+            "default_channels": ["console"],
+            "channels": {"console": {"type": "console", "events": ["completed", "failed"]}},
             "providers": {
                 name: {
                     "base_url": f"{sandbox_url}/{name}",
@@ -138,6 +141,7 @@ def run_demo(timeout: float = 60.0) -> int:
             with receiver:
                 print(f"sandbox providers: {sandbox.url}")
                 print(f"vidhook receiver:  {receiver.url} (database in {tmp})")
+                print("\nnotifications (console channel) as they happen:")
                 return _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
 
 
@@ -153,14 +157,14 @@ def _run(url: str, admin_token: str, timeout: float) -> int:
         jobs: list[dict[str, Any]] = []
         while True:
             jobs = [http.get(f"/api/jobs/{job_id}").json() for job_id in ids]
-            if all(j["status"] in ("completed", "failed") for j in jobs):
+            if all(_settled(j) for j in jobs):
                 break
             if time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     ok = True
     for sample, job in zip(SAMPLES, jobs, strict=True):
-        reached = job["status"] == sample.expected
+        reached = job["status"] == sample.expected and _settled(job)
         ok = ok and reached
         mark = "ok" if reached else f"EXPECTED {sample.expected}"
         print(f"\n{sample.title}\n  {job['id']}: {job['status']} [{mark}]")
@@ -174,3 +178,9 @@ def _run(url: str, admin_token: str, timeout: float) -> int:
             print(f"  ignored: {anomaly['note']} (from {anomaly['source']})")
     print("\ndemo " + ("passed: every job reached its expected end" if ok else "FAILED"))
     return 0 if ok else 1
+
+
+def _settled(job: dict[str, Any]) -> bool:
+    """Ended, and its notifications sent."""
+    ended = job["status"] in ("completed", "failed")
+    return ended and all(d["status"] == "delivered" for d in job["deliveries"])

@@ -13,8 +13,11 @@ from typing import Any
 
 import httpx
 
+from receiver import notify
 from receiver import providers as adapters
 from receiver.config import Config
+from receiver.notify.base import Channel
+from receiver.notify.outbox import Outbox
 from receiver.poller import Poller, first_poll_delay
 from receiver.providers.base import Observation, Provider, ProviderError, SubmitRequest
 from receiver.states import Status
@@ -63,12 +66,17 @@ class Runtime:
             name: adapters.build(p, self.client) for name, p in config.providers.items()
         }
         self.poller = Poller(self.store, self.providers)
+        self.channels: dict[str, Channel] = {
+            name: notify.build(c, self.client) for name, c in config.channels.items()
+        }
+        self.outbox = Outbox(self.store, config.notify, self.channels)
         self.json_loads: Callable[[str | bytes], Any] = strict_json
         self.counters: Counter[tuple[str, ...]] = Counter()
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.open)
         self.poller.start()
+        self.outbox.start()
         log.info(
             "vidhook ready: database %s, providers %s",
             self.config.database,
@@ -77,12 +85,13 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.poller.stop()
+        await self.outbox.stop()
         await self.client.aclose()
         await asyncio.to_thread(self.store.close)
 
     @property
     def ready(self) -> bool:
-        return self.store.writer.running and self.poller.running
+        return self.store.writer.running and self.poller.running and self.outbox.running
 
     def count_callback(self, provider: str, outcome: str, reason: str | None = None) -> None:
         self.counters["callbacks", provider, outcome, reason or ""] += 1

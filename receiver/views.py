@@ -28,17 +28,21 @@ def render_job(job: Mapping[str, Any]) -> dict[str, Any]:
     out["callback_url"] = redact_callback_url(job.get("callback_url"), job.get("callback_token"))
     if "transitions" in job:
         out["transitions"] = [{**t, "at": iso(t["at"])} for t in job["transitions"]]
-        out["deliveries"] = [
-            {
-                **d,
-                **{k: iso(d[k]) for k in ("next_attempt_at", "created_at", "updated_at",
-                                          "delivered_at")},
-            }
-            for d in job["deliveries"]
-        ]  # fmt: skip
+        out["deliveries"] = [render_delivery(d) for d in job["deliveries"]]
         out["callbacks"] = [
             {"id": c["id"], "received_at": iso(c["received_at"]),
              "provider_status": c["provider_status"], "outcome": c["outcome"]}
             for c in job["callbacks"]
         ]  # fmt: skip
+    return out
+
+
+_DELIVERY_TIMES = ("next_attempt_at", "created_at", "updated_at", "delivered_at", "requeued_at")
+
+
+def render_delivery(delivery: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(delivery)
+    for key in _DELIVERY_TIMES:
+        if key in out:
+            out[key] = iso(out[key])
     return out

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from receiver.providers.base import Observation, Submission
-from receiver.store import jobs, queries
+from receiver.store import jobs, outbox, queries
 from receiver.store.jobs import Applied, CallbackOutcome, JobNotFound, NewJob, Route
 from receiver.store.schema import migrations
 from receiver.store.writer import Writer, connect
@@ -148,6 +148,43 @@ class Store:
     async def ping(self) -> None:
         """Prove the database takes writes: an empty transaction through the writer."""
         await self.write(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- the outbox --
+
+    async def due_deliveries(self, channel: str, limit: int) -> list[dict[str, Any]]:
+        return await self.read(outbox.due, channel, self.clock(), limit)
+
+    async def next_delivery_due(self, channels: list[str]) -> float | None:
+        return await self.read(outbox.next_due, channels)
+
+    async def delivery_source(self, delivery_id: int) -> dict[str, Any] | None:
+        return await self.read(outbox.event_source, delivery_id)
+
+    async def record_attempt(self, delivery_id: int, **fields: Any) -> None:
+        now = self.clock()
+        await self.write(lambda conn: outbox.record_attempt(conn, delivery_id, now=now, **fields))
+
+    async def disable_channel(self, name: str, reason: str, fingerprint: str) -> None:
+        now = self.clock()
+        await self.write(lambda conn: outbox.disable_channel(conn, name, reason, fingerprint, now))
+
+    async def enable_channel(self, name: str) -> bool:
+        return await self.write(lambda conn: outbox.enable_channel(conn, name))
+
+    async def channel_states(self) -> list[dict[str, Any]]:
+        return await self.read(outbox.channel_states)
+
+    async def requeue_delivery(self, delivery_id: int) -> dict[str, Any] | None:
+        now = self.clock()
+        return await self.write(lambda conn: outbox.requeue(conn, delivery_id, now))
+
+    async def list_deliveries(
+        self, *, status: str | None, before: int | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return await self.read(outbox.list_deliveries, status=status, before=before, limit=limit)
+
+    async def delivery_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        return await self.read(outbox.attempts, delivery_id)
 
     # -- reads --
 

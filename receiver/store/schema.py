@@ -118,3 +118,30 @@ def m002_poll_schedule(db: Database) -> None:
     jobs.add_column("deadline_at", float)  # past it, an unfinished job fails "timed out"
     jobs.create_index(["deadline_at"])
     jobs.create_index(["provider", "next_poll_at"])
+
+
+@migrations()
+def m003_outbox(db: Database) -> None:
+    db.table("delivery_attempts").create(
+        {
+            "id": int,
+            "delivery_id": int,
+            "at": float,
+            "outcome": str,  # delivered | retry | dead | disabled
+            "status_code": int,
+            "error": str,
+            "duration_ms": float,
+        },
+        pk="id",
+        not_null={"delivery_id", "at", "outcome"},
+        foreign_keys=[("delivery_id", "deliveries", "id")],
+    )
+    db.table("delivery_attempts").create_index(["delivery_id", "id"])
+    db.table("deliveries").create_index(["channel", "status", "next_attempt_at"])
+    # A re-queued dead delivery counts its age again from here.
+    db.table("deliveries").add_column("requeued_at", float)
+    # A channel whose destination is gone; cleared when its configuration changes.
+    db.table("channel_states").create(
+        {"name": str, "disabled_at": float, "reason": str, "config_fingerprint": str},
+        pk="name",
+    )

@@ -44,6 +44,8 @@ class Writer:
         self._thread: threading.Thread | None = None
         self.batches = 0
         self.requests = 0
+        # Called on the writer thread after every commit: keep them quick and thread-safe.
+        self.listeners: list[Callable[[], None]] = []
 
     def start(self) -> None:
         conn = connect(self.path, self.synchronous)
@@ -130,3 +132,8 @@ class Writer:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a commit listener failed")
