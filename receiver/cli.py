@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from receiver.config import ConfigError, config_path, load_config
+from receiver.notify import build_all as build_channels
 from receiver.providers import ADAPTERS
 from receiver.timeline import format_job, format_timeline
 
@@ -38,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(config_path(args.config))
+        app = create_app(config)
     except ConfigError as exc:
         print("vidhook: the configuration has problems:", file=sys.stderr)
         for problem in exc.problems:
@@ -45,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level)
     uvicorn.run(
-        create_app(config),
+        app,
         host=args.host or config.server.host,
         port=args.port if args.port is not None else config.server.port,
         access_log=False,
@@ -186,6 +188,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     try:
         config = load_config(path)
+        build_channels(config, httpx.AsyncClient())
     except ConfigError as exc:
         print(f"vidhook: {path} has problems:", file=sys.stderr)
         for problem in exc.problems:

@@ -66,9 +66,7 @@ class Runtime:
             name: adapters.build(p, self.client) for name, p in config.providers.items()
         }
         self.poller = Poller(self.store, self.providers)
-        self.channels: dict[str, Channel] = {
-            name: notify.build(c, self.client) for name, c in config.channels.items()
-        }
+        self.channels: dict[str, Channel] = notify.build_all(config, self.client)
         self.outbox = Outbox(self.store, config.notify, self.channels)
         self.json_loads: Callable[[str | bytes], Any] = strict_json
         self.counters: Counter[tuple[str, ...]] = Counter()

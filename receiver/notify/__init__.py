@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import httpx
 
-from receiver.config import ChannelConfig
+from receiver.config import ChannelConfig, Config, ConfigError
 from receiver.notify.base import Channel
 from receiver.notify.console import ConsoleChannel
+from receiver.notify.webhook import WebhookChannel
 
 CHANNELS: dict[str, type[Channel]] = {
     "console": ConsoleChannel,
+    "webhook": WebhookChannel,
 }
 
 
 def build(config: ChannelConfig, client: httpx.AsyncClient) -> Channel:
     return CHANNELS[config.type](config, client)
+
+
+def build_all(config: Config, client: httpx.AsyncClient) -> dict[str, Channel]:
+    """Every configured channel; an option a channel refuses is a configuration error."""
+    channels, problems = {}, []
+    for name, channel in config.channels.items():
+        try:
+            channels[name] = build(channel, client)
+        except ValueError as exc:
+            problems.append(f"{config.source}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return channels

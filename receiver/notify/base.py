@@ -25,7 +25,7 @@ Kind = Literal["transient", "permanent", "gone"]
 class Event:
     """One state change of one job, for one channel.
 
-    ``id`` is the delivery's id: the same on every retry, so receivers can dedupe.
+    ``id`` is the delivery's event id: the same on every retry, so receivers can dedupe.
     ``job`` is the job as the admin API shows it (no secrets).
     """
 

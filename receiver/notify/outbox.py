@@ -171,7 +171,7 @@ class Outbox:
             await self._finish(delivery, DEAD, "dead", "its job or transition no longer exists")
             return
         event = Event(
-            id=f"dlv_{delivery_id}",
+            id=delivery.get("event_id") or f"dlv_{delivery_id}",
             type=f"job.{delivery['event']}",
             created_at=source["transition"]["at"],
             job=render_job(source["job"]),

@@ -7,6 +7,7 @@ appends the transition and enqueues its deliveries, all in the caller's transact
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -161,8 +162,9 @@ def _transition(
     for channel in route(new, notify):
         conn.execute(
             "INSERT INTO deliveries (job_id, transition_id, channel, event, status,"
-            " next_attempt_at, created_at, updated_at) VALUES (?,?,?,?, 'pending', ?,?,?)",
-            (job_id, tid, channel, new.value, now, now, now),
+            " next_attempt_at, created_at, updated_at, event_id)"
+            " VALUES (?,?,?,?, 'pending', ?,?,?,?)",
+            (job_id, tid, channel, new.value, now, now, now, "evt_" + secrets.token_hex(12)),
         )
     return tid
 

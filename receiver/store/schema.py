@@ -140,6 +140,8 @@ def m003_outbox(db: Database) -> None:
     db.table("deliveries").create_index(["channel", "status", "next_attempt_at"])
     # A re-queued dead delivery counts its age again from here.
     db.table("deliveries").add_column("requeued_at", float)
+    # The id receivers dedupe on: random, so it is unique across databases too.
+    db.table("deliveries").add_column("event_id", str)
     # A channel whose destination is gone; cleared when its configuration changes.
     db.table("channel_states").create(
         {"name": str, "disabled_at": float, "reason": str, "config_fingerprint": str},
