@@ -7,10 +7,12 @@ import httpx
 from receiver.config import ChannelConfig, Config, ConfigError
 from receiver.notify.base import Channel
 from receiver.notify.console import ConsoleChannel
+from receiver.notify.slack import SlackChannel
 from receiver.notify.webhook import WebhookChannel
 
 CHANNELS: dict[str, type[Channel]] = {
     "console": ConsoleChannel,
+    "slack": SlackChannel,
     "webhook": WebhookChannel,
 }
 
