@@ -51,7 +51,7 @@ CHANNEL_KEYS: dict[str, frozenset[str]] = {
     # An incoming webhook (webhook_url_env), or a bot token (bot_token_env) and a channel.
     "slack": frozenset({"webhook_url_env", "bot_token_env", "channel", "api_url", "timeout"}),
     "email": frozenset(
-        {"host", "port", "security", "username", "password_env", "from", "to", "timeout"}
+        {"host", "port", "security", "username", "password_env", "from", "to", "timeout", "ca_file"}
     ),
     "webhook": frozenset({"url", "secret_env", "timeout"}),
     "console": frozenset(),

@@ -109,8 +109,12 @@ FAST_POLLING = {
 }
 
 
-def service_config(public_url, sandbox_url, db_path, overrides=None, **vidu):
-    """Every provider pointed at the sandbox; ``overrides`` maps provider -> settings."""
+def service_config(public_url, sandbox_url, db_path, overrides=None, extra=None, **vidu):
+    """Every provider pointed at the sandbox; ``overrides`` maps provider -> settings.
+
+    ``extra`` adds top-level config (channels, notify, ...); its "env" entry adds
+    environment variables.
+    """
     providers = {
         name: {"base_url": f"{sandbox_url}/{name}", "api_key_env": "VIDU_API_KEY", **FAST_POLLING}
         for name in PROVIDERS
@@ -120,7 +124,9 @@ def service_config(public_url, sandbox_url, db_path, overrides=None, **vidu):
     for name, settings in (overrides or {}).items():
         providers[name].update(settings)
     data = {"public_url": public_url, "database": str(db_path), "providers": providers}
-    return parse_config(data, ENV)
+    extra = dict(extra or {})
+    env = {**ENV, **extra.pop("env", {})}
+    return parse_config({**data, **extra}, env)
 
 
 class Service:
@@ -176,8 +182,8 @@ class Service:
 
 
 @contextmanager
-def running_service(sandbox_url, db_path, overrides=None, **vidu):
-    svc = start_service(sandbox_url, db_path, overrides, **vidu)
+def running_service(sandbox_url, db_path, overrides=None, extra=None, **vidu):
+    svc = start_service(sandbox_url, db_path, overrides, extra, **vidu)
     try:
         yield svc
     finally:
@@ -191,10 +197,11 @@ def sandbox():
         yield fakes
 
 
-def start_service(sandbox_url, db_path, overrides=None, **vidu):
+def start_service(sandbox_url, db_path, overrides=None, extra=None, **vidu):
     server = ServerThread(None)
     server.bind()
-    server.app = create_app(service_config(server.url, sandbox_url, db_path, overrides, **vidu))
+    config = service_config(server.url, sandbox_url, db_path, overrides, extra, **vidu)
+    server.app = create_app(config)
     server.start()
     return Service(server, db_path)
 

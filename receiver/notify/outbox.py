@@ -107,16 +107,19 @@ class Outbox:
         while True:
             self._wake.clear()
             try:
-                for name in self.channels:
-                    if name not in self._busy:
-                        self._busy.add(name)
-                        task = asyncio.create_task(self._drain(name))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-                idle = [name for name in self.channels if name not in self._busy]
-                upcoming = await self.store.next_delivery_due(idle) if idle else None
-                wait = IDLE_WAIT if upcoming is None else upcoming - self.store.clock()
-                wait = max(0.0, min(IDLE_WAIT, wait))
+                wait = IDLE_WAIT
+                due = await self.store.next_delivery_due()
+                now = self.store.clock()
+                for name, at in due.items():
+                    if name not in self.channels or name in self._busy:
+                        continue
+                    if at > now:
+                        wait = min(wait, at - now)
+                        continue
+                    self._busy.add(name)
+                    task = asyncio.create_task(self._drain(name))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             except Exception:
                 log.exception("outbox round failed; trying again shortly")
                 wait = IDLE_WAIT
@@ -137,7 +140,6 @@ class Outbox:
                 log.info("channel %s changed since it was disabled; trying it again", name)
 
     async def _drain(self, name: str) -> None:
-        sent = 0
         try:
             while True:
                 batch = await self.store.due_deliveries(name, BATCH)
@@ -145,14 +147,13 @@ class Outbox:
                     break
                 for delivery in batch:
                     await self._deliver(self.channels[name], delivery)
-                    sent += 1
         except Exception:
             log.exception("channel %s: sending failed; trying again shortly", name)
+            await asyncio.sleep(IDLE_WAIT)
         finally:
             self._busy.discard(name)
-            if sent:
-                # Deliveries may have come due while this batch was being sent.
-                self.wake()
+            # The main loop left this channel out while it was busy: count it in again.
+            self.wake()
 
     async def _deliver(self, channel: Channel, delivery: Mapping[str, Any]) -> None:
         name, delivery_id = channel.name, int(delivery["id"])

@@ -154,8 +154,8 @@ class Store:
     async def due_deliveries(self, channel: str, limit: int) -> list[dict[str, Any]]:
         return await self.read(outbox.due, channel, self.clock(), limit)
 
-    async def next_delivery_due(self, channels: list[str]) -> float | None:
-        return await self.read(outbox.next_due, channels)
+    async def next_delivery_due(self) -> dict[str, float]:
+        return await self.read(outbox.next_due)
 
     async def delivery_source(self, delivery_id: int) -> dict[str, Any] | None:
         return await self.read(outbox.event_source, delivery_id)

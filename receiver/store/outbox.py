@@ -20,14 +20,13 @@ def due(conn: sqlite3.Connection, channel: str, now: float, limit: int) -> list[
     )
 
 
-def next_due(conn: sqlite3.Connection, channels: list[str]) -> float | None:
-    marks = ",".join("?" * len(channels))
-    row = conn.execute(
-        "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
-        f" AND channel IN ({marks})",
-        channels,
-    ).fetchone()
-    return None if row is None else row[0]
+def next_due(conn: sqlite3.Connection) -> dict[str, float]:
+    """When each channel's earliest pending delivery is due."""
+    rows = conn.execute(
+        "SELECT channel, MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+        " GROUP BY channel"
+    )
+    return {channel: at for channel, at in rows}
 
 
 def event_source(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any] | None:
