@@ -31,7 +31,12 @@ class ServiceProcess:
     """`python -m receiver serve` on its own config, database and log in a tmp folder."""
 
     def __init__(
-        self, folder: Path, sandbox_url: str, log_level: str = "info", extra_config: str = ""
+        self,
+        folder: Path,
+        sandbox_url: str,
+        log_level: str = "info",
+        extra_config: str = "",
+        top_config: str = "",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -42,8 +47,7 @@ class ServiceProcess:
         self.config_path.write_text(
             f'public_url = "{self.url}"\n'
             f"database = {json.dumps(str(self.db_path))}\n"
-            'admin_token_env = "VIDHOOK_ADMIN_TOKEN"\n'
-            "\n[server]\n"
+            'admin_token_env = "VIDHOOK_ADMIN_TOKEN"\n' + top_config + "\n[server]\n"
             'host = "127.0.0.1"\n'
             f"port = {self.port}\n"
             "\n[providers.vidu]\n"

@@ -1,12 +1,17 @@
 """The outbox end to end: real jobs, a real Slack sink, the service's own retry rules."""
 
+import sqlite3
+
 import pytest
+from aiosmtpd.controller import Controller
 
 from receiver.config import NotifyConfig
 from receiver.notify.outbox import retry_delay
 from receiver.sandbox import ServerThread
 from receiver.sandbox.slack import SlackAnswer, SlackSinkSettings, create_slack_sink
-from tests.conftest import running_service, wait_for
+from tests.conftest import free_port, running_service, wait_for
+from tests.notify.test_email import Mailbox
+from tests.test_restart import ServiceProcess
 
 QUICK_RETRIES = {"retry_base": 0.1, "retry_max": 1.0, "max_attempts": 6}
 
@@ -140,3 +145,68 @@ def test_backoff_grows_and_never_undercuts_retry_after():
     top = lambda: 1.0  # noqa: E731
     assert [retry_delay(config, n, None, rng=top) for n in range(1, 6)] == [1, 2, 4, 8, 8]
     assert retry_delay(config, 1, 30.0, rng=top) == 30.0
+
+
+def test_an_smtp_server_that_is_down_and_comes_back_gets_the_mail(sandbox, db_path):
+    port = free_port()
+    mail = {"type": "email", "host": "127.0.0.1", "port": port, "security": "none",
+            "from": "vidhook@example.com", "to": ["team@example.com"]}  # fmt: skip
+    extra = {"default_channels": ["mail"], "channels": {"mail": mail}, "notify": QUICK_RETRIES}
+    with running_service(sandbox.url, db_path, extra=extra) as service:
+        job = service.submit("Kites on a beach")
+        service.wait_status(job["id"], "completed")
+
+        def retried():
+            found = deliveries(service, job["id"])
+            return found and found[0]["attempts"] >= 1 and found[0]["status"] == "pending"
+
+        wait_for(retried, what="a failed attempt while the server is down")
+        mailbox = Mailbox()
+        controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+        controller.start()
+        try:
+            wait_for(lambda: mailbox.messages, timeout=10, what="the mail")
+            wait_for(lambda: settled(service, job["id"]), what="the delivery to be recorded")
+        finally:
+            controller.stop()
+        (delivery,) = deliveries(service, job["id"])
+        outcomes = [a[0] for a in attempts(service, delivery["id"])]
+    assert delivery["status"] == "delivered"
+    assert outcomes[-1] == "delivered" and set(outcomes[:-1]) == {"retry"}
+    (received,) = mailbox.messages
+    assert job["id"].encode() in received.content
+
+
+def test_deliveries_pending_at_a_sigkill_are_all_sent_once_after_restart(sandbox, slack, tmp_path):
+    extra = (
+        '\ndefault_channels = ["team"]\n'
+        '[channels.team]\ntype = "slack"\nwebhook_url_env = "SLACK_URL"\n'
+        "[notify]\nretry_base = 0.2\nretry_max = 0.5\nmax_attempts = 1000\n"
+    )
+    service = ServiceProcess(tmp_path, sandbox.url, top_config=extra)
+    service.env["SLACK_URL"] = slack.url
+    slack.answer(*(SlackAnswer(status=503) for _ in range(10_000)))
+    try:
+        service.start()
+        ids = [service.api.post("/api/jobs", json={"provider": "vidu", "prompt": f"Fog {i}"})
+               .json()["id"] for i in range(5)]  # fmt: skip
+        pending = "SELECT count(*) FROM deliveries WHERE status = 'pending' AND attempts > 0"
+        wait_for(lambda: sqlite_count(service, pending) == len(ids), timeout=15, what="retries")
+        service.kill()
+        slack.settings.answers.clear()
+        service.start()
+        wait_for(lambda: len(slack.messages) >= len(ids), timeout=15, what="every message")
+        done = "SELECT count(*) FROM deliveries WHERE status = 'delivered'"
+        wait_for(lambda: sqlite_count(service, done) == len(ids), what="deliveries recorded")
+    finally:
+        service.close()
+    announced = [job_id for job_id in ids for m in slack.messages if job_id in str(m["blocks"])]
+    assert sorted(announced) == sorted(ids)  # each job once, none twice
+
+
+def sqlite_count(service, sql):
+    conn = sqlite3.connect(service.db_path)
+    try:
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
