@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 
 from receiver.cli import main
 from receiver.demo import SAMPLES
+from receiver.store import migrate
 from tests.conftest import ADMIN_TOKEN, free_port
 from tests.test_restart import REPO
 
@@ -229,3 +231,52 @@ def test_serve_without_the_api_key_variable_returns_2_and_names_it(
     for line in err[1:]:
         assert "VIDHOOK_TEST_ABSENT_KEY" in line or "no provider configured" in line
     assert not (tmp_path / "vidhook.db").exists()  # nothing started
+
+
+CHECK_CONFIG = """
+public_url = "https://hooks.example.com/vh"
+database = "check.db"
+default_channels = ["team"]
+[providers.vidu]
+api_key_env = "VIDU_API_KEY"
+[providers.kvid]
+api_key_env = "VIDU_API_KEY"
+[channels.team]
+type = "slack"
+webhook_url_env = "SLACK_URL"
+"""
+
+
+def test_check_prints_callback_urls_and_disabled_channels(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "vidhook.toml"
+    path.write_text(CHECK_CONFIG)
+    monkeypatch.setenv("VIDU_API_KEY", "k")
+    monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("SLACK_URL", "https://hooks.slack.com/services/T/B/secret")
+    assert main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "https://hooks.example.com/vh/callbacks/vidu/<token>" in out
+    assert re.search(r"kvid\s+none: polled", out)
+    assert re.search(r"team\s+slack\s+enabled", out)
+    assert "secret" not in out
+
+    migrate(tmp_path / "check.db")
+    conn = sqlite3.connect(tmp_path / "check.db")
+    with conn:
+        conn.execute(
+            "INSERT INTO channel_states VALUES ('team', 0, 'Slack answered HTTP 410', 'x')"
+        )
+    conn.close()
+    assert main(["check", "--config", str(path)]) == 1
+    assert re.search(r"team\s+slack\s+DISABLED: Slack answered HTTP 410", capsys.readouterr().out)
+
+
+def test_check_reports_a_missing_variable_by_name_and_fails(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "vidhook.toml"
+    path.write_text(CHECK_CONFIG)
+    monkeypatch.setenv("VIDU_API_KEY", "k")
+    monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.delenv("SLACK_URL", raising=False)
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "channels.team.webhook_url_env: environment variable SLACK_URL is not set" in err
