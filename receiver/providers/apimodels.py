@@ -23,7 +23,10 @@ from receiver.providers.base import (
     SubmitRequest,
     is_transient_status,
 )
+from receiver.providers.fields import first_message, is_http_url
 from receiver.states import Status
+
+_MESSAGE_FIELDS = ("msg", "message", "error", "failMsg")
 
 PATH = "/api/v1/video/generations"
 STATES = {
@@ -94,28 +97,10 @@ def envelope_code(value: Any) -> int | None:
     return None
 
 
-def _message(body: Mapping[str, Any]) -> str | None:
-    for name in ("msg", "message", "error", "failMsg"):
-        value = body.get(name)
-        if isinstance(value, Mapping):
-            value = value.get("message") or value.get("msg")
-        if isinstance(value, str) and value.strip():
-            return value.strip()[:500]
-    return None
-
-
-def _is_url(value: Any) -> bool:
-    try:
-        url = httpx.URL(value) if isinstance(value, str) else None
-    except httpx.InvalidURL:
-        return False
-    return url is not None and url.scheme in ("http", "https") and bool(url.host)
-
-
 def _url_list_problem(value: Any) -> str | None:
     if not isinstance(value, list) or not value:
         return "must be a non-empty list of http(s) URLs"
-    if not all(_is_url(v) for v in value):
+    if not all(is_http_url(v) for v in value):
         return "every item must be an http(s) URL"
     return None
 
@@ -145,7 +130,7 @@ class Apimodels(HTTPProvider):
                 problems["prompt"] = "required"
             if request.mode is not None:
                 problems["mode"] = f"only {MOTION_MODEL} takes a mode (720p or 1080p)"
-        if request.images and not all(_is_url(i) for i in request.images):
+        if request.images and not all(is_http_url(i) for i in request.images):
             problems["images"] = "every image must be an http(s) URL"
         problems.update(self._option_problems(options))
         if problems:
@@ -220,7 +205,7 @@ class Apimodels(HTTPProvider):
             http_like = 100 <= code <= 599
             raise ProviderError(
                 self.name,
-                _message(answer) or f"the provider answered code {code}",
+                first_message(answer, _MESSAGE_FIELDS) or f"the provider answered code {code}",
                 transient=is_transient_status(code) or not 400 <= code < 500,
                 status_code=code if http_like else None,
                 code=None if http_like else str(code),
@@ -243,7 +228,7 @@ class Apimodels(HTTPProvider):
         # A code that only repeats the HTTP status adds nothing to the message.
         if code is not None and code == str(response.status_code):
             code = None
-        return code, _message(body) or fallback
+        return code, first_message(body, _MESSAGE_FIELDS) or fallback
 
     def verify_callback(
         self, job: JobRef, headers: Mapping[str, str], body: bytes, *, tolerance: float

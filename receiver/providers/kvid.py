@@ -19,6 +19,7 @@ from receiver.providers.base import (
     SubmitRequest,
     is_transient_status,
 )
+from receiver.providers.fields import number, text
 from receiver.states import Status
 
 TEXT_TO_VIDEO = "text-to-video"
@@ -61,9 +62,9 @@ def observation(data: Mapping[str, Any]) -> Observation:
     return Observation(
         status=status or Status.QUEUED,
         provider_status=provider_status,
-        result_url=_text(data.get("result_url")),
+        result_url=text(data.get("result_url")),
         error=_failure(data) if status is Status.FAILED else None,
-        credits=_number(data.get("used_credit")),
+        credits=number(data.get("used_credit")),
         raw=data,
         provider_job_id=str(job_id) if job_id is not None else None,
         known=status is not None,
@@ -108,23 +109,6 @@ def _failure(data: Mapping[str, Any]) -> str | None:
             value = value.get("message")
         if isinstance(value, str) and value.strip():
             return value[:500]
-    return None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
     return None
 
 

@@ -26,6 +26,7 @@ from receiver.providers.base import (
     Submission,
     SubmitRequest,
 )
+from receiver.providers.fields import text
 from receiver.states import Status
 
 # The task envelope's words (upper case in new-api's TaskStatus).
@@ -86,8 +87,8 @@ def task_observation(data: Mapping[str, Any]) -> Observation:
     """From the ``data`` of ``/v1/video/generations/{task_id}``."""
     word = _word(data.get("status"))
     status = TASK_STATES.get((word or "").upper())
-    reason = _text(data.get("fail_reason"))
-    result_url = _text(data.get("result_url"))
+    reason = text(data.get("fail_reason"))
+    result_url = text(data.get("result_url"))
     if status is Status.COMPLETED and result_url is None and _is_url(reason):
         # Older gateways store the video URL in fail_reason and have no result_url.
         result_url = reason
@@ -115,14 +116,14 @@ def video_observation(body: Mapping[str, Any]) -> Observation:
     error = body.get("error")
     message: str | None = None
     if isinstance(error, Mapping):
-        message = _text(error.get("message")) or _text(error.get("code"))
+        message = text(error.get("message")) or text(error.get("code"))
     elif isinstance(error, str):
-        message = _text(error)
+        message = text(error)
     video_id = body.get("id") or body.get("task_id")
     return Observation(
         status=status or Status.QUEUED,
         provider_status=word,
-        result_url=_text(metadata.get("url")) if status is Status.COMPLETED else None,
+        result_url=text(metadata.get("url")) if status is Status.COMPLETED else None,
         error=(message or "failed without a reason") if status is Status.FAILED else None,
         raw=body,
         provider_job_id=str(video_id) if video_id else None,
@@ -132,10 +133,6 @@ def video_observation(body: Mapping[str, Any]) -> Observation:
 
 def _word(value: Any) -> str | None:
     return str(value) if value is not None and value != "" else None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def _is_url(value: str | None) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from receiver.providers.base import (
     Submission,
     SubmitRequest,
 )
+from receiver.providers.fields import first_message, number
 from receiver.states import Status
 
 # The docs name "pending", "processing" and "completed"; the failure word is not
@@ -62,22 +62,12 @@ def observation(body: Mapping[str, Any]) -> Observation:
         status=status or Status.QUEUED,
         provider_status=provider_status,
         result_url=_result_url(body.get("result")),
-        error=_message(body) if status is Status.FAILED else None,
-        credits=_number(body.get("cost")),
+        error=first_message(body, _MESSAGE_FIELDS) if status is Status.FAILED else None,
+        credits=number(body.get("cost")),
         raw=body,
         provider_job_id=str(job_id) if job_id is not None else None,
         known=status is not None,
     )
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _result_url(result: Any) -> str | None:
@@ -90,16 +80,6 @@ def _result_url(result: Any) -> str | None:
                 return str(result[name])
     if isinstance(result, list) and result:
         return _result_url(result[0])
-    return None
-
-
-def _message(body: Mapping[str, Any]) -> str | None:
-    for name in _MESSAGE_FIELDS:
-        value = body.get(name)
-        if isinstance(value, Mapping):
-            value = value.get("message") or value.get("msg")
-        if isinstance(value, str) and value.strip():
-            return value.strip()[:500]
     return None
 
 
@@ -161,7 +141,9 @@ class Revid(HTTPProvider):
                 body = nested
             names = (body.get(k) for k in ("error", "code", "type", "reason"))
             code = next((n for n in names if isinstance(n, str) and n and not n.isdigit()), None)
-            message = _message({k: v for k, v in body.items() if k != "error"})
+            message = first_message(
+                {k: v for k, v in body.items() if k != "error"}, _MESSAGE_FIELDS
+            )
             detail = body.get("detail")
             if isinstance(detail, list):
                 # FastAPI's validation shape: [{"loc": [...], "msg": "..."}, ...]

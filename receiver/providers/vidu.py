@@ -17,6 +17,7 @@ from receiver.providers.base import (
     Submission,
     SubmitRequest,
 )
+from receiver.providers.fields import text
 from receiver.states import Status
 from signing import vidu as vidu_signing
 
@@ -67,18 +68,14 @@ def observation(body: Mapping[str, Any]) -> Observation:
     return Observation(
         status=status or Status.QUEUED,
         provider_status=state,
-        result_url=_text(first.get("url")),
-        cover_url=_text(first.get("cover_url")),
+        result_url=text(first.get("url")),
+        cover_url=text(first.get("cover_url")),
         error=str(err_code) if status is Status.FAILED and err_code else None,
         credits=float(credits) if isinstance(credits, int | float) else None,
         raw=body,
         provider_job_id=str(task_id) if task_id is not None else None,
         known=status is not None,
     )
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 class Vidu(HTTPProvider):
