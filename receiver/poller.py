@@ -12,8 +12,6 @@ a provider that is down or slow only delays its own jobs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import random
 from collections import deque
@@ -24,13 +22,13 @@ from receiver.config import ProviderConfig
 from receiver.providers.base import JobRef, Observation, Provider, ProviderError
 from receiver.states import Status
 from receiver.store import Applied, Store
+from receiver.worker import IDLE_WAIT, Worker
 
 log = logging.getLogger("vidhook.poller")
 
 GROWTH = 1.5  # each poll of an unfinished job waits this much longer than the last
 JITTER = 0.1  # +-10 %, so jobs submitted together do not stay in lockstep
 MAX_BACKOFF = 300.0
-IDLE_WAIT = 5.0
 DEADLINE_BATCH = 100
 HOUSEKEEPING_EVERY = 60.0
 TIMED_OUT = "timed out"
@@ -71,7 +69,9 @@ def retry_delay(
     return max(retry_after or 0.0, backoff)
 
 
-class Poller:
+class Poller(Worker):
+    name = "poller"
+
     def __init__(
         self,
         store: Store,
@@ -82,53 +82,25 @@ class Poller:
         self.store = store
         self.providers = providers
         self.on_applied = on_applied
-        self._wake = asyncio.Event()
+        super().__init__()
         self._inflight: dict[str, set[str]] = {name: set() for name in providers}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._main: asyncio.Task[None] | None = None
         self._last_housekeeping = 0.0
         # Seconds between when a poll was due and when it was sent, latest first.
         self.lateness: deque[float] = deque(maxlen=10_000)
 
-    @property
-    def running(self) -> bool:
-        return self._main is not None and not self._main.done()
+    async def round(self) -> float:
+        await self._dispatch()
+        return await self._until_next()
 
-    def start(self) -> None:
-        self._main = asyncio.create_task(self._run(), name="vidhook-poller")
-
-    async def stop(self) -> None:
-        tasks = [t for t in (self._main, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._main = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        await self._spread_overdue()
-        while True:
-            # Cleared before the round, so a wake() during the round is not lost.
-            self._wake.clear()
-            try:
-                await self._round()
-                wait = await self._until_next()
-            except Exception:
-                log.exception("poller round failed; trying again shortly")
-                wait = IDLE_WAIT
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-
-    async def _spread_overdue(self) -> None:
+    async def prepare(self) -> None:
+        """Spread the polls that fell due while the service was down."""
         for name, provider in self.providers.items():
             window = provider.config.poll_interval
             moved = await self.store.spread_overdue(name, window, provider.gate.spacing)
             if moved:
                 log.info("%s: %d overdue polls spread over the next %.0f s", name, moved, window)
 
-    async def _round(self) -> None:
+    async def _dispatch(self) -> None:
         now = self.store.clock()
         if now - self._last_housekeeping >= HOUSEKEEPING_EVERY:
             self._last_housekeeping = now
@@ -145,9 +117,7 @@ class Poller:
             for row in await self.store.due_polls(name, room, sorted(inflight)):
                 inflight.add(row["id"])
                 self.lateness.append(max(0.0, self.store.clock() - row["next_poll_at"]))
-                task = asyncio.create_task(self._poll(name, row))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self.spawn(self._poll(name, row))
 
     async def _until_next(self) -> float:
         # A provider with every slot taken is left out: a finishing poll wakes the loop.

@@ -11,7 +11,6 @@ two sends it again on restart, the one case where a receiver may see a message t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,11 +24,11 @@ from receiver.notify.base import Channel, DeliveryError, Event
 from receiver.store import Store
 from receiver.store.outbox import DEAD, DELIVERED, PENDING
 from receiver.views import render_job
+from receiver.worker import IDLE_WAIT, Worker
 
 log = logging.getLogger("vidhook.notify")
 
 BATCH = 20
-IDLE_WAIT = 5.0
 
 
 def channel_fingerprint(config: ChannelConfig) -> str:
@@ -53,7 +52,9 @@ def retry_delay(
     return max(retry_after or 0.0, backoff * (0.5 + 0.5 * rng()))
 
 
-class Outbox:
+class Outbox(Worker):
+    name = "outbox"
+
     def __init__(
         self,
         store: Store,
@@ -68,16 +69,10 @@ class Outbox:
         # (channel, outcome, seconds from the state change to delivery when delivered)
         self.on_attempt = on_attempt
         self.disabled: dict[str, str] = {}
-        self._wake = asyncio.Event()
+        super().__init__()
         self._busy: set[str] = set()
         self._last_sent: dict[str, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._main: asyncio.Task[None] | None = None
         self._listener: Callable[[], None] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._main is not None and not self._main.done()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -88,45 +83,28 @@ class Outbox:
         # Any commit may have queued deliveries: look again as soon as one lands.
         self._listener = wake_soon
         self.store.writer.listeners.append(wake_soon)
-        self._main = asyncio.create_task(self._run(), name="vidhook-outbox")
+        super().start()
 
     async def stop(self) -> None:
         if self._listener in self.store.writer.listeners:
             self.store.writer.listeners.remove(self._listener)
-        tasks = [t for t in (self._main, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._main = None
+        await super().stop()
 
-    def wake(self) -> None:
-        self._wake.set()
+    async def round(self) -> float:
+        wait = IDLE_WAIT
+        due = await self.store.next_delivery_due()
+        now = self.store.clock()
+        for name, at in due.items():
+            if name not in self.channels or name in self._busy:
+                continue
+            if at > now:
+                wait = min(wait, at - now)
+                continue
+            self._busy.add(name)
+            self.spawn(self._drain(name))
+        return wait
 
-    async def _run(self) -> None:
-        await self._load_channel_states()
-        while True:
-            self._wake.clear()
-            try:
-                wait = IDLE_WAIT
-                due = await self.store.next_delivery_due()
-                now = self.store.clock()
-                for name, at in due.items():
-                    if name not in self.channels or name in self._busy:
-                        continue
-                    if at > now:
-                        wait = min(wait, at - now)
-                        continue
-                    self._busy.add(name)
-                    task = asyncio.create_task(self._drain(name))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            except Exception:
-                log.exception("outbox round failed; trying again shortly")
-                wait = IDLE_WAIT
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-
-    async def _load_channel_states(self) -> None:
+    async def prepare(self) -> None:
         for state in await self.store.channel_states():
             name = state["name"]
             channel = self.channels.get(name)
