@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sqlite3
 import time
@@ -179,6 +180,17 @@ class Service:
     def close(self):
         self.api.close()
         self.http.close()
+
+
+@contextmanager
+def settings_restored(settings):
+    """Put a mutable settings dataclass back as it was, whatever the test changed."""
+    saved = dataclasses.replace(settings)
+    try:
+        yield settings
+    finally:
+        for f in dataclasses.fields(saved):
+            setattr(settings, f.name, getattr(saved, f.name))
 
 
 @contextmanager

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, OLD_VIDU_KEY, VIDU_KEY, running_sandbox, running_service
+from tests.conftest import (
+    ADMIN_TOKEN,
+    OLD_VIDU_KEY,
+    VIDU_KEY,
+    running_sandbox,
+    running_service,
+    settings_restored,
+)
 
 # -- fixtures ---------------------------------------------------------------------------
 # One sandbox and one receiver for the module, shadowing conftest's per-test ones (stopping
@@ -34,10 +40,8 @@ def fresh(sandbox, tmp_path):
 
 @pytest.fixture(autouse=True)
 def _restore_sandbox_settings(sandbox):
-    saved = dataclasses.replace(sandbox.settings)
-    yield
-    for f in dataclasses.fields(saved):
-        setattr(sandbox.settings, f.name, getattr(saved, f.name))
+    with settings_restored(sandbox.settings):
+        yield
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -7,7 +7,6 @@ are the ones these tests cause.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import secrets
@@ -17,7 +16,13 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from tests.conftest import OLD_VIDU_KEY, VIDU_KEY, running_sandbox, running_service
+from tests.conftest import (
+    OLD_VIDU_KEY,
+    VIDU_KEY,
+    running_sandbox,
+    running_service,
+    settings_restored,
+)
 from tests.vidu_signer import vidu_headers
 
 LIMIT = 1024 * 1024  # callbacks.max_body_bytes, the default
@@ -47,10 +52,8 @@ def service(sandbox, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _restore_sandbox_settings(sandbox):
-    saved = dataclasses.replace(sandbox.settings)
-    yield
-    for f in dataclasses.fields(saved):
-        setattr(sandbox.settings, f.name, getattr(saved, f.name))
+    with settings_restored(sandbox.settings):
+        yield
 
 
 # -- helpers ------------------------------------------------------------------------------
