@@ -14,9 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from receiver import api, callbacks
 from receiver.config import Config
+from receiver.proxy import AllowedHosts, PathPrefix
 from receiver.responses import JSON, error
 from receiver.runtime import Runtime
 
@@ -88,9 +90,11 @@ class AccessLog:
 
 def redact_path(path: str) -> str:
     parts = path.split("/")
-    # /callbacks/{provider}/{token}: the token is a per-job secret.
-    if len(parts) >= 4 and parts[1] == "callbacks":
-        parts[3] = "***"
+    # .../callbacks/{provider}/{token}: the token is a per-job secret.
+    if "callbacks" in parts:
+        at = parts.index("callbacks") + 2
+        if at < len(parts):
+            parts[at] = "***"
     return "/".join(parts)
 
 
@@ -121,5 +125,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    # Added last runs first: forwarding headers, then the Host check, then the prefix.
     app.add_middleware(AccessLog)
+    app.add_middleware(PathPrefix, prefix=config.public_path)
+    app.add_middleware(AllowedHosts, hosts=config.allowed_hosts)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.server.trusted_proxies))
     return app

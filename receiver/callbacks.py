@@ -112,6 +112,7 @@ async def receive(request: Request) -> Response:
         body=text,
         obs=obs,
         confirm=confirm,
+        received_url=str(request.url).replace(token, "***"),
     )
     runtime.count_callback(provider_name, outcome)
     if outcome == "replayed":

@@ -53,6 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         log_level=args.log_level.lower(),
         timeout_graceful_shutdown=10,
+        # The app reads forwarding headers itself, from [server] trusted_proxies only.
+        proxy_headers=False,
     )
     return 0
 

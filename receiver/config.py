@@ -113,6 +113,10 @@ class Secret:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
+    # Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Host header values accepted; empty: the public_url's host and loopback names.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,18 @@ class Config:
     callbacks: CallbackConfig = field(default_factory=CallbackConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = "<memory>"
+
+    @property
+    def public_path(self) -> str:
+        """The path prefix of public_url ("" or, say, "/vidhook")."""
+        return urlsplit(self.public_url).path.rstrip("/")
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        if self.server.allowed_hosts:
+            return self.server.allowed_hosts
+        public = urlsplit(self.public_url).hostname or ""
+        return (public, "localhost", "127.0.0.1", "::1")
 
     def callback_url(self, provider: str, token: str) -> str:
         return f"{self.public_url}/callbacks/{provider}/{token}"
@@ -392,11 +408,18 @@ class _Reader:
         if not isinstance(section, Mapping):
             self.problem("server", "must be a table")
             return ServerConfig()
-        self.unknown_keys(section, {"host", "port"}, "server")
+        known = {"host", "port", "trusted_proxies", "allowed_hosts"}
+        self.unknown_keys(section, known, "server")
         port = self.typed(section, "port", int, 8000, "server")
         if not 0 <= port <= 65535:
             self.problem("server.port", "must be between 0 and 65535")
-        return ServerConfig(host=self.typed(section, "host", str, "127.0.0.1", "server"), port=port)
+        proxies = self.string_list(section, "trusted_proxies", "server", ["127.0.0.1", "::1"])
+        return ServerConfig(
+            host=self.typed(section, "host", str, "127.0.0.1", "server"),
+            port=port,
+            trusted_proxies=tuple(proxies),
+            allowed_hosts=tuple(self.string_list(section, "allowed_hosts", "server")),
+        )
 
     def callbacks(self, section: Any) -> CallbackConfig:
         if not isinstance(section, Mapping):

@@ -31,7 +31,8 @@ def render_job(job: Mapping[str, Any]) -> dict[str, Any]:
         out["deliveries"] = [render_delivery(d) for d in job["deliveries"]]
         out["callbacks"] = [
             {"id": c["id"], "received_at": iso(c["received_at"]),
-             "provider_status": c["provider_status"], "outcome": c["outcome"]}
+             "provider_status": c["provider_status"], "outcome": c["outcome"],
+             "received_url": c.get("received_url")}
             for c in job["callbacks"]
         ]  # fmt: skip
     return out

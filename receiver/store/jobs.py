@@ -199,6 +199,7 @@ def record_callback(
     confirm: bool,
     now: float,
     route: Route,
+    received_url: str | None = None,
 ) -> CallbackOutcome:
     """Store an authenticated callback; a nonce seen before is a retry or a replay."""
     seen = conn.execute(
@@ -212,9 +213,9 @@ def record_callback(
     )
     cur = conn.execute(
         "INSERT INTO callbacks (job_id, provider, received_at, nonce, provider_status,"
-        " headers, body, outcome) VALUES (?,?,?,?,?,?,?,?)",
+        " headers, body, outcome, received_url) VALUES (?,?,?,?,?,?,?,?,?)",
         (job_id, provider, now, nonce, obs.provider_status, dumps(dict(headers)), body,
-         "confirming" if confirm else "applied"),
+         "confirming" if confirm else "applied", received_url),
     )  # fmt: skip
     callback_id = cur.lastrowid
     # A callback can overtake the submit response; its task id is then the first we see.

@@ -147,3 +147,10 @@ def m003_outbox(db: Database) -> None:
         {"name": str, "disabled_at": float, "reason": str, "config_fingerprint": str},
         pk="name",
     )
+
+
+@migrations()
+def m004_callback_received_url(db: Database) -> None:
+    # The URL as this service saw it (scheme and host after the proxy), token cut out:
+    # what to look at when a proxy does not forward the scheme or the host.
+    db.table("callbacks").add_column("received_url", str)
