@@ -226,6 +226,26 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     return parse_config(data, env, source=str(path), base_dir=path.parent)
 
 
+def database_path(path: str | Path, env: Mapping[str, str] | None = None) -> Path:
+    """Where the database is, reading only that from the config: no secrets needed.
+
+    For commands such as `vidhook backup` that run from cron without the service's secrets.
+    """
+    env = os.environ if env is None else env
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found; pass --config PATH"]) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.__class__.__name__})"]) from None
+    database = env.get("VIDHOOK_DATABASE") or data.get("database", "vidhook.db")
+    if not isinstance(database, str):
+        raise ConfigError([f"{path}: database: must be a string"])
+    resolved = Path(database)
+    return resolved if resolved.is_absolute() else path.parent / resolved
+
+
 def parse_config(
     data: Mapping[str, Any],
     env: Mapping[str, str] | None = None,

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.config import ConfigError, Secret, load_config, parse_config
+from receiver.config import ConfigError, Secret, database_path, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"VIDHOOK_ADMIN_TOKEN": "admin-secret", "VIDU_API_KEY": "vidu-secret-key"}
@@ -158,3 +158,11 @@ def test_newapi_needs_a_base_url(tmp_path):
     text = MINIMAL + "[providers.gateway]\ntype = 'newapi'\napi_key_env = 'VIDU_API_KEY'\n"
     with pytest.raises(ConfigError, match=r"providers.gateway.base_url: required"):
         load_config(write(tmp_path, text), ENV)
+
+
+def test_the_database_path_is_found_without_any_secret(tmp_path):
+    path = write(tmp_path, 'database = "data/v.db"\n' + MINIMAL)
+    assert database_path(path, {}) == tmp_path / "data" / "v.db"
+    assert database_path(path, {"VIDHOOK_DATABASE": "/srv/v.db"}) == Path("/srv/v.db")
+    with pytest.raises(ConfigError, match="file not found"):
+        database_path(tmp_path / "absent.toml", {})
