@@ -16,7 +16,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from receiver import api, callbacks
+from receiver import api, callbacks, metrics
 from receiver.config import Config
 from receiver.proxy import AllowedHosts, PathPrefix
 from receiver.responses import JSON, error
@@ -118,6 +118,7 @@ def create_app(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics.endpoint),
             Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
             Mount("/api", routes=api.routes),
         ],

@@ -3,33 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import asyncio
 import os
+import secrets
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from receiver.config import ConfigError, config_path, load_config
+from receiver import logs
+from receiver.config import Config, ConfigError, config_path, database_path, load_config
 from receiver.notify import build_all as build_channels
+from receiver.notify.base import DeliveryError, Event
 from receiver.providers import ADAPTERS
+from receiver.responses import iso
 from receiver.timeline import format_job, format_timeline
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("completed", "failed")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # httpx logs full request URLs at INFO, and URLs can carry secrets.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def setup_logging(level: str, fmt: str = "text", known_secrets: Iterable[str] = ()) -> None:
+    logs.configure(level, fmt, known_secrets)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -39,19 +38,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(config_path(args.config))
+        # Before the app exists, so that whatever it logs is formatted and redacted.
+        setup_logging(args.log_level, args.log_format, logs.config_secrets(config))
         app = create_app(config)
     except ConfigError as exc:
         print("vidhook: the configuration has problems:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level)
     uvicorn.run(
         app,
         host=args.host or config.server.host,
         port=args.port if args.port is not None else config.server.port,
         access_log=False,
         log_level=args.log_level.lower(),
+        # None: uvicorn installs no handlers of its own; its records reach the redacting one.
+        log_config=None,
         timeout_graceful_shutdown=10,
         # The app reads forwarding headers itself, from [server] trusted_proxies only.
         proxy_headers=False,
@@ -186,6 +188,32 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from receiver.backup import BackupError
+    from receiver.backup import backup as take_backup
+
+    try:
+        report = take_backup(database_path(config_path(args.config)), Path(args.path))
+    except (ConfigError, BackupError) as exc:
+        print(f"vidhook: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    print(report.summary())
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from receiver.backup import BackupError, restore
+
+    try:
+        database = database_path(config_path(args.config))
+        restore(Path(args.path), database)
+    except (ConfigError, BackupError) as exc:
+        print(f"vidhook: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    print(f"restored {args.path} to {database}; the files it replaced were kept beside it")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     try:
@@ -208,7 +236,59 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, channel in config.channels.items():
         state = f"DISABLED: {disabled[name]}" if name in disabled else "enabled"
         print(f"  {name:<12} {channel.type:<8} {state}")
-    return 1 if any(name in disabled for name in config.channels) else 0
+    failed = False
+    if args.send_test:
+        failed = send_tests(config)
+    return 1 if failed or any(name in disabled for name in config.channels) else 0
+
+
+def make_test_event(now: float) -> Event:
+    """A completed job that never was, saying so wherever a channel shows the prompt."""
+    stamp = iso(now)
+    job: dict[str, Any] = {
+        "id": "job_TEST", "provider": "vidhook-test", "provider_job_id": None,
+        "status": "completed", "provider_status": None, "model": "test",
+        "prompt": "Test message from `vidhook check --send-test`: this channel works. "
+                  "No video was generated.",
+        "request": {}, "result_url": None, "cover_url": None, "error": None, "credits": None,
+        "notify": None, "anomalies": [], "key_fingerprint": None, "created_at": stamp,
+        "updated_at": stamp, "finished_at": stamp, "last_callback_at": None,
+        "next_poll_at": None, "callback_url": None, "test": True,
+    }  # fmt: skip
+    return Event(id=f"test_{secrets.token_hex(8)}", type="job.completed", created_at=now, job=job)
+
+
+def send_tests(config: Config) -> bool:
+    """Send the test event through every channel and print each result; True if any failed."""
+    if not config.channels:
+        print("no channels to send a test message through")
+        return False
+    print("sending a test message through every channel:")
+    results = asyncio.run(_send_tests(config))
+    # A channel's message names no secret, but it may quote a server's answer.
+    redact = logs.Redactor(logs.config_secrets(config))
+    for name, failure in results.items():
+        print(f"{name}: ok" if failure is None else f"{name}: FAILED {redact(failure)}")
+    return any(failure is not None for failure in results.values())
+
+
+async def _send_tests(config: Config) -> dict[str, str | None]:
+    event = make_test_event(time.time())
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        channels = build_channels(config, client)
+
+        async def send(name: str) -> str | None:
+            try:
+                await channels[name].send(event)
+            except DeliveryError as exc:
+                return exc.message
+            except Exception as exc:  # a channel's bug is its failure, not check's crash
+                return f"unexpected {exc.__class__.__name__}"
+            return None
+
+        # At once: each channel has its own timeout, and one slow server delays only itself.
+        failures = await asyncio.gather(*(send(name) for name in channels))
+    return dict(zip(channels, failures, strict=True))
 
 
 def disabled_channels(database: Path) -> dict[str, str]:
@@ -249,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--log-format", default="text", choices=logs.FORMATS, help="text (default) or json"
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = commands.add_parser("demo", help="run everything on loopback with sample jobs")
@@ -291,7 +374,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config and show callback URLs")
     check.add_argument("--config", help="path to vidhook.toml (default: $VIDHOOK_CONFIG)")
+    check.add_argument(
+        "--send-test",
+        action="store_true",
+        help="send a test message through every channel and report each result",
+    )
     check.set_defaults(func=cmd_check)
+
+    backup = commands.add_parser("backup", help="copy the database while the service runs")
+    backup.add_argument("path", help="where to write the copy (folders are created)")
+    backup.add_argument("--config", help="path to vidhook.toml (default: $VIDHOOK_CONFIG)")
+    backup.set_defaults(func=cmd_backup)
+
+    restore = commands.add_parser("restore", help="put a backup in place (service stopped)")
+    restore.add_argument("path", help="the backup file")
+    restore.add_argument("--config", help="path to vidhook.toml (default: $VIDHOOK_CONFIG)")
+    restore.set_defaults(func=cmd_restore)
     return parser
 
 

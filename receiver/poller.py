@@ -78,10 +78,13 @@ class Poller(Worker):
         providers: Mapping[str, Provider],
         *,
         on_applied: Callable[[Applied], None] | None = None,
+        on_poll: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
         self.on_applied = on_applied
+        # (provider, outcome) for every status fetch: metrics.POLL_OUTCOMES.
+        self.on_poll = on_poll
         super().__init__()
         self._inflight: dict[str, set[str]] = {name: set() for name in providers}
         self._last_housekeeping = 0.0
@@ -138,6 +141,7 @@ class Poller(Worker):
             await self.poll(row)
         except Exception:
             log.exception("poll of job %s failed", row["id"])
+            self._count(provider, "error")
         finally:
             self._inflight[provider].discard(row["id"])
             self.wake()
@@ -153,6 +157,7 @@ class Poller(Worker):
         try:
             obs = await provider.fetch(ref)
         except ProviderError as exc:
+            self._count(row["provider"], "transient_error" if exc.transient else "permanent_error")
             if raise_errors:
                 raise
             return await self._failed(row, provider, exc)
@@ -165,6 +170,7 @@ class Poller(Worker):
         applied = await self.store.record_poll(
             row["id"], obs, next_poll_at=self.store.clock() + interval
         )
+        self._count(row["provider"], "unchanged" if applied.transition_id is None else "changed")
         self._notify(applied)
         return applied
 
@@ -186,6 +192,10 @@ class Poller(Worker):
             # Persisted with the jobs, so the pause outlives a restart.
             await self.store.defer_provider(provider.name, now + exc.retry_after)
         return None
+
+    def _count(self, provider: str, outcome: str) -> None:
+        if self.on_poll is not None:
+            self.on_poll(provider, outcome)
 
     def _notify(self, applied: Applied) -> None:
         if self.on_applied is not None and applied.transition_id is not None:

@@ -7,7 +7,6 @@ import json
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ import httpx
 from receiver import notify
 from receiver import providers as adapters
 from receiver.config import Config
+from receiver.metrics import Metrics
 from receiver.notify.base import Channel
 from receiver.notify.outbox import Outbox
 from receiver.poller import Poller, first_poll_delay
@@ -65,11 +65,18 @@ class Runtime:
         self.providers: dict[str, Provider] = {
             name: adapters.build(p, self.client) for name, p in config.providers.items()
         }
-        self.poller = Poller(self.store, self.providers)
         self.channels: dict[str, Channel] = notify.build_all(config, self.client)
-        self.outbox = Outbox(self.store, config.notify, self.channels)
+        self.metrics = Metrics(
+            self.store,
+            providers=self.providers,
+            callback_providers=[n for n, p in self.providers.items() if p.supports_callbacks],
+            channels=self.channels,
+        )
+        self.poller = Poller(self.store, self.providers, on_poll=self.metrics.count_poll)
+        self.outbox = Outbox(
+            self.store, config.notify, self.channels, on_attempt=self.metrics.count_attempt
+        )
         self.json_loads: Callable[[str | bytes], Any] = strict_json
-        self.counters: Counter[tuple[str, ...]] = Counter()
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.open)
@@ -92,7 +99,7 @@ class Runtime:
         return self.store.writer.running and self.poller.running and self.outbox.running
 
     def count_callback(self, provider: str, outcome: str, reason: str | None = None) -> None:
-        self.counters["callbacks", provider, outcome, reason or ""] += 1
+        self.metrics.count_callback(provider, outcome, reason)
 
     async def submit(
         self, provider_name: str, request: SubmitRequest, notify: list[str] | None

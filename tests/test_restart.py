@@ -37,6 +37,7 @@ class ServiceProcess:
         log_level: str = "info",
         extra_config: str = "",
         top_config: str = "",
+        log_format: str | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -44,6 +45,7 @@ class ServiceProcess:
         self.config_path = folder / "vidhook.toml"
         self.log_path = folder / "vidhook.log"
         self.log_level = log_level
+        self.log_format = log_format
         self.config_path.write_text(
             f'public_url = "{self.url}"\n'
             f"database = {json.dumps(str(self.db_path))}\n"
@@ -70,6 +72,8 @@ class ServiceProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         command = [sys.executable, "-m", "receiver", "serve", "--config", str(self.config_path)]
         command += ["--log-level", self.log_level]
+        if self.log_format is not None:
+            command += ["--log-format", self.log_format]
         with open(self.log_path, "ab") as log:
             # cwd: the repository, so that `-m receiver` finds the package.
             self.proc = subprocess.Popen(

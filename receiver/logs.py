@@ -1,0 +1,223 @@
+"""Logging for `vidhook serve`: readable text or one JSON object a line, secrets redacted.
+
+One handler on the root logger carries everything, uvicorn's loggers included. Its
+filter formats each record itself and replaces every secret the config knows, and the
+shapes of secrets it cannot know (callback tokens, Slack webhook paths, Bearer tokens,
+passwords in URLs), before any formatter sees the record. Exception text is redacted the
+same way: a traceback quotes exception messages, and those can hold a URL or a key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TextIO
+from urllib.parse import quote, urlsplit
+
+from receiver.config import Config, Secret
+
+__all__ = [
+    "FORMATS",
+    "REDACTED",
+    "JsonFormatter",
+    "RedactingFilter",
+    "Redactor",
+    "TextFormatter",
+    "config_secrets",
+    "configure",
+]
+
+FORMATS = ("text", "json")
+REDACTED = "***"
+# A shorter secret would turn ordinary words of every line into "***"; keys and tokens
+# are far longer, and a password this short is no secret to begin with.
+MIN_SECRET_LENGTH = 4
+# The path of a URL-shaped secret (a webhook) is what makes it secret: it is redacted on
+# its own as well, since a request line or a proxy's error may quote the path alone.
+MIN_SECRET_PATH = 8
+
+# Secrets vidhook cannot know by value; each keeps its harmless prefix, for reading.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # /callbacks/{provider}/{token}: the token is each job's own secret.
+    (re.compile(r"(/callbacks/[^/\s?#\"'<>]+/)[^/\s?#\"'<>]+"), r"\1" + REDACTED),
+    # Slack incoming webhooks (and workflow triggers): the path is the credential.
+    (
+        re.compile(r"(hooks\.slack(?:-gov)?\.com/(?:services|workflows|triggers)/)[^\s\"'<>]+"),
+        r"\1" + REDACTED,
+    ),
+    # Standard Webhooks secrets (HMAC and Ed25519) and Slack tokens.
+    (re.compile(r"\bwhs(?:ec|k)_[A-Za-z0-9+/=_-]+"), REDACTED),
+    (re.compile(r"\bxox[a-z]-[A-Za-z0-9-]+"), REDACTED),
+    # Credentials in Authorization-like headers, wherever a header dump shows them.
+    (
+        re.compile(
+            r"(?i)((?:authorization|x-api-key)[\"']?\s*[:=]\s*[\"']?"
+            r"(?:(?:bearer|token|basic|digest)\s+)?)[^\s\"',;}]+"
+        ),
+        r"\1" + REDACTED,
+    ),
+    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1" + REDACTED),
+    # user:password@ in a URL (SMTP, proxies, databases).
+    (
+        re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@\"'<>]*:)[^/\s@\"'<>]*@"),
+        r"\1" + REDACTED + "@",
+    ),
+)
+
+
+class Redactor:
+    """Replaces known secret values and secret-shaped text with ``***``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._values: set[str] = set()
+        self._exact: re.Pattern[str] | None = None
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        for secret in secrets:
+            self._values.update(v for v in _forms(secret) if len(v) >= MIN_SECRET_LENGTH)
+        if self._values:
+            # Longest first: a secret that contains another is replaced whole.
+            ordered = sorted(self._values, key=len, reverse=True)
+            self._exact = re.compile("|".join(re.escape(v) for v in ordered))
+
+    def __call__(self, text: str) -> str:
+        if self._exact is not None:
+            text = self._exact.sub(REDACTED, text)
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+def _forms(secret: str) -> set[str]:
+    """The secret as it may appear in a log line: as is, URL-encoded, its URL path."""
+    forms = {secret, quote(secret, safe=""), quote(secret)}
+    try:
+        parts = urlsplit(secret)
+    except ValueError:
+        return forms
+    if parts.scheme in ("http", "https") and parts.netloc:
+        tail = parts.path + (f"?{parts.query}" if parts.query else "")
+        if len(tail) >= MIN_SECRET_PATH:
+            forms.add(tail)
+    return forms
+
+
+def config_secrets(config: Config) -> list[str]:
+    """Every secret value the configuration holds: keys, the admin token, channel secrets."""
+    found: list[Secret] = [config.admin_token]
+    for provider in config.providers.values():
+        found.extend(provider.keys)
+    for channel in config.channels.values():
+        found.extend(channel.secrets.values())
+    return [secret.reveal() for secret in found]
+
+
+# Only its formatException is used: the same traceback text any handler would print.
+_TRACEBACKS = logging.Formatter()
+
+
+class RedactingFilter(logging.Filter):
+    """Formats the record's message and exception text, then redacts both in place.
+
+    Installed on a handler, so every record that handler emits passes through it, from
+    whichever logger. Always returns True: it cleans records, it never drops them.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception as exc:
+            # logging's own error report would print the raw arguments: say less.
+            message = (
+                f"unformattable log message at {record.pathname}:{record.lineno} "
+                f"({exc.__class__.__name__})"
+            )
+        record.msg = self.redactor(message)
+        record.args = ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redactor(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redactor(record.stack_info)
+        return True
+
+
+def iso_utc(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    """``2025-05-06T12:09:00.123Z INFO vidhook.poller: message``, then any traceback."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_utc(record.created)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (ISO, UTC), level, logger, message, exc_info."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": iso_utc(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        # ASCII escapes: a lone surrogate from a prompt cannot break the line's encoding,
+        # and a newline inside a message cannot split the object over two lines.
+        return json.dumps(entry, ensure_ascii=True)
+
+
+# uvicorn's loggers: with log_config=None uvicorn adds no handlers of its own, and these
+# propagate to the root handler; the cleanup covers loggers set up before that.
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.asgi")
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "text",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Route every log record through one redacting handler on the root logger."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactingFilter(Redactor(secrets)))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    for name in _UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)  # uvicorn.run sets its own level afterwards
+    # httpx logs every request URL at INFO, and URLs can carry secrets; redaction would
+    # catch the known ones, but a URL is noise at INFO anyway.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Warnings become records too, so that JSON logs stay one object a line.
+    logging.captureWarnings(True)
+    return handler

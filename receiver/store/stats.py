@@ -1,0 +1,65 @@
+"""The numbers /metrics reads from the database at each scrape."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+_ACTIVE = ("queued", "processing")  # the statuses of unfinished jobs
+
+
+@dataclass
+class Snapshot:
+    """What the database says at one moment; ``last_transition`` makes the next read
+    incremental (transitions are only ever appended)."""
+
+    last_transition: int = 0
+    transitions: dict[str, int] = field(default_factory=dict)
+    active_jobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    polls_scheduled: dict[str, int] = field(default_factory=dict)
+    polls_due: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+    dead: dict[str, int] = field(default_factory=dict)
+    oldest_pending_age: dict[str, float] = field(default_factory=dict)
+    disabled: set[str] = field(default_factory=set)
+
+
+def read_snapshot(conn: sqlite3.Connection, now: float, previous: Snapshot) -> Snapshot:
+    """One consistent read of the database's numbers (runs on a reader connection)."""
+    snap = Snapshot(transitions=dict(previous.transitions))
+    conn.execute("BEGIN")
+    try:
+        # By rowid from the last id seen: each scrape reads only the new transitions.
+        last = previous.last_transition
+        for status, count, top in conn.execute(
+            "SELECT to_status, count(*), max(id) FROM transitions WHERE id > ? GROUP BY 1",
+            (last,),
+        ):
+            snap.transitions[status] = snap.transitions.get(status, 0) + count
+            last = max(last, top)
+        snap.last_transition = last
+        for provider, status, count in conn.execute(
+            "SELECT provider, status, count(*) FROM jobs WHERE status IN (?, ?) GROUP BY 1, 2",
+            _ACTIVE,
+        ):
+            snap.active_jobs[provider, status] = count
+        for provider, scheduled, due in conn.execute(
+            "SELECT provider, count(*), sum(next_poll_at <= ?) FROM jobs"
+            " WHERE next_poll_at IS NOT NULL AND status IN (?, ?) GROUP BY 1",
+            (now, *_ACTIVE),
+        ):
+            snap.polls_scheduled[provider] = scheduled
+            snap.polls_due[provider] = due or 0
+        for channel, status, count, oldest in conn.execute(
+            "SELECT channel, status, count(*), min(coalesce(requeued_at, created_at))"
+            " FROM deliveries WHERE status IN ('pending', 'dead') GROUP BY 1, 2"
+        ):
+            if status == "pending":
+                snap.pending[channel] = count
+                snap.oldest_pending_age[channel] = max(0.0, now - oldest)
+            else:
+                snap.dead[channel] = count
+        snap.disabled = {name for (name,) in conn.execute("SELECT name FROM channel_states")}
+    finally:
+        conn.execute("COMMIT")
+    return snap
