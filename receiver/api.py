@@ -92,6 +92,10 @@ def parse_submission(
             problems["notify"] = "must be a list of channel names"
         elif unknown := [n for n in notify if n not in runtime.config.channels]:
             problems["notify"] = f"unknown channels: {', '.join(unknown)}"
+        else:
+            # A channel named twice is meant once (and twice would break the deliveries'
+            # unique (transition, channel) index in the same transaction).
+            notify = list(dict.fromkeys(notify))
     request = SubmitRequest(
         prompt=payload.get("prompt") if isinstance(payload.get("prompt"), str) else None,
         model=payload.get("model") if isinstance(payload.get("model"), str) else None,

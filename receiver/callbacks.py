@@ -34,7 +34,8 @@ class BodyTooLarge(Exception):
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # isascii(): str.isdigit() also takes digits such as "²" that int() refuses.
+    if declared and declared.isascii() and declared.isdigit() and int(declared[:20]) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0

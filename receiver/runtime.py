@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -42,9 +43,18 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    # 1e999 reads as inf: stored, it would come back out as Infinity (not JSON), and httpx
+    # refuses to send it to a provider at all.
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
+
+
 def strict_json(text: str | bytes) -> Any:
-    """json.loads without the NaN and Infinity extensions, which no provider sends."""
-    return json.loads(text, parse_constant=_refuse_constant)
+    """json.loads without NaN and Infinity, spelled out or as an out-of-range number."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def new_callback_token() -> str:

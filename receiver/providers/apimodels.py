@@ -23,7 +23,7 @@ from receiver.providers.base import (
     SubmitRequest,
     is_transient_status,
 )
-from receiver.providers.fields import first_message, is_http_url
+from receiver.providers.fields import first_message, is_http_url, number
 from receiver.states import Status
 
 _MESSAGE_FIELDS = ("msg", "message", "error", "failMsg")
@@ -68,10 +68,9 @@ def observation(data: Mapping[str, Any], raw: Mapping[str, Any] | None = None) -
     error = _field(data, "error")
     if isinstance(error, Mapping):
         error = error.get("message") or error.get("msg")
-    amounts = (data.get("credits"), data.get("cost"))
-    credits = next(
-        (float(v) for v in amounts if isinstance(v, int | float) and not isinstance(v, bool)), None
-    )
+    # Numbers only, not numeric strings; an int past a float's range counts as absent.
+    amounts = (v for v in (data.get("credits"), data.get("cost")) if not isinstance(v, str))
+    credits = next((n for v in amounts if (n := number(v)) is not None), None)
     task_id = _field(data, "task_id")
     return Observation(
         status=status or Status.QUEUED,
@@ -235,8 +234,9 @@ class Apimodels(HTTPProvider):
     ) -> str:
         # apimodels signs nothing: finding the job by the secret token in the callback
         # URL was the whole check. The body digest makes a byte-identical retry a
-        # duplicate while a different body (a later status) counts as a new delivery.
-        return "sha256:" + hashlib.sha256(body).hexdigest()
+        # duplicate while a different body (a later status) counts as a new delivery;
+        # the job id keeps two jobs' identical bodies apart.
+        return f"sha256:{job.id}:{hashlib.sha256(body).hexdigest()}"
 
     def parse_callback(self, payload: Mapping[str, Any]) -> Observation:
         data = payload.get("data")

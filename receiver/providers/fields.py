@@ -22,7 +22,7 @@ def number(value: Any) -> float | None:
         return None
     try:
         result = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int past a float's range
         return None
     return result if math.isfinite(result) else None
 

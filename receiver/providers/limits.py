@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-SAFETY = 1.05
+SAFETY = 1.1
 
 
 class GateClosed(Exception):
@@ -30,7 +30,7 @@ class Gate:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # Depth-one token bucket: requests are spaced at least 1/rate apart, so no
-        # window of one second ever holds more than the rate allows. The 5 % margin
+        # window of one second ever holds more than the rate allows. The 10 % margin
         # absorbs network jitter: the provider counts arrivals, not departures.
         self.spacing = SAFETY / requests_per_second if requests_per_second else 0.0
         self.max_concurrency = max_concurrency

@@ -26,7 +26,7 @@ from receiver.providers.base import (
     Submission,
     SubmitRequest,
 )
-from receiver.providers.fields import text
+from receiver.providers.fields import number, text
 from receiver.states import Status
 
 # The task envelope's words (upper case in new-api's TaskStatus).
@@ -100,7 +100,7 @@ def task_observation(data: Mapping[str, Any]) -> Observation:
         result_url=result_url if status is Status.COMPLETED else None,
         error=(reason or "failed without a reason") if status is Status.FAILED else None,
         # The gateway's own billing units for the task, not upstream credits.
-        credits=float(quota) if _is_number(quota) else None,
+        credits=number(quota) if _is_number(quota) else None,
         raw=data,
         provider_job_id=str(task_id) if task_id else None,
         known=status is not None,

@@ -17,7 +17,7 @@ from receiver.providers.base import (
     Submission,
     SubmitRequest,
 )
-from receiver.providers.fields import text
+from receiver.providers.fields import number, text
 from receiver.states import Status
 from signing import vidu as vidu_signing
 
@@ -71,7 +71,7 @@ def observation(body: Mapping[str, Any]) -> Observation:
         result_url=text(first.get("url")),
         cover_url=text(first.get("cover_url")),
         error=str(err_code) if status is Status.FAILED and err_code else None,
-        credits=float(credits) if isinstance(credits, int | float) else None,
+        credits=number(credits) if isinstance(credits, int | float) else None,
         raw=body,
         provider_job_id=str(task_id) if task_id is not None else None,
         known=status is not None,

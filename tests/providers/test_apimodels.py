@@ -388,7 +388,10 @@ def test_callbacks_are_accepted_and_the_nonce_is_the_body_digest():
     job = JobRef("job", "clabc", KEY.fingerprint, CALLBACK)
     body = json.dumps(envelope({"task_id": "clabc", "status": "completed"})).encode()
     nonce = provider.verify_callback(job, {}, body, tolerance=300)
-    assert nonce == "sha256:" + hashlib.sha256(body).hexdigest()
+    assert nonce == "sha256:job:" + hashlib.sha256(body).hexdigest()
+    # The same bytes for another job are another delivery, not a retry.
+    other_job = JobRef("job2", "cldef", KEY.fingerprint, CALLBACK)
+    assert provider.verify_callback(other_job, {}, body, tolerance=300) != nonce
     # Headers prove nothing and change nothing: a retry is recognized by its bytes.
     headers = {"date": "Tue, 06 May 2025 12:09:42 GMT", "x-anything": "1"}
     assert provider.verify_callback(job, headers, body, tolerance=0) == nonce
