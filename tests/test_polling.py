@@ -125,13 +125,15 @@ def test_a_failing_provider_does_not_delay_another(sandbox, tmp_path, trouble):
         "revid": {"timeout": 0.5, "max_concurrency": 2},
         "kvid": {"poll_interval": 0.2, "poll_max_interval": 0.2},
     }
+    # Only status polls match: submissions still go through, and no job can complete
+    # before its provider turns sick.
+    faults.paths = r"/v1/jobs/"
+    if trouble == "500s":
+        faults.outage, faults.error_status = True, 500
+    else:
+        faults.hang, faults.slow_delay = True, 5.0
     with running_service(sandbox.url, tmp_path / "v.db", overrides) as service:
         sick = [service.submit(f"Storm {i} [slow]", provider="revid") for i in range(6)]
-        faults.paths = r"/v1/jobs/"
-        if trouble == "500s":
-            faults.outage, faults.error_status = True, 500
-        else:
-            faults.hang, faults.slow_delay = True, 5.0
         well = [service.submit(f"Meadow {i} [slow]", provider="kvid") for i in range(4)]
         for job in well:
             service.wait_status(job["id"], "completed", timeout=15)
