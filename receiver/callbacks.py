@@ -16,6 +16,7 @@ from starlette.responses import Response
 import signing
 from receiver.providers.base import JobRef
 from receiver.responses import JSON, dumps, error
+from receiver.store import AdmittedCallback, CallbackTarget, UnknownToken
 
 if TYPE_CHECKING:
     from receiver.runtime import Runtime
@@ -30,6 +31,10 @@ _UNSTORED_HEADERS = frozenset(
 
 class BodyTooLarge(Exception):
     pass
+
+
+class InvalidBody(ValueError):
+    """The body of an authenticated callback is not a JSON object; the message says why."""
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -75,55 +80,61 @@ async def receive(request: Request) -> Response:
         runtime.count_callback(provider_name, "wrong_content_type")
         return error(415, "unsupported_media_type", "send the callback as application/json")
 
-    job = await runtime.store.job_by_token(provider_name, token)
-    if job is None:
+    tolerance = runtime.config.callbacks.date_tolerance
+    checked: list[str] = []  # the job's id once found, for the refusal's log line
+
+    def admit(job: CallbackTarget) -> AdmittedCallback:
+        # Runs on the writer thread inside the transaction (one trip for the lookup, the
+        # checks and the writes); raising refuses the callback with nothing written.
+        checked.append(job.id)
+        ref = JobRef(job.id, job.provider_job_id, job.key_fingerprint, job.callback_url)
+        nonce = provider.verify_callback(ref, request.headers, body, tolerance=tolerance)
+        try:
+            text = body.decode("utf-8")
+            payload = runtime.json_loads(text)
+            # Escaped lone surrogates ("\ud800") parse but cannot be stored as UTF-8 text.
+            dumps(payload)
+        except (ValueError, RecursionError):  # UnicodeError is a ValueError; nesting recurses
+            raise InvalidBody("the callback body is not valid UTF-8 JSON") from None
+        if not isinstance(payload, dict):
+            raise InvalidBody("the callback body must be a JSON object")
+        obs = provider.parse_callback(payload)
+        return AdmittedCallback(
+            nonce=nonce,
+            digest=provider.replay_digest(request.headers, body),
+            nonce_expires_at=runtime.store.clock() + 2 * tolerance + 60,
+            headers={k: v for k, v in request.headers.items() if k not in _UNSTORED_HEADERS},
+            body=text,
+            obs=obs,
+            confirm=provider.needs_confirmation(obs),
+            received_url=str(request.url).replace(token, "***"),
+        )
+
+    try:
+        job_id, outcome, admitted = await runtime.store.record_token_callback(
+            provider_name, token, admit
+        )
+    except UnknownToken:
         runtime.count_callback(provider_name, "unknown_token")
         return error(404, "unknown_token", "no job has this callback URL")
-    ref = JobRef(job["id"], job["provider_job_id"], job["key_fingerprint"], job["callback_url"])
-    try:
-        nonce = provider.verify_callback(
-            ref, request.headers, body, tolerance=runtime.config.callbacks.date_tolerance
-        )
     except signing.SignatureError as exc:
         runtime.count_callback(provider_name, "bad_signature", reason=exc.reason)
-        log.warning("callback for job %s refused: %s (%s)", job["id"], exc.reason, exc.message)
+        log.warning("callback for job %s refused: %s (%s)", checked[0], exc.reason, exc.message)
         return error(401, "invalid_signature", exc.message, reason=exc.reason)
-
-    try:
-        text = body.decode("utf-8")
-        payload = runtime.json_loads(text)
-        # Escaped lone surrogates ("\ud800") parse but cannot be stored as UTF-8 text.
-        dumps(payload)
-    except (ValueError, RecursionError):  # UnicodeError is a ValueError; deep nesting recurses
+    except InvalidBody as exc:
         runtime.count_callback(provider_name, "invalid_json")
-        return error(400, "invalid_json", "the callback body is not valid UTF-8 JSON")
-    if not isinstance(payload, dict):
-        runtime.count_callback(provider_name, "invalid_json")
-        return error(400, "invalid_json", "the callback body must be a JSON object")
+        return error(400, "invalid_json", str(exc))
+    obs, confirm = admitted.obs, admitted.confirm
 
-    obs = provider.parse_callback(payload)
-    confirm = provider.needs_confirmation(obs)
-    outcome = await runtime.store.record_callback(
-        job_id=job["id"],
-        provider=provider_name,
-        nonce=nonce,
-        digest=provider.replay_digest(request.headers, body),
-        nonce_expires_at=runtime.store.clock() + 2 * runtime.config.callbacks.date_tolerance + 60,
-        headers={k: v for k, v in request.headers.items() if k not in _UNSTORED_HEADERS},
-        body=text,
-        obs=obs,
-        confirm=confirm,
-        received_url=str(request.url).replace(token, "***"),
-    )
     runtime.count_callback(provider_name, outcome)
     if outcome == "replayed":
-        log.warning("callback for job %s refused: nonce replayed with another request", job["id"])
+        log.warning("callback for job %s refused: nonce replayed with another request", job_id)
         return error(409, "replayed_nonce", "this nonce was already used by a different request")
     if outcome == "accepted" and confirm:
         runtime.poller.wake()
     log.info(
         "callback for job %s: %s (%s)%s",
-        job["id"],
+        job_id,
         obs.provider_status,
         outcome,
         ", confirming" if confirm and outcome == "accepted" else "",

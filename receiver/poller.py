@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.config import ProviderConfig
 from receiver.providers.base import JobRef, Observation, Provider, ProviderError
 from receiver.states import Status
-from receiver.store import Applied, Store
+from receiver.store import Applied, Store, queries
 from receiver.worker import IDLE_WAIT, Worker
 
 log = logging.getLogger("vidhook.poller")
@@ -69,6 +71,41 @@ def retry_delay(
     return max(retry_after or 0.0, backoff)
 
 
+@dataclass
+class _Plan:
+    overdue: list[str] = field(default_factory=list)  # job ids past their deadline
+    due: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # provider -> rows
+    upcoming: float | None = None  # when the next poll or deadline falls due
+
+
+def _plan(
+    conn: sqlite3.Connection,
+    *,
+    now: float,
+    room: Mapping[str, int],
+    inflight: Mapping[str, list[str]],
+) -> _Plan:
+    """What a round does, read in one go on a reader thread.
+
+    One read instead of one per question: a round runs after nearly every finished poll,
+    and each read is a trip to a reader thread and back, which cost the event loop about
+    as much as the queries themselves.
+    """
+    overdue = queries.overdue_deadlines(conn, now, DEADLINE_BATCH)
+    if overdue:
+        return _Plan(overdue=overdue)
+    due = {
+        name: queries.due_polls(conn, name, now, free, inflight[name])
+        for name, free in room.items()
+    }
+    # When to look again: a provider with every slot now taken is left out (a finishing
+    # poll wakes the loop), and so are the polls in flight, including those just read.
+    open_ = [name for name, free in room.items() if len(due[name]) < free]
+    busy = [job_id for name in open_ for job_id in inflight[name]]
+    busy += [row["id"] for name in open_ for row in due[name]]
+    return _Plan(due=due, upcoming=queries.next_wake(conn, open_, busy))
+
+
 class Poller(Worker):
     name = "poller"
 
@@ -92,8 +129,42 @@ class Poller(Worker):
         self.lateness: deque[float] = deque(maxlen=10_000)
 
     async def round(self) -> float:
-        await self._dispatch()
-        return await self._until_next()
+        now = self.store.clock()
+        if now - self._last_housekeeping >= HOUSEKEEPING_EVERY:
+            self._last_housekeeping = now
+            await self.store.purge_nonces()
+        while True:
+            plan = await self.store.read(
+                _plan,
+                now=self.store.clock(),
+                room=self._room(),
+                inflight={name: sorted(ids) for name, ids in self._inflight.items()},
+            )
+            if not plan.overdue:
+                break
+            # Failed before anything is polled, as a job past its deadline must not be;
+            # then the plan is made again without them.
+            for job_id in plan.overdue:
+                log.warning("job %s %s: its deadline passed", job_id, TIMED_OUT)
+                timed_out = Observation(status=Status.FAILED, error=TIMED_OUT)
+                self._notify(await self.store.apply(job_id, timed_out, "deadline"))
+        for name, rows in plan.due.items():
+            for row in rows:
+                self._inflight[name].add(row["id"])
+                self.lateness.append(max(0.0, self.store.clock() - row["next_poll_at"]))
+                self.spawn(self._poll(name, row))
+        # A provider that asked for a pause was left out of the plan: look again when it ends.
+        paused = [p.gate.blocked_for for p in self.providers.values() if p.gate.blocked_for > 0]
+        delay = IDLE_WAIT if plan.upcoming is None else plan.upcoming - self.store.clock()
+        return max(0.0, min(IDLE_WAIT, delay, *paused))
+
+    def _room(self) -> dict[str, int]:
+        """Free request slots of each provider that may be asked now."""
+        return {
+            name: provider.gate.max_concurrency - len(self._inflight[name])
+            for name, provider in self.providers.items()
+            if self._has_room(name, provider)
+        }
 
     async def prepare(self) -> None:
         """Spread the polls that fell due while the service was down."""
@@ -102,35 +173,6 @@ class Poller(Worker):
             moved = await self.store.spread_overdue(name, window, provider.gate.spacing)
             if moved:
                 log.info("%s: %d overdue polls spread over the next %.0f s", name, moved, window)
-
-    async def _dispatch(self) -> None:
-        now = self.store.clock()
-        if now - self._last_housekeeping >= HOUSEKEEPING_EVERY:
-            self._last_housekeeping = now
-            await self.store.purge_nonces()
-        for job_id in await self.store.overdue_deadlines(DEADLINE_BATCH):
-            log.warning("job %s %s: its deadline passed", job_id, TIMED_OUT)
-            timed_out = Observation(status=Status.FAILED, error=TIMED_OUT)
-            self._notify(await self.store.apply(job_id, timed_out, "deadline"))
-        for name, provider in self.providers.items():
-            if not self._has_room(name, provider):
-                continue
-            inflight = self._inflight[name]
-            room = provider.gate.max_concurrency - len(inflight)
-            for row in await self.store.due_polls(name, room, sorted(inflight)):
-                inflight.add(row["id"])
-                self.lateness.append(max(0.0, self.store.clock() - row["next_poll_at"]))
-                self.spawn(self._poll(name, row))
-
-    async def _until_next(self) -> float:
-        # A provider with every slot taken is left out: a finishing poll wakes the loop.
-        # One that asked for a pause is left out until the pause ends.
-        open_ = [name for name, p in self.providers.items() if self._has_room(name, p)]
-        paused = [p.gate.blocked_for for p in self.providers.values() if p.gate.blocked_for > 0]
-        busy = [job_id for name in open_ for job_id in self._inflight[name]]
-        upcoming = await self.store.next_wake(open_, busy)
-        delay = IDLE_WAIT if upcoming is None else upcoming - self.store.clock()
-        return max(0.0, min(IDLE_WAIT, delay, *paused))
 
     def _has_room(self, name: str, provider: Provider) -> bool:
         free = provider.gate.max_concurrency > len(self._inflight[name])

@@ -65,5 +65,10 @@ class Worker:
             except Exception:
                 log.exception("%s round failed; trying again shortly", self.name)
                 wait = IDLE_WAIT
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns normally when
+            # the task is cancelled in the same loop iteration as wake() (a finishing poll
+            # wakes the loop while stop() cancels it), so the loop ran on, "cancelling"
+            # forever, and stop() never returned.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, wait))
+                async with asyncio.timeout(max(0.0, wait)):
+                    await self._wake.wait()

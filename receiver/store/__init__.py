@@ -20,11 +20,30 @@ from sqlite_utils import Database
 
 from receiver.providers.base import Observation, Submission
 from receiver.store import jobs, outbox, queries
-from receiver.store.jobs import Applied, CallbackOutcome, JobNotFound, NewJob, Route
+from receiver.store.jobs import (
+    AdmittedCallback,
+    Applied,
+    CallbackOutcome,
+    CallbackTarget,
+    JobNotFound,
+    NewJob,
+    Route,
+    UnknownToken,
+)
 from receiver.store.schema import migrations
 from receiver.store.writer import Writer, connect
 
-__all__ = ["Applied", "CallbackOutcome", "JobNotFound", "NewJob", "Store", "migrate"]
+__all__ = [
+    "AdmittedCallback",
+    "Applied",
+    "CallbackOutcome",
+    "CallbackTarget",
+    "JobNotFound",
+    "NewJob",
+    "Store",
+    "UnknownToken",
+    "migrate",
+]
 
 T = TypeVar("T")
 
@@ -120,6 +139,18 @@ class Store:
 
     async def record_callback(self, **kwargs: Any) -> CallbackOutcome:
         return await self._op(jobs.record_callback, **kwargs)
+
+    async def record_token_callback(
+        self, provider: str, token: str, admit: Callable[[CallbackTarget], AdmittedCallback]
+    ) -> tuple[str, CallbackOutcome, AdmittedCallback]:
+        """The callback's job looked up, ``admit`` run and the callback stored, in one write.
+
+        ``admit`` runs on the writer thread, inside the transaction; what it raises (and
+        UnknownToken) reaches the caller, with nothing written.
+        """
+        return await self._op(
+            jobs.record_token_callback, provider=provider, token=token, admit=admit
+        )
 
     async def record_poll(self, job_id: str, obs: Observation, *, next_poll_at: float) -> Applied:
         return await self._op(jobs.record_poll, job_id, obs, next_poll_at=next_poll_at)

@@ -25,6 +25,34 @@ class JobNotFound(LookupError):
     pass
 
 
+class UnknownToken(LookupError):
+    """No job of this provider has the callback token (which is kept out of the message)."""
+
+
+@dataclass(frozen=True)
+class CallbackTarget:
+    """What checking a callback needs to know about its job."""
+
+    id: str
+    provider_job_id: str | None
+    key_fingerprint: str | None
+    callback_url: str | None
+
+
+@dataclass(frozen=True)
+class AdmittedCallback:
+    """An authenticated callback, as record_callback stores it."""
+
+    nonce: str
+    digest: str
+    nonce_expires_at: float
+    headers: Mapping[str, str]
+    body: str
+    obs: Observation
+    confirm: bool
+    received_url: str | None = None
+
+
 @dataclass(frozen=True)
 class NewJob:
     id: str
@@ -202,15 +230,20 @@ def record_callback(
     received_url: str | None = None,
 ) -> CallbackOutcome:
     """Store an authenticated callback; a nonce seen before is a retry or a replay."""
-    seen = conn.execute(
-        "SELECT digest FROM nonces WHERE provider = ? AND nonce = ?", (provider, nonce)
-    ).fetchone()
-    if seen is not None:
-        return "duplicate" if seen["digest"] == digest else "replayed"
-    conn.execute(
-        "INSERT INTO nonces (provider, nonce, digest, expires_at) VALUES (?,?,?,?)",
+    # As few statements as possible: each one hands the GIL to the event loop and back,
+    # and under a burst that was a good part of a callback's cost. A new nonce (the
+    # usual case) is one INSERT; a known one is left alone and looked up.
+    stored = conn.execute(
+        "INSERT OR IGNORE INTO nonces (provider, nonce, digest, expires_at) VALUES (?,?,?,?)",
         (provider, nonce, digest, nonce_expires_at),
-    )
+    ).rowcount
+    if not stored:
+        seen = conn.execute(
+            "SELECT digest FROM nonces WHERE provider = ? AND nonce = ?", (provider, nonce)
+        ).fetchone()
+        if seen is None:  # ignored for another reason than the primary key: say so
+            raise sqlite3.IntegrityError(f"the nonce of a {provider} callback was not stored")
+        return "duplicate" if seen["digest"] == digest else "replayed"
     cur = conn.execute(
         "INSERT INTO callbacks (job_id, provider, received_at, nonce, provider_status,"
         " headers, body, outcome, received_url) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -219,23 +252,69 @@ def record_callback(
     )  # fmt: skip
     callback_id = cur.lastrowid
     # A callback can overtake the submit response; its task id is then the first we see.
-    conn.execute(
-        "UPDATE jobs SET last_callback_at = ?,"
-        " provider_job_id = COALESCE(provider_job_id, ?) WHERE id = ?",
-        (now, obs.provider_job_id, job_id),
-    )
     if confirm:
         # The poller confirms with the provider before the job may turn terminal; the
-        # schedule is a row, so a restart still performs the confirmation.
+        # schedule is a row, so a restart still performs the confirmation. A job that
+        # has already ended keeps its schedule (every CASE reads the row as it was).
+        ended = "status IN ('completed', 'failed')"
         conn.execute(
-            "UPDATE jobs SET confirm_callback_id = ?, next_poll_at = ?, poll_failures = 0"
-            " WHERE id = ? AND status NOT IN ('completed', 'failed')",
-            (callback_id, now, job_id),
+            "UPDATE jobs SET last_callback_at = ?, provider_job_id = COALESCE(provider_job_id, ?),"
+            f" confirm_callback_id = CASE WHEN {ended} THEN confirm_callback_id ELSE ? END,"
+            f" next_poll_at = CASE WHEN {ended} THEN next_poll_at ELSE ? END,"
+            f" poll_failures = CASE WHEN {ended} THEN poll_failures ELSE 0 END WHERE id = ?",
+            (now, obs.provider_job_id, callback_id, now, job_id),
         )
     else:
+        conn.execute(
+            "UPDATE jobs SET last_callback_at = ?,"
+            " provider_job_id = COALESCE(provider_job_id, ?) WHERE id = ?",
+            (now, obs.provider_job_id, job_id),
+        )
         detail = {"callback_id": callback_id}
         apply(conn, job_id, obs, "callback", now=now, route=route, detail=detail)
     return "accepted"
+
+
+def record_token_callback(
+    conn: sqlite3.Connection,
+    *,
+    provider: str,
+    token: str,
+    admit: Callable[[CallbackTarget], AdmittedCallback],
+    now: float,
+    route: Route,
+) -> tuple[str, CallbackOutcome, AdmittedCallback]:
+    """Find the job by its callback token, let ``admit`` check the callback, store it.
+
+    One trip to the writer for the whole callback: the lookup, the caller's checks
+    (signature, body) and the writes. ``admit`` raises to refuse; nothing has been
+    written by then. Returns the job id, the outcome and what ``admit`` returned.
+    """
+    row = conn.execute(
+        "SELECT id, provider_job_id, key_fingerprint, callback_url FROM jobs"
+        " WHERE callback_token = ? AND provider = ?",
+        (token, provider),
+    ).fetchone()
+    if row is None:
+        raise UnknownToken(f"no {provider} job has this callback token")
+    target = CallbackTarget(row[0], row[1], row[2], row[3])
+    admitted = admit(target)
+    outcome = record_callback(
+        conn,
+        job_id=target.id,
+        provider=provider,
+        nonce=admitted.nonce,
+        digest=admitted.digest,
+        nonce_expires_at=admitted.nonce_expires_at,
+        headers=admitted.headers,
+        body=admitted.body,
+        obs=admitted.obs,
+        confirm=admitted.confirm,
+        now=now,
+        route=route,
+        received_url=admitted.received_url,
+    )
+    return target.id, outcome, admitted
 
 
 def record_poll(
