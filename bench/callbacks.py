@@ -554,7 +554,8 @@ def start_py_spy(pid: int, output: str) -> subprocess.Popen[bytes]:
     command = [program, "record", "--pid", str(pid), "--output", output, "--rate", "200"]
     # --threads: the writer and reader threads show apart from the event loop's.
     formats = {".json": "speedscope", ".txt": "raw"}  # raw: collapsed stacks, one a line
-    command += ["--threads", "--format", formats.get(Path(output).suffix, "flamegraph")]
+    # --gil: only the thread holding the GIL is sampled, so samples are CPU in Python.
+    command += ["--threads", "--gil", "--format", formats.get(Path(output).suffix, "flamegraph")]
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached before the load starts
     return spy

@@ -18,6 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from receiver import api, callbacks, metrics
 from receiver.config import Config
+from receiver.logs import ACCESS_NOTES
 from receiver.proxy import AllowedHosts, PathPrefix
 from receiver.responses import JSON, error
 from receiver.runtime import Runtime
@@ -58,7 +59,11 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 class AccessLog:
-    """One line per request, with callback tokens cut out of the path."""
+    """One line per request, with callback tokens cut out of the path.
+
+    A handler may add to the line through ``logs.access_note``; the callback endpoint says there
+    which job the callback was for and what became of it.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -69,6 +74,8 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 500
+        notes: list[str] = []
+        scope[ACCESS_NOTES] = notes
 
         async def record(message: dict[str, object]) -> None:
             nonlocal status
@@ -80,11 +87,12 @@ class AccessLog:
             await self.app(scope, receive, record)  # type: ignore[arg-type]
         finally:
             log.info(
-                "%s %s %d %.1fms",
+                "%s %s %d %.1fms%s",
                 scope["method"],
                 redact_path(scope["path"]),
                 status,
                 (time.perf_counter() - started) * 1000,
+                "".join(f" {note}" for note in notes),
             )
 
 
@@ -127,8 +135,13 @@ def create_app(
     )
     app.state.runtime = runtime
     # Added last runs first: forwarding headers, then the Host check, then the prefix.
+    # Each is left out where it would do nothing: every request passes through them all.
     app.add_middleware(AccessLog)
-    app.add_middleware(PathPrefix, prefix=config.public_path)
-    app.add_middleware(AllowedHosts, hosts=config.allowed_hosts)
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.server.trusted_proxies))
+    if config.public_path.rstrip("/"):
+        app.add_middleware(PathPrefix, prefix=config.public_path)
+    if "*" not in config.allowed_hosts:
+        app.add_middleware(AllowedHosts, hosts=config.allowed_hosts)
+    if config.server.trusted_proxies:
+        trusted = list(config.server.trusted_proxies)
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
     return app

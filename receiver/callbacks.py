@@ -8,12 +8,14 @@ is scheduled for a confirming status fetch, which the poller performs.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 import signing
+from receiver.logs import access_note
 from receiver.providers.base import JobRef
 from receiver.responses import JSON, dumps, error
 from receiver.store import AdmittedCallback, CallbackTarget, UnknownToken
@@ -27,6 +29,26 @@ log = logging.getLogger("vidhook.callbacks")
 _UNSTORED_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "x-hmac-signature", "x-api-key"}
 )
+
+
+# The two answers to a stored callback, made once.
+_ACCEPTED = dumps({"ok": True, "duplicate": False})
+_DUPLICATE = dumps({"ok": True, "duplicate": True})
+
+
+def received_url(scope: Mapping[str, Any]) -> str:
+    """The URL the request was sent to, as its Host header and path say (after the proxy
+    headers were applied); for the record, as the place to look when a proxy rewrites."""
+    scheme = scope.get("scheme", "http")
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+    if host is None:
+        server_host, port = scope.get("server") or ("", None)
+        host = f"[{server_host}]" if ":" in server_host else server_host
+        if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+            host += f":{port}"
+    url = f"{scheme}://{host}{scope['path']}"  # the path includes root_path
+    query = scope.get("query_string", b"")
+    return f"{url}?{query.decode('latin-1')}" if query else url
 
 
 class BodyTooLarge(Exception):
@@ -92,8 +114,10 @@ async def receive(request: Request) -> Response:
         try:
             text = body.decode("utf-8")
             payload = runtime.json_loads(text)
-            # Escaped lone surrogates ("\ud800") parse but cannot be stored as UTF-8 text.
-            dumps(payload)
+            # Escaped lone surrogates ("\ud800") parse but cannot be stored as UTF-8 text;
+            # text decoded from UTF-8 holds none, so only an escape can bring one in.
+            if "\\u" in text:
+                dumps(payload)
         except (ValueError, RecursionError):  # UnicodeError is a ValueError; nesting recurses
             raise InvalidBody("the callback body is not valid UTF-8 JSON") from None
         if not isinstance(payload, dict):
@@ -107,7 +131,7 @@ async def receive(request: Request) -> Response:
             body=text,
             obs=obs,
             confirm=provider.needs_confirmation(obs),
-            received_url=str(request.url).replace(token, "***"),
+            received_url=received_url(request.scope).replace(token, "***"),
         )
 
     try:
@@ -132,11 +156,11 @@ async def receive(request: Request) -> Response:
         return error(409, "replayed_nonce", "this nonce was already used by a different request")
     if outcome == "accepted" and confirm:
         runtime.poller.wake()
-    log.info(
-        "callback for job %s: %s (%s)%s",
-        job_id,
-        obs.provider_status,
-        outcome,
-        ", confirming" if confirm and outcome == "accepted" else "",
-    )
-    return JSON({"ok": True, "duplicate": outcome == "duplicate"})
+    # Said on the request's access line where there is one: two lines a callback was a
+    # good part of a callback's cost under a burst.
+    said = f"{job_id}: {obs.provider_status} ({outcome})"
+    if confirm and outcome == "accepted":
+        said += ", confirming"
+    if not access_note(request.scope, said):
+        log.info("callback for job %s", said)
+    return Response(_DUPLICATE if outcome == "duplicate" else _ACCEPTED, media_type=JSON.media_type)

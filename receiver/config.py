@@ -84,10 +84,11 @@ class ConfigError(Exception):
 class Secret:
     """A secret value that does not show itself in reprs, logs or tracebacks."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_fingerprint", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._fingerprint: str | None = None
 
     def reveal(self) -> str:
         return self._value
@@ -95,7 +96,9 @@ class Secret:
     @property
     def fingerprint(self) -> str:
         """A stable, non-reversible name for the secret, safe to store."""
-        return "sha256:" + hashlib.sha256(self._value.encode()).hexdigest()[:16]
+        if self._fingerprint is None:  # every callback asks for it: worked out once
+            self._fingerprint = "sha256:" + hashlib.sha256(self._value.encode()).hexdigest()[:16]
+        return self._fingerprint
 
     def __repr__(self) -> str:
         return "Secret('***')"

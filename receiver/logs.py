@@ -13,9 +13,9 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
 from receiver.config import Config, Secret
@@ -250,3 +250,17 @@ def configure(
     logging.logProcesses = False
     logging.logMultiprocessing = False
     return handler
+
+
+# Where a handler leaves words for its request's access line (a list in the ASGI scope,
+# which the copies of the scope that middlewares make all share): one line a request.
+ACCESS_NOTES = "vidhook.access_notes"
+
+
+def access_note(scope: Mapping[str, Any], text: str) -> bool:
+    """Add ``text`` to the request's access line; False when no access line is kept."""
+    notes = scope.get(ACCESS_NOTES)
+    if notes is None:
+        return False
+    notes.append(text)
+    return True

@@ -174,11 +174,17 @@ class Metrics:
         self.database = _DatabaseCollector(providers, channels)
         self.registry.register(self.database)
         self._reading: asyncio.Task[Snapshot] | None = None
+        self._callback_counters: dict[tuple[str, str], Counter] = {}
 
     # -- hooks --
 
     def count_callback(self, provider: str, outcome: str, reason: str | None = None) -> None:
-        self.callbacks.labels(provider, outcome).inc()
+        counter = self._callback_counters.get((provider, outcome))
+        if counter is None:  # labels() takes a lock and builds a key: once a series is enough
+            counter = self._callback_counters[provider, outcome] = self.callbacks.labels(
+                provider, outcome
+            )
+        counter.inc()
         if outcome == "bad_signature":
             self.signature_failures.labels(provider, reason or "unknown").inc()
 

@@ -30,8 +30,8 @@ class AllowedHosts:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self.any:
-            headers = dict(scope["headers"])
-            host = host_name(headers.get(b"host", b"").decode("latin-1"))
+            raw = next((v for k, v in scope["headers"] if k == b"host"), b"")
+            host = host_name(raw.decode("latin-1"))
             if host not in self.hosts:
                 response = error(
                     400,

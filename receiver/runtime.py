@@ -52,8 +52,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Made once: json.loads builds a new decoder for every call that passes options.
+_STRICT = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def strict_json(text: str | bytes) -> Any:
     """json.loads without NaN and Infinity, spelled out or as an out-of-range number."""
+    if isinstance(text, str) and not text.startswith("\ufeff"):
+        return _STRICT.decode(text)
+    # Bytes in any of JSON's encodings, and the BOM refusal: json.loads's own handling.
     return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 

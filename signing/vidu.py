@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 
 from signing import SignatureError
 
-__all__ = ["Verified", "sign", "signing_string", "verify"]
+__all__ = ["Verified", "parse_date", "sign", "signing_string", "verify"]
 
 ALGORITHM = "hmac-sha256"
 ACCESS_KEY = "vidu"
@@ -36,6 +37,12 @@ ACCESS_KEY = "vidu"
 _MUST_SIGN = frozenset({"date", "x-request-nonce"})
 _MAX_SIGNED, _MAX_VALUE, _MAX_NONCE = 20, 4096, 256
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# The one form Vidu sends (RFC 9110's IMF-fixdate), read without the general parser.
+_FIXDATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) (" + "|".join(_MONTHS) + r") ([1-9]\d{3}) "
+    r"(\d\d):(\d\d):(\d\d) GMT"
+)
 
 
 @dataclass(frozen=True)
@@ -134,11 +141,7 @@ def verify(
     if len(received) != hashlib.sha256().digest_size:
         raise _malformed("X-HMAC-SIGNATURE must be base64 of a 32-byte HMAC-SHA256")
 
-    try:
-        parsed = parsedate_to_datetime(date)
-        sent_at = parsed.astimezone(UTC) if parsed.utcoffset() is not None else None
-    except Exception:  # its failure modes (ValueError, IndexError, ...) vary by Python release
-        sent_at = None
+    sent_at = parse_date(date)
     if sent_at is None:
         raise SignatureError("malformed_date", "Date must be like 'Tue, 06 May 2025 12:09:42 GMT'")
 
@@ -158,6 +161,31 @@ def verify(
     return Verified(nonce=nonce, date=sent_at)
 
 
+def parse_date(value: str) -> datetime | None:
+    """The moment a Date header names, aware and in UTC; None if it names none.
+
+    IMF-fixdate, the form every HTTP sender uses, is read directly; anything else goes
+    to the email parser, which also takes the obsolete forms and numeric zones (and
+    reads years below 100 as two-digit years). Both give the same moment for an
+    IMF-fixdate from year 1000 on.
+    """
+    fixed = _FIXDATE.fullmatch(value)
+    if fixed is not None:
+        day, month, year, hour, minute, second = fixed.groups()
+        try:
+            return datetime(
+                int(year), _MONTHS.index(month) + 1, int(day),
+                int(hour), int(minute), int(second), tzinfo=UTC,
+            )  # fmt: skip
+        except ValueError:  # 30 February, 25 o'clock: the general parser decides
+            pass
+    try:
+        parsed = parsedate_to_datetime(value)
+        return parsed.astimezone(UTC) if parsed.utcoffset() is not None else None
+    except Exception:  # its failure modes (ValueError, IndexError, ...) vary by Python release
+        return None
+
+
 def _key(secret: str) -> bytes:
     if not isinstance(secret, str):
         raise TypeError("secret must be a str")
@@ -167,7 +195,7 @@ def _key(secret: str) -> bytes:
 
 
 def _mac(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.digest(key, text.encode("utf-8"), "sha256")
 
 
 def _malformed(message: str) -> SignatureError:

@@ -291,7 +291,11 @@ def test_a_full_job_run_with_json_logs_leaks_no_secret(sandbox, tmp_path):
     assert any(e["level"] == "DEBUG" for e in entries)
     assert any(e["logger"].startswith("uvicorn") for e in entries)
     assert any(m.startswith("vidhook ready") for m in messages)
-    assert any(done["id"] in m and "(accepted)" in m for m in messages)
+    # An accepted callback is one line: its access line says what became of it.
+    accepted = [m for m in messages if done["id"] in m and "(accepted)" in m]
+    assert accepted, messages
+    line = re.compile(r"POST /callbacks/vidu/\*\*\* 200 [\d.]+ms job_\w+: (processing|success) ")
+    assert all(line.match(m) for m in accepted), accepted
     assert any("refused: bad_signature" in m for m in messages)
     assert any("to team will be retried" in m for m in messages)
     assert any(m.startswith("POST /callbacks/vidu/*** 401") for m in messages)

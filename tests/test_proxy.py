@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from receiver.callbacks import received_url
 from receiver.proxy import AllowedHosts, PathPrefix, host_name
 
 
@@ -77,3 +78,27 @@ def test_host_name_drops_the_port_and_brackets(header, name):
 def test_a_prefix_is_only_stripped_at_a_segment_boundary():
     response = call(app(), "/vidhookers/who", {"host": "localhost"})
     assert response.status_code == 404
+
+
+async def both_urls(request: Request):
+    return JSONResponse({"starlette": str(request.url), "ours": received_url(request.scope)})
+
+
+@pytest.mark.parametrize("path", ["/vidhook/where", "/where", "/where?a=1&b=%20x", "/where?"])
+@pytest.mark.parametrize("client", [("127.0.0.1", 5000), ("198.51.100.7", 5000)])
+def test_the_stored_callback_url_is_the_url_starlette_sees(path, client):
+    application = app()
+    application.router.routes.append(Route("/where", both_urls))
+    application.router.routes.append(Route("/vidhook/where", both_urls))
+    seen = call(application, path, FORWARDED, client=client).json()
+    assert seen["ours"] == seen["starlette"]
+
+
+@pytest.mark.parametrize(
+    ("server", "url"),
+    [(("::1", 8000), "http://[::1]:8000/x"), (("10.0.0.1", 80), "http://10.0.0.1/x"),
+     (None, "http:///x")],
+)  # fmt: skip
+def test_the_stored_callback_url_without_a_host_header_names_the_server(server, url):
+    scope = {"type": "http", "scheme": "http", "path": "/x", "headers": [], "server": server}
+    assert received_url(scope) == url

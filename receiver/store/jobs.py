@@ -75,8 +75,8 @@ class Applied:
     anomaly: str | None = None
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+# Made once: json.dumps builds a new encoder for every call that passes options.
+dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Route) -> None:

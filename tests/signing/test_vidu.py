@@ -9,7 +9,7 @@ import string
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -218,6 +218,48 @@ def test_unsupported_algorithm(algorithm: str) -> None:
 def test_malformed_date(date: str) -> None:
     # Signed properly, so the date itself is the only thing wrong.
     assert reason(vidu.sign(SECRET, "POST", URL, date=date, nonce=NONCE)) == "malformed_date"
+
+
+def _general_parser(value: str) -> datetime | None:
+    """What the email parser makes of a Date, the way verify read every Date before."""
+    try:
+        parsed = parsedate_to_datetime(value)
+        return parsed.astimezone(UTC) if parsed.utcoffset() is not None else None
+    except Exception:
+        return None
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)))
+def test_parse_date_reads_imf_fixdate_as_the_general_parser_does(moment: datetime) -> None:
+    text = format_datetime(moment.replace(microsecond=0, tzinfo=UTC), usegmt=True)
+    assert (
+        vidu.parse_date(text) == _general_parser(text) == moment.replace(microsecond=0, tzinfo=UTC)
+    )
+
+
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.from_regex(
+            r"\A[A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{2,4} \d\d:\d\d:\d\d [A-Z+-]{1,5}\Z"
+        ),
+    )
+)
+def test_parse_date_agrees_with_the_general_parser_on_anything(text: str) -> None:
+    # 31 Feb, hour 24, other zones, the obsolete forms: the same answer as before.
+    assert vidu.parse_date(text) == _general_parser(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sat, 29 Feb 2025 12:00:00 GMT",
+        "Tue, 06 May 2025 24:00:00 GMT",
+        "Tue, 06 May 2025 12:09:42 +0200",
+    ],
+)
+def test_parse_date_hands_the_unusual_to_the_general_parser(text: str) -> None:
+    assert vidu.parse_date(text) == _general_parser(text)
 
 
 @pytest.mark.parametrize("offset", [301, -301, 86_400 * 365])
