@@ -124,10 +124,11 @@ def create_app(
 
     app = Starlette(
         routes=[
+            # First: the router tries each route in turn, and callbacks are most requests.
+            Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics.endpoint),
-            Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
             Mount("/api", routes=api.routes),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},

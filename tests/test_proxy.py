@@ -8,8 +8,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from receiver.app import AccessLog, create_app
 from receiver.callbacks import received_url
 from receiver.proxy import AllowedHosts, PathPrefix, host_name
+from tests.conftest import service_config
 
 
 async def whoami(request: Request):
@@ -102,3 +104,27 @@ def test_the_stored_callback_url_is_the_url_starlette_sees(path, client):
 def test_the_stored_callback_url_without_a_host_header_names_the_server(server, url):
     scope = {"type": "http", "scheme": "http", "path": "/x", "headers": [], "server": server}
     assert received_url(scope) == url
+
+
+def layers(application) -> list[type]:
+    return [m.cls for m in application.user_middleware]
+
+
+@pytest.mark.parametrize(
+    ("public_url", "server", "expected"),
+    [
+        ("https://hooks.example.com", {}, [ProxyHeadersMiddleware, AllowedHosts, AccessLog]),
+        ("https://hooks.example.com/vh", {"trusted_proxies": [], "allowed_hosts": ["*"]},
+         [PathPrefix, AccessLog]),
+        ("https://hooks.example.com/vh/", {"trusted_proxies": ["10.0.0.2"]},
+         [ProxyHeadersMiddleware, AllowedHosts, PathPrefix, AccessLog]),
+    ],
+)  # fmt: skip
+def test_the_app_leaves_out_layers_that_would_do_nothing(tmp_path, public_url, server, expected):
+    extra = {"server": server}
+    config = service_config(public_url, "http://127.0.0.1:9", tmp_path / "v.db", extra=extra)
+    application = create_app(config)
+    assert layers(application) == expected
+    # Without a Host check, any Host is served; without a prefix, paths are taken as they are.
+    if "*" in server.get("allowed_hosts", []):
+        assert call(application, "/vh/healthz", {"host": "any.test"}).status_code == 200
