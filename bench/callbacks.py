@@ -73,6 +73,7 @@ from bench.common import (
     provider_toml,
     rss_mb,
     sandbox,
+    start_py_spy,
 )
 from receiver.sandbox import ViduSandboxSettings
 from signing import vidu as vidu_signing
@@ -545,20 +546,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"kept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def start_py_spy(pid: int, output: str) -> subprocess.Popen[bytes]:
-    # Installed into the venv (pip install py-spy) or anywhere on PATH.
-    beside = Path(PYTHON).with_name("py-spy")
-    program = str(beside) if beside.exists() else "py-spy"
-    command = [program, "record", "--pid", str(pid), "--output", output, "--rate", "200"]
-    # --threads: the writer and reader threads show apart from the event loop's.
-    formats = {".json": "speedscope", ".txt": "raw"}  # raw: collapsed stacks, one a line
-    # --gil: only the thread holding the GIL is sampled, so samples are CPU in Python.
-    command += ["--threads", "--gil", "--format", formats.get(Path(output).suffix, "flamegraph")]
-    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached before the load starts
-    return spy
 
 
 if __name__ == "__main__":

@@ -318,3 +318,20 @@ def precreate_jobs(
     finally:
         conn.close()
     return created
+
+
+def start_py_spy(pid: int, output: str) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` into ``output`` (.svg flame graph, .json speedscope, .txt
+    collapsed stacks) until it gets SIGINT. Every thread apart (--threads), and only the
+    one holding the GIL (--gil), so that the samples are CPU spent in Python.
+
+    py-spy is not a dependency: ``pip install py-spy`` into the venv, or have it on PATH.
+    """
+    beside = Path(PYTHON).with_name("py-spy")
+    program = str(beside) if beside.exists() else "py-spy"
+    formats = {".json": "speedscope", ".txt": "raw"}
+    command = [program, "record", "--pid", str(pid), "--output", output, "--rate", "200"]
+    command += ["--threads", "--gil", "--format", formats.get(Path(output).suffix, "flamegraph")]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the load starts
+    return spy

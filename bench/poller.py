@@ -60,6 +60,7 @@ from bench.common import (
     precreate_jobs,
     provider_toml,
     rss_mb,
+    start_py_spy,
     wait_http,
 )
 
@@ -481,17 +482,6 @@ async def machinery(count: int, concurrency: int) -> int:
         flush=True,
     )
     return 0
-
-
-def start_py_spy(pid: int, output: str) -> subprocess.Popen[bytes]:
-    beside = Path(PYTHON).with_name("py-spy")
-    program = str(beside) if beside.exists() else "py-spy"
-    formats = {".json": "speedscope", ".txt": "raw"}
-    command = [program, "record", "--pid", str(pid), "--output", output, "--rate", "200"]
-    command += ["--threads", "--format", formats.get(Path(output).suffix, "flamegraph")]
-    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached before the backlog is released
-    return spy
 
 
 if __name__ == "__main__":
