@@ -1,23 +1,23 @@
 """Notification latency: from a callback's 2xx to the message at the sink, at a steady rate.
 
     .venv/bin/python -m bench.notify_latency [--rate 200] [--duration 20]
-        [--channel slack|webhook] [--channels N]
+        [--channel slack|webhook] [--channels N] [--min-interval SECONDS]
 
 What it does, all on 127.0.0.1:
 
 1. Starts the sinks in their own process (so that their timestamps do not wait on this
-   process's load generator): receiver.sandbox.slack's fake Slack, with Slack's own
-   pacing (``min_interval = 1.0``: a second message within a second on the same webhook
-   is refused with 429), and a plain receiver for vidhook's signed webhook channel. Each
-   notes when every message arrives (time.monotonic(), one clock for every process on
-   the machine) and for which job.
+   process's load generator): receiver.sandbox.slack's fake Slack, whose pacing (a
+   message sooner than ``--min-interval`` after the last one on the same webhook is
+   refused with 429) is off by default, and a plain receiver for vidhook's signed webhook
+   channel. Each notes when every message arrives (time.monotonic(), one clock for every
+   process on the machine) and for which job.
 2. Pre-creates ``rate x duration`` Vidu jobs straight into vidhook's database
    (bench.common.precreate_jobs) and signs one ``processing`` callback for each.
 3. Starts ``vidhook serve`` with ``--channels`` channels of type ``--channel``, each
    subscribed to ``processing`` only, so that each callback makes exactly one message.
-   With one channel it is ``default_channels = [name]``; with more, job i is routed to
-   channel i mod N (the job's own ``notify`` list), so consecutive messages go to
-   different channels.
+   A Slack channel is configured with ``min_interval = --min-interval``. With one channel
+   it is ``default_channels = [name]``; with more, job i is routed to channel i mod N
+   (the job's own ``notify`` list), so consecutive messages go to different channels.
 4. Sends the callbacks at ``--rate`` per second, paced by the clock (each is sent at its
    time whether or not the earlier ones were answered), and notes when each 2xx
    arrives; then waits for the sinks to have every message.
@@ -26,16 +26,17 @@ The latency of a message is its arrival at the sink minus the arrival of its cal
 2xx at the sender. It can be slightly negative: vidhook commits, and the outbox may send,
 before the 2xx reaches the sender.
 
-What is measured by default, and why: one signed webhook channel (Standard Webhooks,
-``receiver/notify/webhook.py``, to the plain receiver), ``default_channels = ["team"]``.
-A Slack channel takes at most one message a second (SlackChannel.min_interval = 1.0, as
-Slack asks, and the fake Slack refuses faster ones), so one Slack channel at 200
-callbacks a second only measures a queue that grows by 199 messages a second
-(``--channel slack --channels 1`` shows it). The webhook channel has no pacing: what it
-measures is what vidhook itself adds to every message, the outbox's wake-up, its reads,
-rendering and signing the event, the HTTP request, recording the attempt.
-``--channel slack`` with its default of 2 x rate channels measures Block Kit messages to
-the fake Slack with the pacing out of the way (each channel gets a message every 2 s).
+What is measured by default, and why: one Slack channel (an incoming webhook to the fake
+Slack, ``default_channels = ["team"]``) with ``min_interval = 0`` and the fake's pacing
+off, as for a Slack-compatible server (Mattermost, Rocket.Chat) that takes messages as
+fast as they come. Slack itself asks for at most one message a second per webhook, and
+one channel paced so (``--min-interval 1``) at 200 callbacks a second only measures a
+queue that grows by 199 messages a second. Without the pacing, what one channel shows is
+what vidhook adds to every message: the outbox noticing the delivery, its read,
+rendering the Block Kit message, the HTTP request, recording the attempt. ``--channel webhook``
+measures the signed webhook channel (Standard Webhooks, ``receiver/notify/webhook.py``)
+to the plain receiver instead; ``--channels N --min-interval 1`` spreads the messages
+over N paced Slack channels (400 at 200/s: a message every 2 s on each).
 
 The last line is ``RESULT notify_p50_ms=<n> notify_p99_ms=<n>``.
 """
@@ -72,6 +73,7 @@ from bench.common import (
     precreate_jobs,
     provider_toml,
     rss_mb,
+    start_py_spy,
     wait_http,
 )
 from signing import standard
@@ -86,7 +88,7 @@ MAX_DURATION = 240.0
 # -- the sinks, in their own process --------------------------------------------------------
 
 
-def serve_sinks(port: int) -> None:
+def serve_sinks(port: int, min_interval: float) -> None:
     """Slack's fake under /slack, a webhook receiver under /hook, and what they received."""
     import uvicorn
     from starlette.applications import Starlette
@@ -96,7 +98,7 @@ def serve_sinks(port: int) -> None:
 
     from receiver.sandbox.slack import SlackSinkSettings, create_slack_sink
 
-    slack_app = create_slack_sink(SlackSinkSettings(min_interval=1.0))
+    slack_app = create_slack_sink(SlackSinkSettings(min_interval=min_interval))
     slack = slack_app.state.slack
     hooks: list[tuple[float, str | None, int]] = []
 
@@ -135,14 +137,16 @@ def serve_sinks(port: int) -> None:
 
 
 class Sinks:
-    def __init__(self) -> None:
+    def __init__(self, min_interval: float) -> None:
+        self.min_interval = min_interval
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
     def start(self) -> None:
-        command = [PYTHON, "-m", "bench.notify_latency", "--serve-sinks", str(self.port)]
+        command = [PYTHON, "-m", "bench.notify_latency", "--serve-sinks", str(self.port),
+                   "--min-interval", str(self.min_interval)]  # fmt: skip
         self.proc = subprocess.Popen(command, cwd=REPO)
         wait_http(f"{self.url}/_bench/count", proc=self.proc)
 
@@ -278,7 +282,7 @@ class Setup:
     names: list[str] = field(default_factory=list)
 
 
-def channel_setup(kind: str, count: int, sinks_url: str) -> Setup:
+def channel_setup(kind: str, count: int, sinks_url: str, min_interval: float) -> Setup:
     setup = Setup()
     for i in range(count):
         name = "team" if count == 1 else f"team{i}"
@@ -287,6 +291,7 @@ def channel_setup(kind: str, count: int, sinks_url: str) -> Setup:
         if kind == "slack":
             variable = f"BENCH_SLACK_WEBHOOK_{i}"
             lines.append(f'webhook_url_env = "{variable}"')
+            lines.append(f"min_interval = {min_interval!r}")
             # Each channel its own incoming webhook: Slack paces per webhook.
             setup.env[variable] = f"{sinks_url}/slack/services/TBENCH/B{i:05d}/bench{i}"
         else:
@@ -322,15 +327,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load (20)")
     parser.add_argument(
         "--channel",
-        choices=("webhook", "slack"),
-        default="webhook",
-        help="channel type (webhook)",
+        choices=("slack", "webhook"),
+        default="slack",
+        help="channel type (slack)",
     )
     parser.add_argument(
-        "--channels",
-        type=int,
-        help="channels, jobs spread over them in turn (slack: 2 x rate, so that each gets "
-        "one message every 2 s; webhook: 1)",
+        "--channels", type=int, default=1, help="channels, jobs spread over them in turn (1)"
+    )
+    parser.add_argument(
+        "--min-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="the Slack channels' min_interval, and the fake Slack's pacing (0: off; "
+        "Slack asks for 1)",
     )
     parser.add_argument(
         "--drain", type=float, default=60.0, help="seconds to wait for the last messages (60)"
@@ -344,8 +354,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--serve-sinks", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.channels is None:
-        args.channels = int(2 * args.rate) if args.channel == "slack" else 1
+    if args.channels < 1:
+        parser.error("--channels: at least 1")
+    if args.min_interval < 0:
+        parser.error("--min-interval: 0 or more seconds")
     if args.duration > MAX_DURATION:
         parser.error(f"--duration: at most {MAX_DURATION:.0f} s (callbacks are signed up front)")
     return args
@@ -354,11 +366,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_sinks:
-        serve_sinks(args.serve_sinks)
+        serve_sinks(args.serve_sinks, args.min_interval)
         return 0
     print(f"machine: {machine()}", flush=True)
-    sinks = Sinks()
-    setup = channel_setup(args.channel, args.channels, sinks.url)
+    sinks = Sinks(args.min_interval)
+    setup = channel_setup(args.channel, args.channels, sinks.url, args.min_interval)
     with tempfile.TemporaryDirectory(prefix="vidhook-bench-notify-") as tmp:
         # Processing callbacks are applied at once (no confirming fetch) and the
         # reconciliation poll is a day away: vidhook never calls this base_url.
@@ -381,9 +393,10 @@ def run(args: argparse.Namespace, sinks: Sinks, service: ServiceProcess, setup: 
     if len(setup.names) > 1:
         route_jobs(service.db_path, jobs, setup.names)
     callbacks = [processing_callback(job) for job in jobs]
+    pacing = f", min_interval {args.min_interval:g} s" if args.channel == "slack" else ""
     print(
-        f"{count} jobs, {args.channels} {args.channel} channel(s); sending {args.rate:.0f} "
-        f"callbacks/s for {args.duration:.0f} s",
+        f"{count} jobs, {args.channels} {args.channel} channel(s){pacing}; sending "
+        f"{args.rate:.0f} callbacks/s for {args.duration:.0f} s",
         flush=True,
     )
     service.start()
@@ -478,17 +491,6 @@ def run(args: argparse.Namespace, sinks: Sinks, service: ServiceProcess, setup: 
         f" notify_p99_ms={percentile(latencies, 99) * 1000:.1f}"
     )
     return 1 if problems else 0
-
-
-def start_py_spy(pid: int, output: str) -> subprocess.Popen[bytes]:
-    beside = Path(PYTHON).with_name("py-spy")
-    program = str(beside) if beside.exists() else "py-spy"
-    formats = {".json": "speedscope", ".txt": "raw"}
-    command = [program, "record", "--pid", str(pid), "--output", output, "--rate", "200"]
-    command += ["--threads", "--format", formats.get(Path(output).suffix, "flamegraph")]
-    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached before the load starts
-    return spy
 
 
 if __name__ == "__main__":

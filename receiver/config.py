@@ -49,7 +49,9 @@ PROVIDER_TYPES: dict[str, dict[str, Any]] = {
 # The keys each channel type takes besides `type` and `events`; *_env keys hold secrets.
 CHANNEL_KEYS: dict[str, frozenset[str]] = {
     # An incoming webhook (webhook_url_env), or a bot token (bot_token_env) and a channel.
-    "slack": frozenset({"webhook_url_env", "bot_token_env", "channel", "api_url", "timeout"}),
+    "slack": frozenset(
+        {"webhook_url_env", "bot_token_env", "channel", "api_url", "timeout", "min_interval"}
+    ),
     "email": frozenset(
         {"host", "port", "security", "username", "password_env", "from", "to", "timeout", "ca_file"}
     ),

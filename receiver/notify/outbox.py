@@ -2,10 +2,27 @@
 
 Every delivery is a row, queued in the same transaction as the transition it announces,
 so nothing is notified without being stored and nothing stored goes unnotified, even
-across a crash. Each channel is drained by its own task, in order, one message at a
-time (Slack asks for at most one a second), so a slow channel delays only itself.
-A delivery is marked delivered only after its channel accepted it: a crash between the
-two sends it again on restart, the one case where a receiver may see a message twice.
+across a crash. The writer tells its listeners what each commit marked: a commit that
+queued deliveries names their channels, and an idle channel's drain starts at once
+(a busy one reads again before it ends); other commits are ignored. The worker looks
+in the database itself for due deliveries when a drain ends, when the next retry falls
+due, and when asked to (a dead delivery was retried).
+
+Each channel is drained by its own task, so a slow channel delays only itself. A drain
+reads a batch of due deliveries together with their jobs and transitions (one trip to a
+reader), then sends them in order, one at a time and spaced by the channel's
+``min_interval`` (Slack asks for at most one a second). A delivered message's attempt is
+committed while the channel's next message is sent: at most one such record is in flight
+per channel, and it is awaited before the next batch is read (so nothing is read as due
+again and sent twice), before any other record of the channel (a failure, a dead
+message), and when the drain ends or the worker stops. Sends in flight across all
+channels are bounded (``send_limit``), so that hundreds of channels do not make the
+HTTP client's connection pool thrash.
+
+A delivery is marked delivered only after its channel accepted it: a crash in between
+sends it again on restart, the one case where a receiver may see a message twice. As a
+record may still be committing while the next message is sent, a crash can leave up to
+two messages per channel sent but not recorded; both are sent again after the restart.
 """
 
 from __future__ import annotations
@@ -16,7 +33,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any
 
 from receiver.config import ChannelConfig, NotifyConfig
@@ -29,6 +46,12 @@ from receiver.worker import IDLE_WAIT, Worker
 log = logging.getLogger("vidhook.notify")
 
 BATCH = 20
+# How a commit names the channels it queued deliveries for (receiver.store.writer.mark).
+QUEUED_FOR = "deliveries:"
+# Sends in flight across all channels: httpcore's pool does work for every request
+# waiting times every connection, so hundreds at once cost more than they gain; with
+# 400 channels, 8 kept the event loop well clear of saturation and 16 did not.
+SEND_LIMIT = 8
 
 
 def channel_fingerprint(config: ChannelConfig) -> str:
@@ -62,6 +85,7 @@ class Outbox(Worker):
         channels: Mapping[str, Channel],
         *,
         on_attempt: Callable[[str, str, float | None], None] | None = None,
+        send_limit: int = SEND_LIMIT,
     ) -> None:
         self.store = store
         self.config = config
@@ -72,26 +96,62 @@ class Outbox(Worker):
         super().__init__()
         self._busy: set[str] = set()
         self._last_sent: dict[str, float] = {}
-        self._listener: Callable[[], None] | None = None
+        self._listener: Callable[[Set[str]], None] | None = None
+        self._sending = asyncio.Semaphore(send_limit)
+        # Per channel: the delivered attempt whose record is still being committed.
+        self._recording: dict[str, asyncio.Future[None]] = {}
+        # Channels a commit queued deliveries for since their drain last read.
+        self._queued: set[str] = set()
+        self._prepared = False
+        self._stopping = False
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
 
-        def wake_soon() -> None:
-            loop.call_soon_threadsafe(self.wake)
+        def committed(touched: Set[str]) -> None:
+            # Only a commit that queued or re-queued deliveries concerns the outbox.
+            if "deliveries" in touched:
+                names = {t.removeprefix(QUEUED_FOR) for t in touched if t.startswith(QUEUED_FOR)}
+                loop.call_soon_threadsafe(self._deliveries_queued, names)
 
-        # Any commit may have queued deliveries: look again as soon as one lands.
-        self._listener = wake_soon
-        self.store.writer.listeners.append(wake_soon)
+        self._listener = committed
+        self.store.writer.listeners.append(committed)
         super().start()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._listener in self.store.writer.listeners:
             self.store.writer.listeners.remove(self._listener)
         await super().stop()
 
+    def _deliveries_queued(self, names: Set[str]) -> None:
+        """A commit queued deliveries for these channels: start their drains right away."""
+        if self._stopping:
+            return
+        if not names:  # marked without saying for whom: look in the database
+            self.wake()
+            return
+        self._queued.update(names)
+        if not self._prepared:
+            self.wake()  # the first round starts them, once disabled channels are known
+            return
+        for name in names:
+            self._start_drain(name)
+
+    def _start_drain(self, name: str) -> None:
+        if name in self.channels and name not in self._busy:
+            self._busy.add(name)
+            self.spawn(self._drain(name))
+
     async def round(self) -> float:
+        for name in list(self._queued):
+            if name not in self.channels:
+                self._queued.discard(name)
+            self._start_drain(name)
         wait = IDLE_WAIT
+        if self.channels and self._busy.issuperset(self.channels):
+            # Each channel is being drained; the end of a drain wakes this loop again.
+            return wait
         due = await self.store.next_delivery_due()
         now = self.store.clock()
         for name, at in due.items():
@@ -100,8 +160,7 @@ class Outbox(Worker):
             if at > now:
                 wait = min(wait, at - now)
                 continue
-            self._busy.add(name)
-            self.spawn(self._drain(name))
+            self._start_drain(name)
         return wait
 
     async def prepare(self) -> None:
@@ -116,65 +175,116 @@ class Outbox(Worker):
             else:
                 await self.store.enable_channel(name)
                 log.info("channel %s changed since it was disabled; trying it again", name)
+        self._prepared = True
 
     async def _drain(self, name: str) -> None:
         try:
             while True:
-                batch = await self.store.due_deliveries(name, BATCH)
+                self._queued.discard(name)
+                batch = await self.store.due_deliveries_with_sources(name, BATCH)
                 if not batch:
                     break
                 for delivery in batch:
                     await self._deliver(self.channels[name], delivery)
+                # Before the next read: a delivery whose record is still on its way would
+                # be read as due and sent again.
+                await self._recorded(name)
+                if len(batch) < BATCH and name not in self._queued:
+                    # All that was due is sent, and no commit queued more since the read:
+                    # no need to read again (the main loop looks once the drain is over).
+                    break
         except Exception:
             log.exception("channel %s: sending failed; trying again shortly", name)
             await asyncio.sleep(IDLE_WAIT)
         finally:
-            self._busy.discard(name)
-            # The main loop left this channel out while it was busy: count it in again.
-            self.wake()
+            try:
+                await self._recorded(name)
+            except Exception:
+                log.exception("channel %s: recording a delivered attempt failed", name)
+            finally:
+                self._busy.discard(name)
+                # The main loop left this channel out while it was busy, and the drain may
+                # have left retries for later: count it in again.
+                self.wake()
+
+    async def _recorded(self, name: str) -> None:
+        """Wait until the channel's record in flight, if any, is committed."""
+        recording = self._recording.get(name)
+        if recording is None:
+            return
+        try:
+            # Shielded: a stop that cancels the drain here does not cancel the record,
+            # which the drain then waits for once more on its way out.
+            await asyncio.shield(recording)
+        finally:
+            if recording.done():
+                del self._recording[name]
 
     async def _deliver(self, channel: Channel, delivery: Mapping[str, Any]) -> None:
         name, delivery_id = channel.name, int(delivery["id"])
         now = self.store.clock()
         if name in self.disabled:
+            await self._recorded(name)
             await self._finish(
                 delivery, DEAD, "disabled", f"channel disabled: {self.disabled[name]}"
             )
             return
         started_at = delivery.get("requeued_at") or delivery["created_at"]
         if now - started_at > self.config.max_age:
+            await self._recorded(name)
             await self._finish(delivery, DEAD, "dead", "gave up: older than notify.max_age")
             return
-        source = await self.store.delivery_source(delivery_id)
-        if source is None or source["job"] is None or source["transition"] is None:
+        job, transition = delivery.get("job"), delivery.get("transition")
+        if job is None or transition is None:
+            await self._recorded(name)
             await self._finish(delivery, DEAD, "dead", "its job or transition no longer exists")
             return
         event = Event(
             id=delivery.get("event_id") or f"dlv_{delivery_id}",
             type=f"job.{delivery['event']}",
-            created_at=source["transition"]["at"],
-            job=render_job(source["job"]),
+            created_at=transition["at"],
+            job=render_job(job),
         )
         await self._pace(channel)
-        started = time.perf_counter()
-        try:
-            await channel.send(event)
-        except DeliveryError as exc:
-            failure: DeliveryError | None = exc
-        except Exception as exc:  # a channel bug must not stop the outbox
-            log.exception("channel %s failed unexpectedly", name)
-            failure = DeliveryError(f"unexpected {exc.__class__.__name__}", kind="transient")
-        else:
-            failure = None
-        finally:
-            self._last_sent[name] = time.monotonic()
+        async with self._sending:
+            started = time.perf_counter()
+            try:
+                await channel.send(event)
+            except DeliveryError as exc:
+                failure: DeliveryError | None = exc
+            except Exception as exc:  # a channel bug must not stop the outbox
+                log.exception("channel %s failed unexpectedly", name)
+                failure = DeliveryError(f"unexpected {exc.__class__.__name__}", kind="transient")
+            else:
+                failure = None
+            finally:
+                self._last_sent[name] = time.monotonic()
         duration = (time.perf_counter() - started) * 1000
+        # The previous message's record first: one record in flight, in the order sent.
+        await self._recorded(name)
         if failure is None:
-            await self._finish(delivery, DELIVERED, "delivered", None, duration=duration)
-            if self.on_attempt:
-                self.on_attempt(name, "delivered", self.store.clock() - event.created_at)
+            self._recording[name] = self._delivered(delivery, duration, event.created_at)
             return
         await self._failed(channel, delivery, failure, duration)
+
+    def _delivered(
+        self, delivery: Mapping[str, Any], duration: float, changed_at: float
+    ) -> asyncio.Future[None]:
+        """The delivered attempt's record, on its way to the writer already."""
+        name, latency = delivery["channel"], self.store.clock() - changed_at
+        recording = self.store.queue_attempt(
+            int(delivery["id"]), outcome="delivered", status=DELIVERED, next_attempt_at=None,
+            error=None, status_code=None, duration_ms=duration,
+        )  # fmt: skip
+        on_attempt = self.on_attempt
+        if on_attempt is not None:
+
+            def counted(done: asyncio.Future[None]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    on_attempt(name, "delivered", latency)
+
+            recording.add_done_callback(counted)
+        return recording
 
     async def _failed(
         self, channel: Channel, delivery: Mapping[str, Any], failure: DeliveryError, duration: float

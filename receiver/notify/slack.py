@@ -23,11 +23,14 @@ from receiver.config import ChannelConfig
 from receiver.notify.base import Channel, DeliveryError, Event, Kind, http_failure, post
 from receiver.providers.base import retry_after_seconds
 
-__all__ = ["DEFAULT_API_URL", "DEFAULT_TIMEOUT", "SlackChannel", "error_kind", "escape",
-           "excerpt", "format_elapsed", "render", "slack_len"]  # fmt: skip
+__all__ = ["DEFAULT_API_URL", "DEFAULT_MIN_INTERVAL", "DEFAULT_TIMEOUT", "SlackChannel",
+           "error_kind", "escape", "excerpt", "format_elapsed", "render", "slack_len"]  # fmt: skip
 
 DEFAULT_API_URL = "https://slack.com/api"
 DEFAULT_TIMEOUT = 10.0
+# Slack asks incoming webhooks for at most one message a second; Slack-compatible
+# servers (Mattermost, Rocket.Chat) may allow more, a proxy in front of Slack less.
+DEFAULT_MIN_INTERVAL = 1.0
 
 # Block Kit limits, as Slack documents them.
 SECTION_TEXT_LIMIT = 3000
@@ -283,13 +286,14 @@ def _has_cover(payload: Mapping[str, Any]) -> bool:
 
 
 class SlackChannel(Channel):
-    """Posts each event as one Block Kit message; at most one message a second.
+    """Posts each event as one Block Kit message; by default at most one message a second
+    (``min_interval``, in seconds; 0 leaves the spacing out).
 
     ValueError, naming the key, for options that cannot work: startup stops there
     rather than at every delivery.
     """
 
-    min_interval = 1.0
+    min_interval = DEFAULT_MIN_INTERVAL
 
     def __init__(self, config: ChannelConfig, client: httpx.AsyncClient) -> None:
         super().__init__(config, client)
@@ -297,6 +301,9 @@ class SlackChannel(Channel):
         where = f"channels.{self.name}"
         options = config.options
         self.timeout = _timeout(options.get("timeout", DEFAULT_TIMEOUT), f"{where}.timeout")
+        self.min_interval = _interval(
+            options.get("min_interval", DEFAULT_MIN_INTERVAL), f"{where}.min_interval"
+        )
         self.api_url = str(options.get("api_url") or DEFAULT_API_URL).rstrip("/")
         self.target = options.get("channel")
         self._webhook = config.secrets.get("webhook_url")
@@ -418,6 +425,14 @@ def _timeout(value: Any, where: str) -> float:
         raise ValueError(f"{where}: must be a number of seconds")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{where}: must be more than 0 seconds")
+    return float(value)
+
+
+def _interval(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where}: must be a number of seconds")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{where}: must be 0 or more seconds")
     return float(value)
 
 

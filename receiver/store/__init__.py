@@ -185,6 +185,10 @@ class Store:
     async def due_deliveries(self, channel: str, limit: int) -> list[dict[str, Any]]:
         return await self.read(outbox.due, channel, self.clock(), limit)
 
+    async def due_deliveries_with_sources(self, channel: str, limit: int) -> list[dict[str, Any]]:
+        """Each due delivery with its ``job`` and ``transition``, in one read."""
+        return await self.read(outbox.due_with_sources, channel, self.clock(), limit)
+
     async def next_delivery_due(self) -> dict[str, float]:
         return await self.read(outbox.next_due)
 
@@ -192,8 +196,14 @@ class Store:
         return await self.read(outbox.event_source, delivery_id)
 
     async def record_attempt(self, delivery_id: int, **fields: Any) -> None:
+        await self.queue_attempt(delivery_id, **fields)
+
+    def queue_attempt(self, delivery_id: int, **fields: Any) -> asyncio.Future[None]:
+        """``record_attempt`` handed to the writer at once; the future resolves when committed."""
         now = self.clock()
-        await self.write(lambda conn: outbox.record_attempt(conn, delivery_id, now=now, **fields))
+        return self.writer.enqueue(
+            lambda conn: outbox.record_attempt(conn, delivery_id, now=now, **fields)
+        )
 
     async def disable_channel(self, name: str, reason: str, fingerprint: str) -> None:
         now = self.clock()

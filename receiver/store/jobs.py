@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from receiver.providers.base import Observation, Submission
 from receiver.states import Status, decide
+from receiver.store.writer import mark
 
 Route = Callable[[Status, "list[str] | None"], "list[str]"]
 CallbackOutcome = Literal["accepted", "duplicate", "replayed"]
@@ -194,6 +195,7 @@ def _transition(
             " VALUES (?,?,?,?, 'pending', ?,?,?,?)",
             (job_id, tid, channel, new.value, now, now, now, "evt_" + secrets.token_hex(12)),
         )
+        mark(conn, "deliveries", channel)
     return tid
 
 

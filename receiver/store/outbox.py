@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from typing import Any
 
 from receiver.store.queries import _row, _rows
+from receiver.store.writer import mark
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 
@@ -18,6 +20,28 @@ def due(conn: sqlite3.Connection, channel: str, now: float, limit: int) -> list[
             (channel, now, limit),
         )
     )
+
+
+def due_with_sources(
+    conn: sqlite3.Connection, channel: str, now: float, limit: int
+) -> list[dict[str, Any]]:
+    """``due``, each delivery with its ``job`` and ``transition`` (None if gone), for
+    rendering the events: one trip to a reader for a whole batch."""
+    batch = due(conn, channel, now, limit)
+    if batch:
+        jobs = _by_id(conn, "jobs", {d["job_id"] for d in batch})
+        transitions = _by_id(conn, "transitions", {d["transition_id"] for d in batch})
+        for delivery in batch:
+            delivery["job"] = jobs.get(delivery["job_id"])
+            delivery["transition"] = transitions.get(delivery["transition_id"])
+    return batch
+
+
+def _by_id(conn: sqlite3.Connection, table: str, ids: Iterable[Any]) -> dict[Any, dict[str, Any]]:
+    wanted = list(ids)
+    marks = ",".join("?" * len(wanted))
+    rows = _rows(conn.execute(f"SELECT * FROM {table} WHERE id IN ({marks})", wanted))
+    return {row["id"]: row for row in rows}
 
 
 def next_due(conn: sqlite3.Connection) -> dict[str, float]:
@@ -104,6 +128,7 @@ def requeue(conn: sqlite3.Connection, delivery_id: int, now: float) -> dict[str,
             " requeued_at = ?, updated_at = ? WHERE id = ?",
             (now, now, now, delivery_id),
         )
+        mark(conn, "deliveries", row["channel"])
         enable_channel(conn, row["channel"])
     return _row(conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone())
 

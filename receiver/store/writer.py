@@ -8,6 +8,12 @@ returned, which with synchronous=FULL means the data is on disk.
 Requests from the event loop (``run``) are answered in one callback per batch: the loop
 is woken once per commit rather than once per request, which under a burst of callbacks
 saved a wake-up (a write to the loop's self-pipe, and a turn of the GIL) per request.
+
+After each commit the listeners are told which tables the batch's requests marked
+(``mark``), so that one waiting for, say, new deliveries can ignore the other commits,
+and, where a request said so, which part ("deliveries:team": deliveries for "team").
+A request that marked a table and was then rolled back still counts: a listener may be
+told of a change that did not happen, never left untold of one that did.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,9 +38,25 @@ _STOP = object()
 Waiter = Future[Any] | asyncio.Future[Any]
 
 
-def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+class Connection(sqlite3.Connection):
+    """A connection that notes which tables the current batch marked as written."""
+
+    touched: set[str]
+
+
+def mark(conn: sqlite3.Connection, table: str, key: str | None = None) -> None:
+    """Note that this request wrote ``table`` (and, if given, which part of it: ``key``,
+    told as "table:key"); the commit's listeners are told so."""
+    if isinstance(conn, Connection):
+        conn.touched.add(table)
+        if key is not None:
+            conn.touched.add(f"{table}:{key}")
+
+
+def connect(path: Path, synchronous: str = "FULL") -> Connection:
     # isolation_level=None: transactions are begun and ended explicitly, never implicitly.
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn = Connection(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.touched = set()
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -51,8 +73,9 @@ class Writer:
         self._thread: threading.Thread | None = None
         self.batches = 0
         self.requests = 0
-        # Called on the writer thread after every commit: keep them quick and thread-safe.
-        self.listeners: list[Callable[[], None]] = []
+        # Called on the writer thread after every commit with the tables its requests
+        # marked (often none): keep them quick and thread-safe.
+        self.listeners: list[Callable[[Set[str]], None]] = []
 
     def start(self) -> None:
         conn = connect(self.path, self.synchronous)
@@ -81,13 +104,21 @@ class Writer:
         return future
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.enqueue(fn)
+
+    def enqueue(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue a request from the event loop now; the future resolves once it committed.
+
+        ``run`` without the coroutine: the request is on its way before anything awaits
+        it. Cancelling the future before the writer reaches the request withdraws it.
+        """
         if not self.running:
             raise RuntimeError("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put((fn, future))
-        return await future
+        return future
 
-    def _run(self, conn: sqlite3.Connection) -> None:
+    def _run(self, conn: Connection) -> None:
         try:
             while True:
                 first = self._queue.get()
@@ -110,8 +141,9 @@ class Writer:
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Any, Waiter]]) -> None:
+    def _commit(self, conn: Connection, batch: list[tuple[Any, Waiter]]) -> None:
         outcomes: list[tuple[Waiter, bool, Any]] = []
+        conn.touched.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, future in batch:
@@ -136,10 +168,11 @@ class Writer:
             return
         self.batches += 1
         self.requests += len(outcomes)
+        touched = frozenset(conn.touched)
         _settle(outcomes)
         for listener in self.listeners:
             try:
-                listener()
+                listener(touched)
             except Exception:
                 log.exception("a commit listener failed")
 

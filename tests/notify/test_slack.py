@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.config import ChannelConfig, Secret
+from receiver.config import ChannelConfig, Secret, parse_config
 from receiver.notify.base import DeliveryError, Event
 from receiver.notify.slack import (
     SlackChannel,
@@ -474,6 +474,14 @@ def test_timeout_is_transient(slack):
         ({"channel": "#v", "api_url": "http://[::1/api"}, {"bot_token": Secret(TOKEN)}, "api_url"),
         ({"timeout": "soon"}, {"webhook_url": Secret("https://x/y")}, "timeout: must be a number"),
         ({"timeout": 0}, {"webhook_url": Secret("https://x/y")}, "timeout: must be more than 0"),
+        (
+            {"min_interval": -1},
+            {"webhook_url": Secret("https://x/y")},
+            "min_interval: must be 0 or",
+        ),
+        ({"min_interval": float("nan")}, {"webhook_url": Secret("https://x/y")}, "min_interval"),
+        ({"min_interval": "1s"}, {"webhook_url": Secret("https://x/y")}, "min_interval: must be a"),
+        ({"min_interval": True}, {"webhook_url": Secret("https://x/y")}, "min_interval: must be a"),
     ],
 )
 def test_options_that_cannot_work_stop_startup(options, secrets, problem):
@@ -508,3 +516,60 @@ def test_one_message_a_second(slack):
     error = send(burst, event(), event("failed"), min_interval=0.0)
     assert (error.kind, error.retry_after) == ("transient", 1.0)
     assert [r.body["channel"] for r in slack.accepted] == ["#video", "#video", "#burst"]
+
+
+def send_as_configured(config, *events):
+    """Like send(), but with the channel's min_interval as its options make it."""
+
+    async def run():
+        async with httpx.AsyncClient() as client:
+            channel = SlackChannel(config, client)
+            error = None
+            for item in events:
+                try:
+                    await channel.send(item)
+                    error = None
+                except DeliveryError as exc:
+                    error = exc
+            return channel.min_interval, error
+
+    return asyncio.run(run())
+
+
+def test_min_interval_0_sends_back_to_back(slack):
+    config = webhook_config(f"{slack.url}/services/{HOOK_PATH}", min_interval=0)
+    # A Slack-compatible server without Slack's pacing takes both...
+    assert send_as_configured(config, event(), event("failed")) == (0.0, None)
+    assert len(slack.accepted) == 2
+    # ...and a fake that refuses a message within 0.9 s of the last shows the channel did
+    # not wait between them.
+    slack.reset(SlackSinkSettings(webhook_paths=[HOOK_PATH], min_interval=0.9))
+    _, error = send_as_configured(config, event(), event("failed"))
+    assert (error.kind, error.status_code) == ("transient", 429)
+    assert len(slack.accepted) == 1
+
+
+def test_min_interval_defaults_to_slacks_one_second(slack):
+    slack.settings.min_interval = 0.9  # refuses a message within 0.9 s of the last
+    config = webhook_config(f"{slack.url}/services/{HOOK_PATH}")
+    assert send_as_configured(config, event(), event("failed")) == (1.0, None)
+    first, second = slack.requests
+    assert len(slack.accepted) == 2 and second.time - first.time >= 0.9
+
+
+def test_min_interval_from_the_config_file():
+    def parsed(**options):
+        section = {"type": "slack", "webhook_url_env": "HOOK", **options}
+        return parse_config(
+            {"public_url": "https://vidhook.example", "database": "unused.db",
+             "providers": {"vidu": {"api_key_env": "VIDU_KEY"}}, "channels": {"team": section}},
+            {"HOOK": "https://hooks.slack.com/services/T0/B0/x", "VIDU_KEY": "k",
+             "VIDHOOK_ADMIN_TOKEN": "t"},
+        ).channels["team"]  # fmt: skip
+
+    async def built(config):
+        async with httpx.AsyncClient() as client:
+            return SlackChannel(config, client).min_interval
+
+    assert asyncio.run(built(parsed(min_interval=0.25))) == 0.25
+    assert asyncio.run(built(parsed())) == 1.0

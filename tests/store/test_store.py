@@ -1,4 +1,5 @@
 import asyncio
+import queue
 import sqlite3
 import threading
 
@@ -92,6 +93,52 @@ def test_apply_records_transition_and_enqueues_deliveries(fresh_store, db_path):
     assert job == ("completed", "https://cdn/x.mp4", 1)
     deliveries = rows(db_path, "SELECT channel, event, status, transition_id FROM deliveries")
     assert deliveries == [("team", "completed", "pending", applied.transition_id)]
+
+
+def test_a_due_batch_is_read_with_its_jobs_and_transitions(fresh_store):
+    async def run():
+        for i in range(3):
+            await fresh_store.insert_job(new_job(f"job_{i}"))
+            done = Observation(Status.COMPLETED, "success", result_url=f"https://cdn/{i}.mp4")
+            await fresh_store.apply(f"job_{i}", done, "poll")
+        batch = await fresh_store.due_deliveries_with_sources("team", 2)
+        one_by_one = [await fresh_store.delivery_source(d["id"]) for d in batch]
+        return batch, one_by_one, await fresh_store.due_deliveries_with_sources("other", 5)
+
+    batch, one_by_one, other = asyncio.run(run())
+    assert other == []
+    assert [d["job_id"] for d in batch] == ["job_0", "job_1"]
+    # The same as reading each delivery's job and transition apart, as the outbox did.
+    assert batch == one_by_one
+    for delivery in batch:
+        assert delivery["job"]["id"] == delivery["job_id"]
+        assert delivery["job"]["request"] == {"images": []}  # JSON columns decoded
+        assert delivery["transition"]["id"] == delivery["transition_id"]
+        assert delivery["transition"]["to_status"] == "completed"
+
+
+def test_commit_listeners_hear_which_tables_were_marked(fresh_store):
+    heard: queue.Queue = queue.Queue()
+    fresh_store.writer.listeners.append(heard.put)
+
+    async def run():
+        await fresh_store.insert_job(new_job())  # its queued transition is announced nowhere
+        await fresh_store.ping()
+        await fresh_store.apply("job_1", Observation(Status.FAILED, "failed"), "poll")
+        (delivery,) = await fresh_store.list_deliveries(status=None, before=None, limit=5)
+        await fresh_store.requeue_delivery(delivery["id"])  # still pending: nothing to do
+        await fresh_store.record_attempt(
+            delivery["id"], outcome="dead", status="dead", next_attempt_at=None,
+            error="refused", status_code=400, duration_ms=1.0,
+        )  # fmt: skip
+        await fresh_store.requeue_delivery(delivery["id"])  # dead, pending again
+
+    asyncio.run(run())
+    # Listeners run after the commit's waiters are answered: wait for each in turn.
+    told = [heard.get(timeout=5) for _ in range(6)]
+    marked = frozenset({"deliveries", "deliveries:team"})  # the table, and for whom
+    nothing = frozenset()
+    assert told == [nothing, nothing, marked, nothing, nothing, marked]
 
 
 def test_backwards_and_cross_terminal_observations_are_anomalies(fresh_store, db_path):
