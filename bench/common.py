@@ -335,3 +335,35 @@ def start_py_spy(pid: int, output: str) -> subprocess.Popen[bytes]:
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached before the load starts
     return spy
+
+
+class SideProcess:
+    """A helper server of a benchmark (fake providers, sinks) in a process of its own, so
+    that its timestamps do not wait on the load generator; started with ``command``
+    (which must serve ``/_bench/count`` on ``self.port``) and asked over HTTP."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command(), cwd=REPO)
+        wait_http(f"{self.url}/_bench/count", proc=self.proc)
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def count(self) -> int:
+        return int(self.http.get("/_bench/count").json()["count"])

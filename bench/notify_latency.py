@@ -63,18 +63,16 @@ import httpx
 from bench.common import (
     API_KEY,
     PYTHON,
-    REPO,
     BenchJob,
     ServiceProcess,
+    SideProcess,
     cpu_seconds,
-    free_port,
     machine,
     percentile,
     precreate_jobs,
     provider_toml,
     rss_mb,
     start_py_spy,
-    wait_http,
 )
 from signing import standard
 from signing import vidu as vidu_signing
@@ -136,32 +134,14 @@ def serve_sinks(port: int, min_interval: float) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-class Sinks:
+class Sinks(SideProcess):
     def __init__(self, min_interval: float) -> None:
+        super().__init__()
         self.min_interval = min_interval
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=60)
 
-    def start(self) -> None:
-        command = [PYTHON, "-m", "bench.notify_latency", "--serve-sinks", str(self.port),
-                   "--min-interval", str(self.min_interval)]  # fmt: skip
-        self.proc = subprocess.Popen(command, cwd=REPO)
-        wait_http(f"{self.url}/_bench/count", proc=self.proc)
-
-    def stop(self) -> None:
-        self.http.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def count(self) -> int:
-        return int(self.http.get("/_bench/count").json()["count"])
+    def command(self) -> list[str]:
+        return [PYTHON, "-m", "bench.notify_latency", "--serve-sinks", str(self.port),
+                "--min-interval", str(self.min_interval)]  # fmt: skip
 
     def received(self) -> list[tuple[float, str | None, int]]:
         """(monotonic arrival, job id, status answered: 0 for a refusal) of each message."""

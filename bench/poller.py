@@ -39,7 +39,6 @@ import asyncio
 import resource
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,17 +50,15 @@ import httpx
 from bench.common import (
     API_KEY,
     PYTHON,
-    REPO,
     ServiceProcess,
+    SideProcess,
     cpu_seconds,
-    free_port,
     machine,
     percentile,
     precreate_jobs,
     provider_toml,
     rss_mb,
     start_py_spy,
-    wait_http,
 )
 
 STATUS_PATH = "/kvid/ai/generation/status"
@@ -126,38 +123,17 @@ def serve_sandbox(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-class Sandbox:
+class Sandbox(SideProcess):
     """The fake's process, seen from here."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=60)
-
-    def start(self) -> None:
-        command = [PYTHON, "-m", "bench.poller", "--serve-sandbox", str(self.port)]
-        self.proc = subprocess.Popen(command, cwd=REPO)
-        wait_http(f"{self.url}/_bench/count", proc=self.proc)
-
-    def stop(self) -> None:
-        self.http.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    def command(self) -> list[str]:
+        return [PYTHON, "-m", "bench.poller", "--serve-sandbox", str(self.port)]
 
     def add_tasks(self, task_ids: Sequence[str]) -> None:
         self.http.post("/_bench/tasks", json=list(task_ids)).raise_for_status()
 
     def reset(self) -> None:
         self.http.post("/_bench/reset").raise_for_status()
-
-    def count(self) -> int:
-        return int(self.http.get("/_bench/count").json()["count"])
 
     def arrivals(self) -> list[tuple[float, str, int]]:
         """(wall-clock arrival, task id, status answered) of every status request."""
