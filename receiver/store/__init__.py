@@ -137,9 +137,6 @@ class Store:
     ) -> Applied:
         return await self._op(jobs.record_submission, job_id, submission, next_poll_at=next_poll_at)
 
-    async def record_callback(self, **kwargs: Any) -> CallbackOutcome:
-        return await self._op(jobs.record_callback, **kwargs)
-
     async def record_token_callback(
         self, provider: str, token: str, admit: Callable[[CallbackTarget], AdmittedCallback]
     ) -> tuple[str, CallbackOutcome, AdmittedCallback]:
@@ -181,9 +178,6 @@ class Store:
         await self.write(lambda conn: conn.execute("SELECT 1").fetchone())
 
     # -- the outbox --
-
-    async def due_deliveries(self, channel: str, limit: int) -> list[dict[str, Any]]:
-        return await self.read(outbox.due, channel, self.clock(), limit)
 
     async def due_deliveries_with_sources(self, channel: str, limit: int) -> list[dict[str, Any]]:
         """Each due delivery with its ``job`` and ``transition``, in one read."""
@@ -232,9 +226,6 @@ class Store:
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         return await self.read(queries.get_job, job_id)
 
-    async def job_by_token(self, provider: str, token: str) -> dict[str, Any] | None:
-        return await self.read(queries.job_by_token, provider, token)
-
     async def list_jobs(self, **filters: Any) -> list[dict[str, Any]]:
         return await self.read(queries.list_jobs, **filters)
 
@@ -248,12 +239,3 @@ class Store:
             return job
 
         return await self.read(detail)
-
-    async def due_polls(self, provider: str, limit: int, skip: list[str]) -> list[dict[str, Any]]:
-        return await self.read(queries.due_polls, provider, self.clock(), limit, skip)
-
-    async def overdue_deadlines(self, limit: int) -> list[str]:
-        return await self.read(queries.overdue_deadlines, self.clock(), limit)
-
-    async def next_wake(self, providers: list[str], skip: list[str]) -> float | None:
-        return await self.read(queries.next_wake, providers, skip)

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from receiver.store.queries import _row, _rows
+from receiver.store.queries import _row, _rows, newest_first
 from receiver.store.writer import mark
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
@@ -136,18 +136,7 @@ def requeue(conn: sqlite3.Connection, delivery_id: int, now: float) -> dict[str,
 def list_deliveries(
     conn: sqlite3.Connection, *, status: str | None, before: int | None, limit: int
 ) -> list[dict[str, Any]]:
-    where: list[str] = []
-    params: list[str | int] = []
-    if status is not None:
-        where.append("status = ?")
-        params.append(status)
-    if before is not None:
-        where.append("id < ?")
-        params.append(before)
-    sql = "SELECT * FROM deliveries"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return _rows(conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)))
+    return newest_first(conn, "deliveries", {"status": status}, before, limit)
 
 
 def attempts(conn: sqlite3.Connection, delivery_id: int) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 _JSON_COLUMNS = ("request", "notify", "anomalies", "detail", "headers")
@@ -27,13 +28,6 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
     return _row(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
 
-def job_by_token(conn: sqlite3.Connection, provider: str, token: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT * FROM jobs WHERE callback_token = ? AND provider = ?", (token, provider)
-    ).fetchone()
-    return _row(row)
-
-
 def list_jobs(
     conn: sqlite3.Connection,
     *,
@@ -42,19 +36,27 @@ def list_jobs(
     before: str | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    where, params = [], []
-    for column, value in (("status", status), ("provider", provider)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
+    return newest_first(conn, "jobs", {"status": status, "provider": provider}, before, limit)
+
+
+def newest_first(
+    conn: sqlite3.Connection,
+    table: str,
+    equal: Mapping[str, object],
+    before: object,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """A page of ``table``, highest id first, below ``before`` (the cursor) when given;
+    ``equal`` maps columns to the value they must have, None for no filter."""
+    where = [f"{column} = ?" for column, value in equal.items() if value is not None]
+    params = [value for value in equal.values() if value is not None]
     if before is not None:
         where.append("id < ?")
         params.append(before)
-    sql = "SELECT * FROM jobs"
+    sql = f"SELECT * FROM {table}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    return _rows(conn.execute(sql, (*params, limit)))
+    return _rows(conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)))
 
 
 def transitions(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
