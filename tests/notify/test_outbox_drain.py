@@ -10,10 +10,12 @@ record; and that sends across channels are bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Set
+from collections.abc import AsyncIterator, Callable, Set
+from typing import Any
 
 import httpx
 import pytest
@@ -127,6 +129,24 @@ def webhook(endpoint: Endpoint, name: str, client: httpx.AsyncClient) -> Channel
     return WebhookChannel(ChannelConfig(name, "webhook", frozenset(), options, {}), client)
 
 
+@contextlib.asynccontextmanager
+async def opened(
+    db_path, endpoint: Endpoint, kind: type[Outbox], names=("team",), **options
+) -> AsyncIterator[tuple[Store, Any]]:
+    """A store on ``db_path`` and an outbox of ``kind`` with a webhook channel to
+    ``endpoint`` for each name (not started); stopped and closed on the way out."""
+    store = Store(db_path, route=route).open()
+    client = httpx.AsyncClient()
+    channels = {name: webhook(endpoint, name, client) for name in names}
+    outbox = kind(store, NotifyConfig(), channels, **options)
+    try:
+        yield store, outbox
+    finally:
+        await outbox.stop()
+        await client.aclose()
+        store.close()
+
+
 def new_job(job_id: str, channel: str) -> NewJob:
     return NewJob(id=job_id, provider="vidu", model=None, prompt=f"prompt of {job_id}",
                   request={}, callback_token=None, callback_url=None, key_fingerprint=None,
@@ -162,10 +182,7 @@ def delivered(db_path) -> int:
 
 def test_only_commits_that_queue_deliveries_concern_the_outbox(endpoint, db_path):
     async def run() -> None:
-        store = Store(db_path, route=route).open()
-        client = httpx.AsyncClient()
-        outbox = CountingOutbox(store, NotifyConfig(), {"team": webhook(endpoint, "team", client)})
-        try:
+        async with opened(db_path, endpoint, CountingOutbox) as (store, outbox):
             outbox.start()
             # Told of each commit after the outbox's own listener, so once this has heard
             # of a commit, whatever the outbox made of it is already on the loop.
@@ -196,10 +213,6 @@ def test_only_commits_that_queue_deliveries_concern_the_outbox(endpoint, db_path
             await until(lambda: outbox.scans == before[1] + 1, "the scan after the drain")
             assert endpoint.probed == [before[:2]]
             assert (outbox.batches, outbox.drains) == (before[2] + 1, before[3] + 1)
-        finally:
-            await outbox.stop()
-            await client.aclose()
-            store.close()
 
     asyncio.run(run())
     assert endpoint.count() == 1
@@ -209,10 +222,7 @@ def test_a_delivery_queued_while_its_channel_drains_is_sent_by_that_drain(endpoi
     endpoint.hold = 1.0
 
     async def run() -> None:
-        store = Store(db_path, route=route).open()
-        client = httpx.AsyncClient()
-        outbox = CountingOutbox(store, NotifyConfig(), {"team": webhook(endpoint, "team", client)})
-        try:
+        async with opened(db_path, endpoint, CountingOutbox) as (store, outbox):
             outbox.start()
             await until(lambda: outbox.scans == 1, "the first round's scan")
             await announce(store, "job_first", "team")
@@ -220,10 +230,6 @@ def test_a_delivery_queued_while_its_channel_drains_is_sent_by_that_drain(endpoi
             await announce(store, "job_second", "team")  # while the first one is held
             await until(lambda: delivered(db_path) == 2, "both messages, recorded")
             assert (outbox.drains, outbox.batches) == (1, 2)
-        finally:
-            await outbox.stop()
-            await client.aclose()
-            store.close()
 
     asyncio.run(run())
     assert [job for (job,) in rows(db_path, "SELECT job_id FROM deliveries ORDER BY id")] == [
@@ -234,32 +240,27 @@ def test_a_delivery_queued_while_its_channel_drains_is_sent_by_that_drain(endpoi
 
 def test_a_message_is_sent_while_the_last_ones_record_commits_in_order(endpoint, db_path):
     async def run() -> list[str]:
-        store = Store(db_path, route=route).open()
-        client = httpx.AsyncClient()
-        outbox = Outbox(store, NotifyConfig(), {"team": webhook(endpoint, "team", client)})
         gate = threading.Event()
-        try:
-            for i in range(6):
-                await announce(store, f"job_{i}", "team")
-            # The writer held up: no record can commit until the gate opens.
-            held = store.writer.submit(lambda conn: gate.wait(30))
-            outbox.start()
-            # The second message goes out while the first one's record waits...
-            await until(lambda: endpoint.count() == 2, "the second message")
-            # ...but the third waits for that record: one record in flight per channel.
-            await asyncio.sleep(0.3)
-            assert endpoint.count() == 2
-            assert delivered(db_path) == 0
-            gate.set()
-            await asyncio.wrap_future(held)
-            await until(lambda: delivered(db_path) == 6, "every delivery recorded")
-            ids = rows(db_path, "SELECT event_id FROM deliveries ORDER BY id")
-            return [event_id for (event_id,) in ids]
-        finally:
-            gate.set()
-            await outbox.stop()
-            await client.aclose()
-            store.close()
+        async with opened(db_path, endpoint, Outbox) as (store, outbox):
+            try:
+                for i in range(6):
+                    await announce(store, f"job_{i}", "team")
+                # The writer held up: no record can commit until the gate opens.
+                held = store.writer.submit(lambda conn: gate.wait(30))
+                outbox.start()
+                # The second message goes out while the first one's record waits...
+                await until(lambda: endpoint.count() == 2, "the second message")
+                # ...but the third waits for that record: one record in flight per channel.
+                await asyncio.sleep(0.3)
+                assert endpoint.count() == 2
+                assert delivered(db_path) == 0
+                gate.set()
+                await asyncio.wrap_future(held)
+                await until(lambda: delivered(db_path) == 6, "every delivery recorded")
+                ids = rows(db_path, "SELECT event_id FROM deliveries ORDER BY id")
+                return [event_id for (event_id,) in ids]
+            finally:
+                gate.set()
 
     in_order = asyncio.run(run())
     assert endpoint.arrivals == [("team", event_id) for event_id in in_order]
@@ -272,33 +273,28 @@ def test_the_next_batch_is_read_only_once_the_last_record_committed(endpoint, db
     gate = threading.Event()
 
     async def run() -> list[str]:
-        store = Store(db_path, route=route).open()
-        client = httpx.AsyncClient()
-        outbox = Outbox(store, NotifyConfig(), {"team": webhook(endpoint, "team", client)})
+        async with opened(db_path, endpoint, Outbox) as (store, outbox):
 
-        def hold_the_writer() -> None:
-            # On the batch's last message (the endpoint's lock is held: no count()), its
-            # record queues up behind this.
-            if len(endpoint.arrivals) == outbox_module.BATCH:
-                store.writer.submit(lambda conn: gate.wait(30))
+            def hold_the_writer() -> None:
+                # On the batch's last message (the endpoint's lock is held: no count()), its
+                # record queues up behind this.
+                if len(endpoint.arrivals) == outbox_module.BATCH:
+                    store.writer.submit(lambda conn: gate.wait(30))
 
-        try:
-            for i in range(total):
-                await announce(store, f"job_{i:02d}", "team")
-            endpoint.probe = hold_the_writer
-            outbox.start()
-            await until(lambda: endpoint.count() == outbox_module.BATCH, "the first batch")
-            await asyncio.sleep(0.3)  # time to read again, were the drain not waiting
-            assert endpoint.count() == outbox_module.BATCH
-            gate.set()
-            await until(lambda: delivered(db_path) == total, "every delivery recorded")
-            ids = rows(db_path, "SELECT event_id FROM deliveries ORDER BY id")
-            return [event_id for (event_id,) in ids]
-        finally:
-            gate.set()
-            await outbox.stop()
-            await client.aclose()
-            store.close()
+            try:
+                for i in range(total):
+                    await announce(store, f"job_{i:02d}", "team")
+                endpoint.probe = hold_the_writer
+                outbox.start()
+                await until(lambda: endpoint.count() == outbox_module.BATCH, "the first batch")
+                await asyncio.sleep(0.3)  # time to read again, were the drain not waiting
+                assert endpoint.count() == outbox_module.BATCH
+                gate.set()
+                await until(lambda: delivered(db_path) == total, "every delivery recorded")
+                ids = rows(db_path, "SELECT event_id FROM deliveries ORDER BY id")
+                return [event_id for (event_id,) in ids]
+            finally:
+                gate.set()
 
     in_order = asyncio.run(run())
     assert endpoint.arrivals == [("team", event_id) for event_id in in_order]
@@ -306,27 +302,22 @@ def test_the_next_batch_is_read_only_once_the_last_record_committed(endpoint, db
 
 def test_stopping_waits_for_the_record_in_flight(endpoint, db_path):
     async def run() -> None:
-        store = Store(db_path, route=route).open()
-        client = httpx.AsyncClient()
-        outbox = CountingOutbox(store, NotifyConfig(), {"team": webhook(endpoint, "team", client)})
         gate = threading.Event()
-        try:
-            await announce(store, "job_last", "team")
-            held = store.writer.submit(lambda conn: gate.wait(30))
-            outbox.start()
-            # Sent, answered, and its record queued behind the held writer.
-            await until(lambda: outbox.records == 1, "the message's record")
-            stopping = asyncio.create_task(outbox.stop())
-            await asyncio.sleep(0.3)
-            assert not stopping.done()  # still waiting for the record
-            gate.set()
-            await asyncio.wrap_future(held)
-            await stopping
-        finally:
-            gate.set()
-            await outbox.stop()
-            await client.aclose()
-            store.close()
+        async with opened(db_path, endpoint, CountingOutbox) as (store, outbox):
+            try:
+                await announce(store, "job_last", "team")
+                held = store.writer.submit(lambda conn: gate.wait(30))
+                outbox.start()
+                # Sent, answered, and its record queued behind the held writer.
+                await until(lambda: outbox.records == 1, "the message's record")
+                stopping = asyncio.create_task(outbox.stop())
+                await asyncio.sleep(0.3)
+                assert not stopping.done()  # still waiting for the record
+                gate.set()
+                await asyncio.wrap_future(held)
+                await stopping
+            finally:
+                gate.set()
 
     asyncio.run(run())
     assert delivered(db_path) == 1
@@ -337,20 +328,12 @@ def test_sends_in_flight_across_channels_are_bounded(endpoint, db_path):
     endpoint.hold = 0.2
 
     async def run() -> None:
-        store = Store(db_path, route=route).open()
-        client = httpx.AsyncClient()
-        channels = {name: webhook(endpoint, name, client) for name in names}
-        outbox = Outbox(store, NotifyConfig(), channels, send_limit=2)
-        try:
+        async with opened(db_path, endpoint, Outbox, names=names, send_limit=2) as (store, outbox):
             for name in names:
                 for i in range(2):
                     await announce(store, f"job_{name}_{i}", name)
             outbox.start()
             await until(lambda: delivered(db_path) == 12, "every delivery recorded")
-        finally:
-            await outbox.stop()
-            await client.aclose()
-            store.close()
 
     asyncio.run(run())
     assert endpoint.count() == 12
@@ -359,10 +342,7 @@ def test_sends_in_flight_across_channels_are_bounded(endpoint, db_path):
 
 def test_a_delivery_whose_job_or_transition_is_gone_is_dead_and_the_rest_go(endpoint, db_path):
     async def run() -> None:
-        store = Store(db_path, route=route).open()
-        client = httpx.AsyncClient()
-        outbox = Outbox(store, NotifyConfig(), {"team": webhook(endpoint, "team", client)})
-        try:
+        async with opened(db_path, endpoint, Outbox) as (store, outbox):
             for i in range(4):
                 await announce(store, f"job_{i}", "team")
             # No code path deletes either; a hand-edited database might.
@@ -379,10 +359,6 @@ def test_a_delivery_whose_job_or_transition_is_gone_is_dead_and_the_rest_go(endp
                 ),
                 "the two others dead",
             )
-        finally:
-            await outbox.stop()
-            await client.aclose()
-            store.close()
 
     asyncio.run(run())
     found = rows(db_path, "SELECT job_id, status, last_error FROM deliveries ORDER BY id")
