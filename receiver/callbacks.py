@@ -123,6 +123,8 @@ async def receive(request: Request) -> Response:
         if not isinstance(payload, dict):
             raise InvalidBody("the callback body must be a JSON object")
         obs = provider.parse_callback(payload)
+        if not provider.signs_callback_body:
+            obs = obs.evidence()
         return AdmittedCallback(
             nonce=nonce,
             digest=provider.replay_digest(request.headers, body),

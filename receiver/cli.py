@@ -21,10 +21,11 @@ from receiver.notify import build_all as build_channels
 from receiver.notify.base import DeliveryError, Event
 from receiver.providers import ADAPTERS
 from receiver.responses import iso
+from receiver.states import Status
 from receiver.timeline import format_job, format_timeline
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "canceled")
 
 
 def setup_logging(level: str, fmt: str = "text", known_secrets: Iterable[str] = ()) -> None:
@@ -353,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=cmd_submit)
 
     jobs = commands.add_parser("jobs", help="list jobs")
-    jobs.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
+    jobs.add_argument("--status", choices=[s.value for s in Status])
     jobs.add_argument("--provider")
     add_client_options(jobs)
     jobs.set_defaults(func=cmd_jobs)

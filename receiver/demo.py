@@ -28,6 +28,7 @@ from receiver.sandbox import (
     ViduSandboxSettings,
     create_sandbox_app,
 )
+from receiver.states import Status
 from receiver.timeline import format_timeline
 
 
@@ -182,5 +183,5 @@ def _run(url: str, admin_token: str, timeout: float) -> int:
 
 def _settled(job: dict[str, Any]) -> bool:
     """Ended, and its notifications sent."""
-    ended = job["status"] in ("completed", "failed")
+    ended = Status(job["status"]).terminal
     return ended and all(d["status"] == "delivered" for d in job["deliveries"])

@@ -14,14 +14,25 @@ class Status(StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELED = "canceled"
 
     @property
     def terminal(self) -> bool:
-        return self in (Status.COMPLETED, Status.FAILED)
+        return self in TERMINAL
 
 
-# completed and failed share a rank: neither may replace the other.
-_RANK = {Status.QUEUED: 0, Status.PROCESSING: 1, Status.COMPLETED: 2, Status.FAILED: 2}
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
+# For queries: "status NOT IN {TERMINAL_SQL}" selects the jobs still running.
+TERMINAL_SQL = "('completed', 'failed', 'canceled')"
+
+# The terminal statuses share a rank: none may replace another.
+_RANK = {
+    Status.QUEUED: 0,
+    Status.PROCESSING: 1,
+    Status.COMPLETED: 2,
+    Status.FAILED: 2,
+    Status.CANCELED: 2,
+}
 
 
 @dataclass(frozen=True)

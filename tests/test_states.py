@@ -4,16 +4,17 @@ import pytest
 
 from receiver.states import Decision, Status, decide
 
-Q, P, C, F = Status.QUEUED, Status.PROCESSING, Status.COMPLETED, Status.FAILED
+Q, P, C, F, X = Status.QUEUED, Status.PROCESSING, Status.COMPLETED, Status.FAILED, Status.CANCELED
 
 # The whole table: (current, observed) -> new status, or None for "no change".
 # An "!" marks the pairs that are kept as anomalies.
 TABLE = {
-    (None, Q): Q, (None, P): P, (None, C): C, (None, F): F,
-    (Q, Q): None, (Q, P): P, (Q, C): C, (Q, F): F,
-    (P, Q): "!", (P, P): None, (P, C): C, (P, F): F,
-    (C, Q): "!", (C, P): "!", (C, C): None, (C, F): "!",
-    (F, Q): "!", (F, P): "!", (F, C): "!", (F, F): None,
+    (None, Q): Q, (None, P): P, (None, C): C, (None, F): F, (None, X): X,
+    (Q, Q): None, (Q, P): P, (Q, C): C, (Q, F): F, (Q, X): X,
+    (P, Q): "!", (P, P): None, (P, C): C, (P, F): F, (P, X): X,
+    (C, Q): "!", (C, P): "!", (C, C): None, (C, F): "!", (C, X): "!",
+    (F, Q): "!", (F, P): "!", (F, C): "!", (F, F): None, (F, X): "!",
+    (X, Q): "!", (X, P): "!", (X, C): "!", (X, F): "!", (X, X): None,
 }  # fmt: skip
 
 
@@ -36,7 +37,7 @@ def test_table_covers_every_pair():
 
 
 def test_terminal_states_are_absorbing():
-    for terminal in (C, F):
+    for terminal in (C, F, X):
         for observed in Status:
             assert decide(terminal, observed).new is None
 
@@ -46,3 +47,13 @@ def test_status_never_moves_backwards():
     for i, current in enumerate(order):
         for observed in order[:i]:
             assert decide(current, observed).new is None
+
+
+def test_status_words_are_the_stored_and_served_ones():
+    # Stored in the database and served by the API: renaming one breaks both.
+    assert [s.value for s in Status] == ["queued", "processing", "completed", "failed", "canceled"]
+
+
+def test_terminal_statuses():
+    assert {s for s in Status if s.terminal} == {C, F, X}
+    assert not Q.terminal and not P.terminal

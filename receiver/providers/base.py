@@ -35,6 +35,26 @@ class Observation:
     provider_job_id: str | None = None
     known: bool = True
 
+    def evidence(self) -> Observation:
+        """What an unauthenticated body may say: the status, and the raw status word.
+
+        A callback whose body its provider does not sign cannot be trusted with data
+        (result and cover URLs, credits, error text, task id): those come from the
+        status endpoint, or from a body the provider signed.
+        """
+        return Observation(
+            status=self.status, provider_status=self.provider_status, known=self.known
+        )
+
+
+@dataclass(frozen=True)
+class Download:
+    """How to fetch a result the provider made: its URL, and headers (credentials) where
+    the provider's result needs them, sent only to ``url``'s own origin."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
 
 @dataclass(frozen=True)
 class SubmitRequest:
@@ -97,6 +117,10 @@ class ProviderError(Exception):
         return f"{' '.join(parts)}: {self.message}"
 
 
+class CancelUnsupported(Exception):
+    """The provider has no way to cancel a job (the message says so)."""
+
+
 class InvalidRequest(ValueError):
     """A submission that the adapter can tell is wrong before sending it."""
 
@@ -108,6 +132,11 @@ class InvalidRequest(ValueError):
 class Provider(ABC):
     name: str
     supports_callbacks: bool = False
+    # Whether the provider signs a callback's body (Standard Webhooks, fal's Ed25519,
+    # PixVerse's HMAC). A callback whose body is not signed is evidence of a status only:
+    # receiver.callbacks keeps nothing else of it (Observation.evidence).
+    signs_callback_body: bool = False
+    supports_cancel: bool = False
 
     def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         self.config = config
@@ -149,6 +178,21 @@ class Provider(ABC):
     def needs_confirmation(self, observation: Observation) -> bool:
         """Whether a callback must be confirmed by fetching the status before it applies."""
         return observation.status.terminal
+
+    async def cancel(self, job: JobRef) -> Observation | None:
+        """Ask the provider to stop the job.
+
+        Returns the observation to apply now (the job is canceled), or None when the
+        provider only took the request and a status fetch will tell the outcome.
+        Raises CancelUnsupported where the provider cannot cancel, ProviderError when it
+        refuses or cannot be reached.
+        """
+        raise CancelUnsupported(f"{self.name} offers no way to cancel a job")
+
+    def download(self, job: JobRef, url: str) -> Download:
+        """How to fetch a result URL this provider gave for ``job``: a plain GET, unless
+        the provider's results need its credentials."""
+        return Download(url)
 
 
 def retry_after_seconds(value: str | None) -> float | None:

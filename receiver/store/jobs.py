@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from receiver.providers.base import Observation, Submission
-from receiver.states import Status, decide
+from receiver.states import TERMINAL_SQL, Status, decide
 from receiver.store.writer import mark
 
 Route = Callable[[Status, "list[str] | None"], "list[str]"]
@@ -258,7 +258,7 @@ def record_callback(
         # The poller confirms with the provider before the job may turn terminal; the
         # schedule is a row, so a restart still performs the confirmation. A job that
         # has already ended keeps its schedule (every CASE reads the row as it was).
-        ended = "status IN ('completed', 'failed')"
+        ended = f"status IN {TERMINAL_SQL}"
         conn.execute(
             "UPDATE jobs SET last_callback_at = ?, provider_job_id = COALESCE(provider_job_id, ?),"
             f" confirm_callback_id = CASE WHEN {ended} THEN confirm_callback_id ELSE ? END,"
@@ -333,7 +333,7 @@ def record_poll(
     applied = apply(conn, job_id, obs, "poll", now=now, route=route, detail=detail)
     conn.execute(
         "UPDATE jobs SET polls = polls + 1, poll_failures = 0,"
-        " next_poll_at = CASE WHEN status IN ('completed', 'failed') THEN NULL ELSE ? END"
+        f" next_poll_at = CASE WHEN status IN {TERMINAL_SQL} THEN NULL ELSE ? END"
         " WHERE id = ?",
         (next_poll_at, job_id),
     )
@@ -351,7 +351,7 @@ def record_poll_failure(conn: sqlite3.Connection, job_id: str, *, next_poll_at: 
 
 def schedule_poll(conn: sqlite3.Connection, job_id: str, at: float) -> bool:
     cur = conn.execute(
-        "UPDATE jobs SET next_poll_at = ? WHERE id = ? AND status NOT IN ('completed', 'failed')",
+        f"UPDATE jobs SET next_poll_at = ? WHERE id = ? AND status NOT IN {TERMINAL_SQL}",
         (at, job_id),
     )
     return cur.rowcount > 0
@@ -361,7 +361,7 @@ def defer_provider(conn: sqlite3.Connection, provider: str, until: float) -> int
     """Move every poll of a provider that asked for a pause to the end of the pause."""
     return conn.execute(
         "UPDATE jobs SET next_poll_at = ? WHERE provider = ? AND next_poll_at < ?"
-        " AND status NOT IN ('completed', 'failed')",
+        f" AND status NOT IN {TERMINAL_SQL}",
         (until, provider, until),
     ).rowcount
 
@@ -377,7 +377,7 @@ def spread_overdue(
         row[0]
         for row in conn.execute(
             "SELECT id FROM jobs WHERE provider = ? AND next_poll_at < ?"
-            " AND status NOT IN ('completed', 'failed') ORDER BY next_poll_at",
+            f" AND status NOT IN {TERMINAL_SQL} ORDER BY next_poll_at",
             (provider, now),
         )
     ]

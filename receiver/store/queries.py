@@ -7,6 +7,8 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from receiver.states import TERMINAL_SQL
+
 _JSON_COLUMNS = ("request", "notify", "anomalies", "detail", "headers")
 
 
@@ -81,7 +83,7 @@ def due_polls(
             "SELECT id, provider, provider_job_id, key_fingerprint, callback_url,"
             " confirm_callback_id, poll_failures, polls, next_poll_at FROM jobs"
             " WHERE provider = ? AND next_poll_at <= ?"
-            " AND status NOT IN ('completed', 'failed')"
+            f" AND status NOT IN {TERMINAL_SQL}"
             f" AND id NOT IN ({marks}) ORDER BY next_poll_at LIMIT ?",
             (provider, now, *skip, limit),
         )
@@ -93,7 +95,7 @@ def overdue_deadlines(conn: sqlite3.Connection, now: float, limit: int) -> list[
         row[0]
         for row in conn.execute(
             "SELECT id FROM jobs WHERE deadline_at <= ?"
-            " AND status NOT IN ('completed', 'failed') ORDER BY deadline_at LIMIT ?",
+            f" AND status NOT IN {TERMINAL_SQL} ORDER BY deadline_at LIMIT ?",
             (now, limit),
         )
     ]
@@ -109,12 +111,12 @@ def next_wake(conn: sqlite3.Connection, providers: list[str], skip: list[str]) -
     # ORDER BY an indexed column with LIMIT 1 reads a few index entries, not the table.
     poll = conn.execute(
         "SELECT next_poll_at FROM jobs WHERE next_poll_at IS NOT NULL"
-        f" AND status NOT IN ('completed', 'failed') AND provider IN ({marks})"
+        f" AND status NOT IN {TERMINAL_SQL} AND provider IN ({marks})"
         f" AND id NOT IN ({skipped}) ORDER BY next_poll_at LIMIT 1",
         (*providers, *skip),
     ).fetchone()
     deadline = conn.execute(
         "SELECT deadline_at FROM jobs WHERE deadline_at IS NOT NULL"
-        " AND status NOT IN ('completed', 'failed') ORDER BY deadline_at LIMIT 1"
+        f" AND status NOT IN {TERMINAL_SQL} ORDER BY deadline_at LIMIT 1"
     ).fetchone()
     return min((row[0] for row in (poll, deadline) if row is not None), default=None)
