@@ -1,6 +1,7 @@
 """Every provider against its sandbox, and the poller's promises under misbehaviour."""
 
 import itertools
+import statistics
 
 import pytest
 
@@ -139,13 +140,16 @@ def test_a_failing_provider_does_not_delay_another(sandbox, tmp_path, trouble):
             service.wait_status(job["id"], "completed", timeout=15)
         assert all(service.job(j["id"])["status"] != "completed" for j in sick)
         faults.outage = faults.hang = False
-    # Lateness of the healthy provider's polls stays within its interval (0.2 s +-10 %).
+    # The healthy provider's polls keep their interval (0.2 s +-10 %). Waiting on the
+    # sick one would add its timeout (0.5 s) to every gap; a busy machine adds an
+    # occasional late poll, which the median ignores and the bound on the largest allows.
     for job in well:
         task_id = service_task_id(sandbox.kvid, job)
         times = [r.time for r in status_polls(sandbox.kvid, task_id) if "/status" in r.path]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(gaps) >= 3
-        assert max(gaps) < 0.2 * 1.1 + 0.2
+        assert statistics.median(gaps) < 0.2 * 1.1 + 0.05
+        assert max(gaps) < 0.2 * 1.1 + 0.5
 
 
 def service_task_id(fake, job):
