@@ -147,7 +147,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if job["status"] == "completed":
         print(f"result: {job['result_url']}")
         return 0
-    print(f"failed: {job['error']}")
+    print("canceled" if job["status"] == "canceled" else f"failed: {job['error']}")
     return 1
 
 
