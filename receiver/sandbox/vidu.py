@@ -356,13 +356,14 @@ class ViduSandbox:
         if self.settings.status_outage:
             raise ViduError(503, "ServiceUnavailable", "service unavailable")
         self._authenticate(request)
+        task = self._find(request)
         self._busy()
-        return JSONResponse(self._status_body(self._find(request)))
+        return JSONResponse(self._status_body(task))
 
     async def _cancel(self, request: Request) -> Response:
         self._authenticate(request)
-        self._busy()
         task = self._find(request)
+        self._busy()
         if task.state not in self.settings.cancellable_states:
             # Wording from the Vidu docs' example of a refused cancel.
             raise ViduError(400, "BadRequest", f"task state is {task.state}, can not cancel")
