@@ -3,6 +3,7 @@ service and the fake providers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,11 +17,14 @@ from starlette.routing import Route
 
 from receiver.cli import main
 from receiver.providers.base import JobRef, Observation
+from receiver.runtime import CannotCancel, Runtime
 from receiver.sandbox import ServerThread
+from receiver.store import NewJob
 from tests.conftest import (
     ADMIN_TOKEN,
     running_sandbox,
     running_service,
+    service_config,
     settings_restored,
     wait_for,
 )
@@ -255,3 +259,32 @@ def test_vidhook_cancel_prints_the_outcome(service, sandbox, monkeypatch, capsys
     with pytest.raises(SystemExit) as refused:
         main(["cancel", job["id"], "--url", service.url])
     assert str(refused.value) == "vidhook: the job has already ended (canceled); nothing to cancel"
+
+
+def test_a_job_whose_submission_is_unanswered_is_409_and_nothing_is_sent(sandbox, tmp_path):
+    config = service_config("http://127.0.0.1:9", sandbox.url, tmp_path / "vidhook.db")
+
+    async def scenario() -> tuple[CannotCancel, int, int]:
+        runtime = Runtime(config)
+        await runtime.start()
+        try:
+            # As the job is between its row being written and the provider's answer.
+            job = NewJob(id="job_inflight", provider="vidu", model="viduq2", prompt="p",
+                         request={}, callback_token=None, callback_url=None,
+                         key_fingerprint=None, notify=None)  # fmt: skip
+            await runtime.store.insert_job(job)
+            before = len(await runtime.store.list_jobs(limit=10))
+            with pytest.raises(CannotCancel) as refused:
+                await runtime.cancel("job_inflight")
+            detail = await runtime.store.job_detail("job_inflight")
+            assert detail is not None
+            return refused.value, before, len(detail["transitions"])
+        finally:
+            await runtime.stop()
+
+    sent = len(sandbox.vidu.requests)
+    refused, jobs, transitions_ = asyncio.run(scenario())
+    assert refused.code == "not_submitted"
+    assert "try again in a moment" in refused.message
+    assert (jobs, transitions_) == (1, 1)
+    assert len(sandbox.vidu.requests) == sent
