@@ -211,9 +211,10 @@ class Runtime:
         ref = JobRef(job["id"], job["provider_job_id"], job["key_fingerprint"], job["callback_url"])
         try:
             observed = await provider.cancel(ref)
-        except CancelUnsupported:
+        except CancelUnsupported as exc:
+            # The adapter's own words: some providers cancel only in some states.
             self.metrics.count_cancel(provider.name, "unsupported")
-            raise CannotCancel("cancel_unsupported", f"{why}; it will run to its end") from None
+            raise CannotCancel("cancel_unsupported", str(exc) or why) from None
         except ProviderError:
             self.metrics.count_cancel(provider.name, "refused")
             raise
