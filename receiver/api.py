@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
 from receiver.responses import JSON, dumps, error
+from receiver.runtime import CannotCancel
 from receiver.states import Status
 from receiver.views import render_delivery, render_job
 
@@ -194,6 +195,24 @@ async def refresh_job(request: Request) -> Response:
 
 
 @admin
+async def cancel_job(request: Request) -> Response:
+    """200 with the job once canceled; 202 when the provider took the request and a poll,
+    due now, will tell how the job ended."""
+    runtime: Runtime = request.app.state.runtime
+    job_id = request.path_params["job_id"]
+    try:
+        outcome = await runtime.cancel(job_id)
+    except CannotCancel as exc:
+        return error(404 if exc.code == "unknown_job" else 409, exc.code, exc.message)
+    except ProviderError as exc:
+        message = f"the provider refused to cancel the job: {exc}"
+        return error(502, "provider_refused", message, transient=exc.transient)
+    job = await runtime.store.job_detail(job_id)
+    assert job is not None
+    return JSON(render_job(job), status_code=200 if outcome == "canceled" else 202)
+
+
+@admin
 async def list_deliveries(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     params = request.query_params
@@ -248,6 +267,7 @@ routes = [
     Route("/jobs", list_jobs, methods=["GET"]),
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
+    Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/deliveries", list_deliveries, methods=["GET"]),
     Route("/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),
 ]

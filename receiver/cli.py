@@ -147,7 +147,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if job["status"] == "completed":
         print(f"result: {job['result_url']}")
         return 0
-    print(f"failed: {job['error']}")
+    print("canceled" if job["status"] == "canceled" else f"failed: {job['error']}")
     return 1
 
 
@@ -169,6 +169,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     job = client.call("GET", f"/api/jobs/{args.job_id}")
     for line in format_job(job):
         print(line)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = Client(args).call("POST", f"/api/jobs/{args.job_id}/cancel")
+    if job["status"] == "canceled":
+        print(f"{job['id']} canceled")
+    else:
+        print(f"{job['id']} {job['status']}: {job['provider']} took the cancel request; "
+              f"`vidhook show {job['id']}` tells when it ends")  # fmt: skip
     return 0
 
 
@@ -363,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("job_id")
     add_client_options(show)
     show.set_defaults(func=cmd_show)
+
+    cancel = commands.add_parser("cancel", help="ask the provider to stop a running job")
+    cancel.add_argument("job_id")
+    add_client_options(cancel)
+    cancel.set_defaults(func=cmd_cancel)
 
     deliveries = commands.add_parser("deliveries", help="list notification deliveries")
     deliveries.add_argument("--status", choices=["pending", "delivered", "dead"])

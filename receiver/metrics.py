@@ -30,6 +30,7 @@ from receiver.store.stats import Snapshot, read_snapshot
 
 __all__ = [
     "CALLBACK_OUTCOMES",
+    "CANCEL_OUTCOMES",
     "DELAY_BUCKETS",
     "DELIVERY_OUTCOMES",
     "POLL_OUTCOMES",
@@ -47,6 +48,9 @@ CALLBACK_OUTCOMES = (
 # later; permanent_error: the job failed; error: a bug, logged with its traceback.
 POLL_OUTCOMES = ("changed", "unchanged", "transient_error", "permanent_error", "error")
 DELIVERY_OUTCOMES = ("delivered", "retry", "dead", "disabled")
+# canceled: stopped and stored; requested: the provider took it, a poll tells the end;
+# refused: the provider said no or could not be reached; unsupported: it has no cancel.
+CANCEL_OUTCOMES = ("canceled", "requested", "refused", "unsupported")
 # From a state change to its delivery: tens of milliseconds when all is well, then
 # minutes to a day while a destination is down and the outbox retries.
 DELAY_BUCKETS = (
@@ -151,6 +155,10 @@ class Metrics:
             "vidhook_polls", "Status fetches from providers, by provider and outcome.",
             ["provider", "outcome"], registry=self.registry,
         )  # fmt: skip
+        self.cancels = Counter(
+            "vidhook_cancels", "Cancel requests, by provider and outcome.",
+            ["provider", "outcome"], registry=self.registry,
+        )  # fmt: skip
         self.deliveries = Counter(
             "vidhook_deliveries", "Notification delivery attempts, by channel and outcome.",
             ["channel", "outcome"], registry=self.registry,
@@ -167,6 +175,8 @@ class Metrics:
         for name in providers:
             for outcome in POLL_OUTCOMES:
                 self.polls.labels(name, outcome)
+            for outcome in CANCEL_OUTCOMES:
+                self.cancels.labels(name, outcome)
         for name in channels:
             self.delivery_delay.labels(name)
             for outcome in DELIVERY_OUTCOMES:
@@ -190,6 +200,9 @@ class Metrics:
 
     def count_poll(self, provider: str, outcome: str) -> None:
         self.polls.labels(provider, outcome).inc()
+
+    def count_cancel(self, provider: str, outcome: str) -> None:
+        self.cancels.labels(provider, outcome).inc()
 
     def count_attempt(self, channel: str, outcome: str, seconds: float | None) -> None:
         self.deliveries.labels(channel, outcome).inc()

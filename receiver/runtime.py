@@ -9,7 +9,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -20,7 +20,14 @@ from receiver.metrics import Metrics
 from receiver.notify.base import Channel
 from receiver.notify.outbox import Outbox
 from receiver.poller import Poller, first_poll_delay
-from receiver.providers.base import Observation, Provider, ProviderError, SubmitRequest
+from receiver.providers.base import (
+    CancelUnsupported,
+    JobRef,
+    Observation,
+    Provider,
+    ProviderError,
+    SubmitRequest,
+)
 from receiver.states import Status
 from receiver.store import NewJob, Store
 
@@ -66,6 +73,15 @@ def strict_json(text: str | bytes) -> Any:
 
 def new_callback_token() -> str:
     return secrets.token_urlsafe(24)  # 192 bits
+
+
+class CannotCancel(Exception):
+    """A cancel that was not sent to the provider; ``code`` says why, the message how."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class Runtime:
@@ -161,3 +177,59 @@ class Runtime:
         self.poller.wake()
         log.info("job %s submitted to %s as %s", job_id, provider_name, submission.provider_job_id)
         return job_id
+
+    async def cancel(self, job_id: str) -> Literal["canceled", "requested"]:
+        """Ask the job's provider to stop it.
+
+        "canceled": the provider stopped it and the job is stored as canceled;
+        "requested": the provider took the request and a poll, due now, will tell.
+        Raises CannotCancel before asking (nothing is written), ProviderError when the
+        provider refused or could not be reached (nothing is written either).
+        """
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise CannotCancel("unknown_job", "no job has this id")
+        status = Status(job["status"])
+        if status.terminal:
+            raise CannotCancel(
+                "job_ended", f"the job has already ended ({status}); nothing to cancel"
+            )
+        provider = self.providers.get(job["provider"])
+        if provider is None:
+            raise CannotCancel(
+                "unknown_provider", f"provider {job['provider']} is no longer configured"
+            )
+        why = f"{provider.name} ({provider.config.type}) offers no way to cancel a job"
+        if not provider.supports_cancel:
+            self.metrics.count_cancel(provider.name, "unsupported")
+            raise CannotCancel("cancel_unsupported", f"{why}; it will run to its end")
+        if job["provider_job_id"] is None:
+            raise CannotCancel(
+                "not_submitted",
+                "the provider has not answered the submission yet; try again in a moment",
+            )
+        ref = JobRef(job["id"], job["provider_job_id"], job["key_fingerprint"], job["callback_url"])
+        try:
+            observed = await provider.cancel(ref)
+        except CancelUnsupported as exc:
+            # The adapter's own words: some providers cancel only in some states.
+            self.metrics.count_cancel(provider.name, "unsupported")
+            raise CannotCancel("cancel_unsupported", str(exc) or why) from None
+        except ProviderError:
+            self.metrics.count_cancel(provider.name, "refused")
+            raise
+        if observed is None:
+            await self.store.schedule_poll(job_id, self.store.clock())
+            self.poller.wake()
+            self.metrics.count_cancel(provider.name, "requested")
+            log.info("job %s: %s took the cancel request; polling it now", job_id, provider.name)
+            return "requested"
+        applied = await self.store.apply(job_id, observed, "cancel", {"requested_by": "api"})
+        if applied.status is not Status.CANCELED:
+            # The job ended another way while the provider was being asked.
+            raise CannotCancel(
+                "job_ended", f"the job has already ended ({applied.status}); nothing to cancel"
+            )
+        self.metrics.count_cancel(provider.name, "canceled")
+        log.info("job %s canceled at %s", job_id, provider.name)
+        return "canceled"

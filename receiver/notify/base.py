@@ -30,7 +30,7 @@ class Event:
     """
 
     id: str
-    type: str  # job.queued | job.processing | job.completed | job.failed
+    type: str  # job.queued | job.processing | job.completed | job.failed | job.canceled
     created_at: float  # when the job changed state
     job: Mapping[str, Any]
 

@@ -39,6 +39,7 @@ _SERVER_TEXT_MAX = 200
 _HEADLINES = {
     "completed": "Your video is ready.",
     "failed": "Your video could not be generated.",
+    "canceled": "Your video was canceled before it was generated.",
     "processing": "Your video is being generated.",
     "queued": "Your video is queued.",
 }

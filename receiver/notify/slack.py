@@ -52,6 +52,7 @@ _HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 _STATUS_LINES: dict[str, tuple[str, str]] = {
     "completed": (":white_check_mark:", "Video ready"),
     "failed": (":x:", "Video failed"),
+    "canceled": (":no_entry_sign:", "Video canceled"),
     "processing": (":hourglass_flowing_sand:", "Video in progress"),
     "queued": (":inbox_tray:", "Video queued"),
 }
@@ -62,10 +63,11 @@ _STATUS_LINES: dict[str, tuple[str, str]] = {
 # webhook or the channel no longer works is "gone": every later message would fail the
 # same way until someone changes the config, so the channel is disabled rather than
 # filling the dead-letter list one message at a time. not_in_channel is gone too: the
-# bot must be invited, which no retry will do.
+# bot must be invited, which no retry will do. message_limit_exceeded is a free
+# workspace's message allowance running out: it comes back, so the message waits.
 _TRANSIENT_CODES = frozenset({
     "ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
-    "request_timeout", "team_added_to_org", "rollup_error",
+    "request_timeout", "team_added_to_org", "rollup_error", "message_limit_exceeded",
 })  # fmt: skip
 _GONE_CODES = frozenset({
     # The destination.
@@ -74,8 +76,9 @@ _GONE_CODES = frozenset({
     "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
     "restricted_action_non_threadable_channel", "action_prohibited",
     # The webhook or the token.
-    "no_service", "no_team", "invalid_token", "no_active_hooks", "team_disabled",
-    "invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
+    "no_service", "no_service_id", "no_team", "invalid_token", "no_active_hooks",
+    "team_disabled", "invalid_auth", "not_authed", "token_revoked", "token_expired",
+    "account_inactive",
     "missing_scope", "no_permission", "not_allowed_token_type", "ekm_access_denied",
     "access_denied", "accesslimited", "org_login_required", "enterprise_is_restricted",
     "team_access_not_granted", "two_factor_setup_required",

@@ -4,13 +4,23 @@ Poll only: the gateway polls its upstream itself (about every 15 s) and has no w
 Two status endpoints exist for the same task: the task envelope at
 ``/v1/video/generations/{task_id}`` and, on newer gateways, an OpenAI-style video object
 at ``/v1/videos/{id}``. Gateways differ in which one they serve, so ``fetch`` tries the
-one that last worked and falls back to the other on 404.
+one that last worked and falls back to the other on 404 (the route is missing) or 501
+(this task's platform has no converter to the video object).
+
+What a task endpoint answers depends on the channel behind it: most give new-api's task
+(``NOT_START`` ... ``SUCCESS``, the video in ``result_url``), Gemini and Vertex (Veo)
+channels give ``{task_id, status: queued|processing|succeeded|failed, url, format,
+metadata, error}``, with or without the ``{code, data}`` envelope. One reader takes all
+of them. Where the upstream gives no link of its own (Gemini, Sora), the result lives at
+the gateway's ``/v1/videos/{task_id}/content``, which only the gateway's key opens:
+``download`` adds it for that origin and no other.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, TypeGuard
 from urllib.parse import quote
 
@@ -18,6 +28,7 @@ import httpx
 
 from receiver.config import ProviderConfig
 from receiver.providers.base import (
+    Download,
     HTTPProvider,
     InvalidRequest,
     JobRef,
@@ -39,25 +50,31 @@ TASK_STATES = {
     "FAILURE": Status.FAILED,
     "UNKNOWN": Status.QUEUED,
 }
-# The OpenAI-style video object's words. "unknown" is how new-api renders its UNKNOWN
-# task status in this shape, so it gets the same reading.
+# The words of the OpenAI-style video object and of the Gemini/Vertex task answer.
+# "unknown" is how new-api renders its UNKNOWN task status in the video object.
 VIDEO_STATES = {
     "queued": Status.QUEUED,
     "in_progress": Status.PROCESSING,
+    "processing": Status.PROCESSING,
     "completed": Status.COMPLETED,
+    "succeeded": Status.COMPLETED,
     "failed": Status.FAILED,
     "unknown": Status.QUEUED,
 }
 TASK_PATH = "/video/generations/{id}"
 VIDEO_PATH = "/videos/{id}"
+CONTENT_PATH = "/videos/{id}/content"
 MODEL_REQUIRED = "required for new-api gateways; set default_model or pass model"
 # Fields vidhook itself sets; an option may not override them.
 RESERVED = frozenset({"model", "prompt", "image", "images", "callback_url"})
+# The gateway reads duration as an integer, or a string holding one; anything else it
+# silently drops (its default length is then used).
+_WHOLE_SECONDS = re.compile(r"[0-9]+")
 # Documented submit fields whose type the gateway checks; a wrong one is refused here
 # instead of costing a round trip (or, on lenient forks, being silently dropped).
-_NUMBER, _INTEGER, _TEXT, _OBJECT = "a number", "an integer", "a string", "an object"
+_WHOLE, _INTEGER, _TEXT, _OBJECT = "whole seconds", "an integer", "a string", "an object"
 OPTION_TYPES = {
-    "duration": _NUMBER,
+    "duration": _WHOLE,
     "fps": _INTEGER,
     "height": _INTEGER,
     "width": _INTEGER,
@@ -76,59 +93,57 @@ _GONE = frozenset({"task_not_exist"})
 
 
 def observation(body: Mapping[str, Any]) -> Observation:
-    """An observation from either status shape: the task envelope or the video object."""
+    """An observation from a status answer, enveloped (``{code, data}``) or bare."""
     data = body.get("data")
-    if isinstance(data, Mapping):
-        return task_observation(data)
-    return video_observation(body)
+    return task_observation(data if isinstance(data, Mapping) else body)
 
 
-def task_observation(data: Mapping[str, Any]) -> Observation:
-    """From the ``data`` of ``/v1/video/generations/{task_id}``."""
-    word = _word(data.get("status"))
-    status = TASK_STATES.get((word or "").upper())
-    reason = text(data.get("fail_reason"))
-    result_url = text(data.get("result_url"))
+def task_observation(task: Mapping[str, Any]) -> Observation:
+    """From any of the task shapes: new-api's task, the OpenAI-style video object, or the
+    Gemini/Vertex answer. Their fields do not collide, so one reading serves all."""
+    word = _word(task.get("status"))
+    status = _status(word)
+    reason = text(task.get("fail_reason"))
+    metadata = task.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    result_url = text(task.get("result_url")) or text(task.get("url")) or text(metadata.get("url"))
     if status is Status.COMPLETED and result_url is None and _is_url(reason):
         # Older gateways store the video URL in fail_reason and have no result_url.
         result_url = reason
-    quota = data.get("quota")
-    task_id = data.get("task_id")
+    quota = task.get("quota")
+    # new-api's own task row has an integer "id"; the task id is always a string.
+    task_id = text(task.get("task_id")) or text(task.get("id"))
     return Observation(
         status=status or Status.QUEUED,
         provider_status=word,
         result_url=result_url if status is Status.COMPLETED else None,
-        error=(reason or "failed without a reason") if status is Status.FAILED else None,
+        error=(_failure(task, reason) or "failed without a reason")
+        if status is Status.FAILED
+        else None,
         # The gateway's own billing units for the task, not upstream credits.
         credits=number(quota) if _is_number(quota) else None,
-        raw=data,
-        provider_job_id=str(task_id) if task_id else None,
+        raw=task,
+        provider_job_id=task_id,
         known=status is not None,
     )
 
 
-def video_observation(body: Mapping[str, Any]) -> Observation:
-    """From the OpenAI-style object of ``/v1/videos/{id}``."""
-    word = _word(body.get("status"))
-    status = VIDEO_STATES.get((word or "").lower())
-    metadata = body.get("metadata")
-    metadata = metadata if isinstance(metadata, Mapping) else {}
-    error = body.get("error")
-    message: str | None = None
+video_observation = task_observation
+
+
+def _status(word: str | None) -> Status | None:
+    if word is None:
+        return None
+    return TASK_STATES.get(word.upper()) or VIDEO_STATES.get(word.lower())
+
+
+def _failure(task: Mapping[str, Any], reason: str | None) -> str | None:
+    if reason and not _is_url(reason):
+        return reason
+    error = task.get("error")
     if isinstance(error, Mapping):
-        message = text(error.get("message")) or text(error.get("code"))
-    elif isinstance(error, str):
-        message = text(error)
-    video_id = body.get("id") or body.get("task_id")
-    return Observation(
-        status=status or Status.QUEUED,
-        provider_status=word,
-        result_url=text(metadata.get("url")) if status is Status.COMPLETED else None,
-        error=(message or "failed without a reason") if status is Status.FAILED else None,
-        raw=body,
-        provider_job_id=str(video_id) if video_id else None,
-        known=status is not None,
-    )
+        return text(error.get("message")) or text(error.get("code"))
+    return text(error)
 
 
 def _word(value: Any) -> str | None:
@@ -145,8 +160,8 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
 
 def _option_problem(name: str, value: Any) -> str | None:
     wanted = OPTION_TYPES.get(name)
-    if wanted == _NUMBER and not (_is_number(value) and value > 0):
-        return "must be a positive number of seconds"
+    if wanted == _WHOLE and whole_seconds(value) is None:
+        return "must be a whole number of seconds (or a string holding one), more than 0"
     if wanted == _INTEGER and not (isinstance(value, int) and not isinstance(value, bool)):
         return "must be an integer"
     if wanted == _TEXT and not isinstance(value, str):
@@ -158,6 +173,27 @@ def _option_problem(name: str, value: Any) -> str | None:
     if name == "n" and value != 1 and isinstance(value, int):
         return "vidhook tracks one video per job; leave n unset or 1"
     return None
+
+
+def whole_seconds(value: Any) -> int | None:
+    """``duration`` as the gateway wants it: 5, 5.0 and "5" are 5; 5.5 is refused."""
+    if isinstance(value, str) and _WHOLE_SECONDS.fullmatch(value.strip()):
+        value = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def origin(url: str) -> tuple[str, str, int | None] | None:
+    """Scheme, host and port (default ports made explicit), or None for a bad URL."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
+    default = {"http": 80, "https": 443}.get(parsed.scheme)
+    return parsed.scheme, parsed.host, parsed.port or default
 
 
 class NewApi(HTTPProvider):
@@ -202,10 +238,8 @@ class NewApi(HTTPProvider):
             problems["model"] = MODEL_REQUIRED
         if not request.prompt or not request.prompt.strip():
             problems["prompt"] = "required by new-api gateways"
-        if len(request.images) > 1:
-            problems["images"] = f"new-api gateways take at most 1 image, got {len(request.images)}"
-        elif request.images and not (isinstance(request.images[0], str) and request.images[0]):
-            problems["images"] = "the image must be a URL or base64 data"
+        if not all(isinstance(image, str) and image for image in request.images):
+            problems["images"] = "each image must be a URL or base64 data"
         if request.mode:
             problems["mode"] = "new-api gateways have no modes; leave it unset"
         for name, value in request.options.items():
@@ -222,8 +256,12 @@ class NewApi(HTTPProvider):
         body: dict[str, Any] = dict(request.options)
         body["model"] = request.model or self.config.default_model
         body["prompt"] = request.prompt
-        if request.images:
+        if "duration" in body:
+            body["duration"] = whole_seconds(body["duration"])
+        if len(request.images) == 1:
             body["image"] = request.images[0]
+        elif request.images:
+            body["images"] = list(request.images)
         key = self.config.api_key
         data = await self.request_json(
             "POST", self._url_path("/video/generations"), key=key, json=body
@@ -255,19 +293,58 @@ class NewApi(HTTPProvider):
         if self._working_path in paths:
             paths.remove(self._working_path)
             paths.insert(0, self._working_path)
-        for index, path in enumerate(paths):
+        unconverted: ProviderError | None = None
+        last = ProviderError(self.name, "no status endpoint to ask", transient=False)
+        for path in paths:
             try:
                 data = await self.request_json(
                     "GET", self._url_path(path.format(id=task_id)), key=key
                 )
             except ProviderError as exc:
-                # 404 is this gateway lacking the route; an unknown task is 400.
-                if exc.status_code == 404 and index + 1 < len(paths):
+                # 404: this gateway lacks the route (an unknown task is 400). 501: the
+                # task's platform has no converter to this shape; the other may serve it.
+                if exc.status_code == 404:
+                    last = exc
+                    continue
+                if exc.status_code == 501:
+                    unconverted = last = exc
                     continue
                 raise
             self._working_path = path
-            return self._read_status(data)
-        raise ProviderError(self.name, "no status endpoint to ask", transient=False)
+            observed = self._read_status(data)
+            if observed.status is Status.COMPLETED and observed.result_url is None:
+                # No link of the upstream's own: the gateway serves the file itself.
+                content = self._url_path(CONTENT_PATH.format(id=task_id))
+                observed = replace(observed, result_url=f"{self.config.base_url}{content}")
+            return observed
+        if unconverted is not None:
+            raise ProviderError(
+                self.name,
+                "the gateway cannot report this task: /v1/videos answers 501 for its "
+                "platform and /v1/video/generations is not served",
+                transient=False,
+                status_code=501,
+                code=unconverted.code,
+            )
+        raise last
+
+    def download(self, job: JobRef, url: str) -> Download:
+        # The content route needs the gateway's key; a link elsewhere (an upstream CDN)
+        # must never receive it.
+        gateway, target = origin(self.config.base_url), origin(url)
+        if target is None or gateway is None:
+            return Download(url)
+        if target == gateway:
+            return Download(url, self.auth_headers(self.key_for(job)))
+        task_id = job.provider_job_id
+        if task_id and httpx.URL(url).path.endswith(f"/v1{CONTENT_PATH.format(id=task_id)}"):
+            # The gateway names its content route under its own public address, which
+            # may not be the one vidhook reaches it by: fetch it from the latter.
+            content = self._url_path(CONTENT_PATH.format(id=quote(task_id, safe="")))
+            return Download(
+                f"{self.config.base_url}{content}", self.auth_headers(self.key_for(job))
+            )
+        return Download(url)
 
     def _read_status(self, data: Any) -> Observation:
         if not isinstance(data, Mapping):
@@ -285,5 +362,5 @@ class NewApi(HTTPProvider):
                 code=code,
             )
         if "status" in data:
-            return video_observation(data)
+            return task_observation(data)
         raise ProviderError(self.name, "the status response has no task status", transient=True)

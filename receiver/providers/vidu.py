@@ -1,10 +1,16 @@
-"""Vidu (api.vidu.com, api.vidu.cn, and proxies such as kkiai that serve the same paths)."""
+"""Vidu (api.vidu.com, api.vidu.cn, and proxies such as kkiai that serve the same paths).
+
+A canceled task is reported by Vidu's status endpoint as ``failed`` with the err_code
+``UserCancelled``; a ``canceled`` (or ``cancelled``) state word is read the same way, in
+case a proxy or a later API version says so directly.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import signing
 from receiver.config import Secret
@@ -34,16 +40,29 @@ STATES = {
     "processing": Status.PROCESSING,
     "success": Status.COMPLETED,
     "failed": Status.FAILED,
+    "canceled": Status.CANCELED,
+    "cancelled": Status.CANCELED,
 }
+# The err_code of a task that failed because it was canceled.
+CANCELED_CODES = frozenset({"UserCancelled"})
+# A 400 that means "busy, ask again later" rather than "this request is wrong".
+TRANSIENT_CODES = frozenset({"OperationInProcess"})
 SIGNATURE_HEADERS = ("date", "x-request-nonce", "x-hmac-signed-headers", "x-hmac-signature")
 MAX_PROMPT = 2000
 # Fields vidhook itself sets; an option may not override them.
 RESERVED = frozenset({"model", "prompt", "images", "callback_url"})
+# reference2video's subjects: each a named set of reference images. Vidu refuses a field
+# it does not know (FieldUnwanted), so unknown keys are refused here first.
+MAX_SUBJECTS = 7
+MAX_SUBJECT_IMAGES = 3
+SUBJECT_KEYS = frozenset({"name", "images", "voice_id"})
 
 
 def endpoint_for(request: SubmitRequest) -> str:
     if request.mode:
         return request.mode
+    if "subjects" in request.options:
+        return "reference2video"
     count = len(request.images)
     if count == 0:
         return "text2video"
@@ -59,11 +78,13 @@ def observation(body: Mapping[str, Any]) -> Observation:
     raw_state = body.get("state", body.get("status"))
     state = str(raw_state) if raw_state is not None else None
     status = STATES.get(state or "")
+    err_code = body.get("err_code") or None
+    if status is Status.FAILED and isinstance(err_code, str) and err_code in CANCELED_CODES:
+        status = Status.CANCELED
     creations = body.get("creations")
     first = creations[0] if isinstance(creations, list) and creations else {}
     first = first if isinstance(first, Mapping) else {}
     credits = body.get("credits")
-    err_code = body.get("err_code") or None
     task_id = body.get("id", body.get("task_id"))
     return Observation(
         status=status or Status.QUEUED,
@@ -78,8 +99,44 @@ def observation(body: Mapping[str, Any]) -> Observation:
     )
 
 
+def subject_problems(request: SubmitRequest, endpoint: str) -> dict[str, str]:
+    """What is wrong with ``options.subjects``: ``[{name, images (1 to 3)}, ...]``."""
+    where = "options.subjects"
+    if endpoint != "reference2video":
+        return {where: "only reference2video takes subjects"}
+    if request.images:
+        return {"images": "give either images or subjects, not both"}
+    subjects = request.options["subjects"]
+    if not isinstance(subjects, list) or not 1 <= len(subjects) <= MAX_SUBJECTS:
+        return {where: f"must be a list of 1 to {MAX_SUBJECTS} subjects"}
+    problems: dict[str, str] = {}
+    for index, subject in enumerate(subjects):
+        at = f"{where}[{index}]"
+        if not isinstance(subject, Mapping):
+            problems[at] = 'must be an object: {"name": ..., "images": [...]}'
+            continue
+        if unknown := sorted(str(k) for k in subject if k not in SUBJECT_KEYS):
+            known = ", ".join(sorted(SUBJECT_KEYS))
+            problems[at] = f"unknown fields {', '.join(unknown)}; Vidu takes only {known}"
+            continue
+        name, images = subject.get("name"), subject.get("images")
+        if not (isinstance(name, str) and name.strip()):
+            problems[f"{at}.name"] = "required: the name the prompt refers to"
+        if not (
+            isinstance(images, list)
+            and 1 <= len(images) <= MAX_SUBJECT_IMAGES
+            and all(isinstance(i, str) and i for i in images)
+        ):
+            problems[f"{at}.images"] = f"1 to {MAX_SUBJECT_IMAGES} image URLs or data: URIs"
+        voice = subject.get("voice_id")
+        if voice is not None and not (isinstance(voice, str) and voice):
+            problems[f"{at}.voice_id"] = "must be a voice id (a string)"
+    return problems
+
+
 class Vidu(HTTPProvider):
     supports_callbacks = True
+    supports_cancel = True
 
     def auth_headers(self, key: Secret) -> dict[str, str]:
         return {"Authorization": f"{self.config.auth_scheme} {key.reveal()}"}
@@ -92,6 +149,8 @@ class Vidu(HTTPProvider):
         else:
             fewest, most, needs_prompt = ENDPOINTS[endpoint]
             count = len(request.images)
+            if "subjects" in request.options:
+                fewest = 0  # the subjects carry the images
             if not fewest <= count <= most:
                 wanted = str(fewest) if fewest == most else f"{fewest} to {most}"
                 problems["images"] = f"{endpoint} takes {wanted} images, got {count}"
@@ -102,6 +161,8 @@ class Vidu(HTTPProvider):
         for name in request.options:
             if name in RESERVED:
                 problems[f"options.{name}"] = "is set by vidhook; use the top-level field"
+        if "subjects" in request.options:
+            problems.update(subject_problems(request, endpoint))
         if problems:
             raise InvalidRequest(problems)
 
@@ -123,6 +184,23 @@ class Vidu(HTTPProvider):
         if not task_id:
             raise ProviderError(self.name, "the submit response has no task_id", transient=False)
         return Submission(str(task_id), observation(data), key.fingerprint)
+
+    async def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return await super().request_json(method, path, **kwargs)
+        except ProviderError as exc:
+            if exc.code in TRANSIENT_CODES:
+                exc.transient = True
+            raise
+
+    async def cancel(self, job: JobRef) -> Observation | None:
+        if not job.provider_job_id:
+            raise ProviderError(self.name, "the provider task id is not known yet", transient=True)
+        task_id = quote(job.provider_job_id, safe="")
+        await self.request_json("POST", f"/ent/v2/tasks/{task_id}/cancel", key=self.key_for(job))
+        # Vidu answers {} once the task is stopped; its status then reads failed with
+        # UserCancelled, which observation() maps onto canceled as well.
+        return Observation(status=Status.CANCELED)
 
     async def fetch(self, job: JobRef) -> Observation:
         if not job.provider_job_id:

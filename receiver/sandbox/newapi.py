@@ -1,12 +1,19 @@
 """A fake new-api gateway (``/v1/video/generations``) for the demo, development and tests.
 
-Shapes follow the gateway's docs: a 201 ``{id, object: "video", ...}`` on submit, the
-task envelope ``{code: "success", message, data: {...}}`` at
-``/v1/video/generations/{task_id}``, the OpenAI-style video object at ``/v1/videos/{id}``
-for the same tasks, and errors as ``{code, message, param, type}`` (under ``error`` where
-the gateway's auth and routing layer answers). Prompt markers select misbehaviours:
-``[fail]``, ``[slow]``, ``[unknown]``, ``[never]``, and ``[429]``, ``[500]``,
-``[policy]`` which refuse the submit itself.
+Shapes follow the gateway's code and docs: a 200 ``{id, task_id, object: "video",
+status: "queued", progress: 0, ...}`` on submit (201 with ``status: "processing"``, as the
+seed page shows, on a setting), the task envelope ``{code: "success", message, data:
+{...}}`` at ``/v1/video/generations/{task_id}``, the OpenAI-style video object at
+``/v1/videos/{id}`` for the same tasks, the file itself at ``/v1/videos/{id}/content``
+(behind the key), and errors as ``{code, message, param, type}`` (under ``error`` where
+the gateway's auth and routing layer answers).
+
+Tasks of a Gemini or Vertex (Veo) model answer as those channels do: ``{task_id, status:
+queued|processing|succeeded|failed, url, format, metadata, error}``, enveloped or bare (a
+setting), with the video at the gateway's own content route and no ``metadata.url`` in
+the video object. Prompt markers select misbehaviours: ``[fail]``, ``[slow]``,
+``[unknown]``, ``[never]``, and ``[429]``, ``[500]``, ``[policy]`` which refuse the
+submit itself.
 """
 
 from __future__ import annotations
@@ -27,7 +34,12 @@ from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, bearer_key, scenario_of
 
-MODELS = ("kling-v1", "kling-v2-master", "jimeng_vgfm_t2v_l20", "jimeng_vgfm_i2v_l20", "viduq1")
+# Channels of these models answer in the Gemini/Vertex shape and have no direct link.
+GEMINI_MODELS = ("veo-3.0-generate-001", "veo-3.1-generate-preview")
+MODELS = (
+    "kling-v1", "kling-v2-master", "jimeng_vgfm_t2v_l20", "jimeng_vgfm_i2v_l20", "viduq1",
+    *GEMINI_MODELS,
+)  # fmt: skip
 MARKERS = ("fail", "slow", "unknown", "never", "429", "500", "policy")
 # Not in the documented vocabulary; [unknown] tasks report it before IN_PROGRESS.
 UNDOCUMENTED_STATUS = "WAITING"
@@ -39,14 +51,19 @@ VIDEO_STATUS = {
     "NOT_START": "queued", "SUBMITTED": "queued", "QUEUED": "queued", "UNKNOWN": "unknown",
     "IN_PROGRESS": "in_progress", "SUCCESS": "completed", "FAILURE": "failed",
 }  # fmt: skip
+# How a Gemini/Vertex channel words a task status.
+GEMINI_STATUS = {
+    "NOT_START": "queued", "SUBMITTED": "queued", "QUEUED": "queued",
+    "IN_PROGRESS": "processing", "SUCCESS": "succeeded", "FAILURE": "failed",
+}  # fmt: skip
 # The channel type number new-api records as a video task's platform.
-_PLATFORMS = {"kling": "50", "jimeng": "51", "vidu": "52"}
+_PLATFORMS = {"kling": "50", "jimeng": "51", "vidu": "52", "veo": "24"}
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "duration": (int, float), "fps": (int,), "height": (int,), "width": (int,), "n": (int,),
-    "seed": (int,), "size": (str,), "image": (str,), "metadata": (dict,),
+    "fps": (int,), "height": (int,), "width": (int,), "n": (int,), "seed": (int,),
+    "size": (str,), "image": (str,), "images": (list,), "metadata": (dict,),
     "response_format": (str,), "user": (str,),
 }  # fmt: skip
-_POSITIVE = ("duration", "fps", "height", "width", "n")
+_POSITIVE = ("fps", "height", "width", "n")
 _SIZE = re.compile(r"\d+x\d+")
 _MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -67,6 +84,12 @@ class NewApiFakeSettings(FakeSettings):
     quota_exhausted: bool = False
     fail_reason: str = "upstream task failed: the generated video did not pass moderation"
     retry_after: int = 1
+    # True: the seed page's 201 with status "processing"; False: the real gateway's 200.
+    seed_submit: bool = False
+    # False: Gemini/Vertex channels answer the task route without the {code, data} envelope.
+    gemini_envelope: bool = True
+    # True: /v1/videos/{id} answers 501, as for a platform without a converter to it.
+    no_video_converter: bool = False
 
 
 @dataclass
@@ -78,6 +101,7 @@ class GatewayTask:
     scenario: frozenset[str]
     base_url: str
     quota: int
+    duration: int | None
     created_at: int = field(default_factory=lambda: int(time.time()))
     status: str = "SUBMITTED"
     fail_reason: str = ""
@@ -91,6 +115,10 @@ class GatewayTask:
     @property
     def model(self) -> str:
         return str(self.body["model"])
+
+    @property
+    def gemini(self) -> bool:
+        return self.model in GEMINI_MODELS
 
 
 class GatewayError(Exception):
@@ -114,6 +142,27 @@ class GatewayError(Exception):
         error["type"] = self.type
         body = {"error": error} if self.nested else error
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class TaskNotExist(GatewayError):
+    """As the gateway answers a task it cannot find: ``{code, message, data: null}``."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "task_not_exist", code="task_not_exist")
+
+    def response(self) -> JSONResponse:
+        body = {"code": "task_not_exist", "message": "task_not_exist", "data": None}
+        return JSONResponse(body, status_code=400)
+
+
+def _duration(value: Any) -> int | None:
+    """How the gateway reads duration: an integer, or a string holding one; anything
+    else is dropped without a word (and the model's default length used)."""
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def _check(ok: bool, name: str, detail: str) -> None:
@@ -146,6 +195,7 @@ class NewApiFake(FakeProvider):
             Route("/v1/video/generations", self._submit, methods=["POST"]),
             Route("/v1/video/generations/{task_id}", self._task_status, methods=["GET"]),
             Route("/v1/videos/{task_id}", self._video_status, methods=["GET"]),
+            Route("/v1/videos/{task_id}/content", self._content, methods=["GET"]),
             Route("/files/{name}", self._file, methods=["GET"]),
             # The gateway answers unknown routes in its OpenAI-style error, not plain text.
             Route("/{path:path}", self._not_found, methods=_ALL_METHODS),
@@ -201,7 +251,8 @@ class NewApiFake(FakeProvider):
             body=body,
             scenario=scenario,
             base_url=f"{request.url.scheme}://{request.url.netloc}{request.scope['root_path']}",
-            quota=int(50_000 * float(body.get("duration") or 5)),
+            quota=50_000 * (_duration(body.get("duration")) or 5),
+            duration=_duration(body.get("duration")),
         )
         task.status_times[task.status] = time.monotonic()
         self.tasks[task.task_id] = task
@@ -209,7 +260,9 @@ class NewApiFake(FakeProvider):
         task.runner = self.spawn(self._progress(task))
         accepted: dict[str, Any] = {"id": task.task_id, "object": "video", "model": task.model}
         accepted |= {"created_at": task.created_at, "task_id": task.task_id}
-        return JSONResponse(accepted | {"status": "processing"}, status_code=201)
+        if self.settings.seed_submit:
+            return JSONResponse(accepted | {"status": "processing"}, status_code=201)
+        return JSONResponse(accepted | {"status": "queued", "progress": 0})
 
     def _validate(self, body: dict[str, Any]) -> None:
         model = body.get("model")
@@ -228,13 +281,16 @@ class NewApiFake(FakeProvider):
         size = body.get("size")
         _check(size is None or bool(_SIZE.fullmatch(size)), "size", "must be WIDTHxHEIGHT")
         _check(body.get("image") != "", "image", "must be a URL or base64 data")
+        images = body.get("images") or []
+        good = all(isinstance(image, str) and image for image in images)
+        _check(good, "images", "must be URLs or base64 data")
 
     def _find(self, request: Request) -> GatewayTask:
         task_id: str = request.path_params["task_id"]
         request.state.task_id = task_id
         task = self.task(task_id)
         if task is None:
-            raise GatewayError(400, "task_not_exist", code="task_not_exist")
+            raise TaskNotExist()
         return task
 
     async def _task_status(self, request: Request) -> Response:
@@ -243,11 +299,29 @@ class NewApiFake(FakeProvider):
             return await self._not_found(request)
         self._authenticate(request)
         task = self._find(request)
-        return JSONResponse({"code": "success", "message": "", "data": self._task_dto(task)})
+        if not task.gemini:
+            return JSONResponse({"code": "success", "message": "", "data": self._task_dto(task)})
+        answer = self._gemini_task(task)
+        if self.settings.gemini_envelope:
+            return JSONResponse({"code": "success", "message": "", "data": answer})
+        return JSONResponse(answer)
 
     async def _video_status(self, request: Request) -> Response:
         self._authenticate(request)
-        return JSONResponse(self._video_object(self._find(request)))
+        task = self._find(request)
+        if self.settings.no_video_converter:
+            message = f"the platform of model {task.model} has no conversion to a video object"
+            raise GatewayError(501, message, code="convert_not_supported", nested=True)
+        return JSONResponse(self._video_object(task))
+
+    async def _content(self, request: Request) -> Response:
+        key = self._authenticate(request)
+        task = self._find(request)
+        if key != task.key:
+            raise TaskNotExist()  # the gateway finds tasks per user: another's is unknown
+        if task.status != "SUCCESS":
+            raise GatewayError(400, "the task has not succeeded", code="task_not_completed")
+        return Response(_MP4, media_type="video/mp4")
 
     async def _file(self, request: Request) -> Response:
         stem, _, ext = str(request.path_params["name"]).rpartition(".")
@@ -309,15 +383,29 @@ class NewApiFake(FakeProvider):
         }
         if task.finish_time:
             video["completed_at"] = task.finish_time
-        if task.body.get("duration") is not None:
-            video["seconds"] = f"{task.body['duration']:g}"
+        if task.duration is not None:
+            video["seconds"] = str(task.duration)
         if task.body.get("size"):
             video["size"] = task.body["size"]
         if task.status == "FAILURE":
             video["error"] = {"message": task.fail_reason, "code": "task_failed"}
-        if task.result_url:
+        if task.result_url and not task.gemini:
             video["metadata"] = {"url": task.result_url}
         return video
+
+    def _gemini_task(self, task: GatewayTask) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "task_id": task.task_id,
+            "status": GEMINI_STATUS.get(task.status, task.status.lower()),
+        }
+        if task.result_url:
+            answer["url"] = task.result_url
+            answer["format"] = "mp4"
+            answer["metadata"] = {"duration": float(task.duration or 8), "fps": 24,
+                                  "width": 1280, "height": 720, "seed": 0}  # fmt: skip
+        if task.status == "FAILURE":
+            answer["error"] = {"code": 400, "message": task.fail_reason}
+        return answer
 
     # --- progression ------------------------------------------------------
 
@@ -338,6 +426,9 @@ class NewApiFake(FakeProvider):
         if "fail" in task.scenario:
             task.fail_reason = self.settings.fail_reason
             self._set_status(task, "FAILURE")
+        elif task.gemini:
+            task.result_url = f"{task.base_url}/v1/videos/{task.task_id}/content"
+            self._set_status(task, "SUCCESS")
         else:
             task.result_url = f"{task.base_url}/files/{task.task_id}.mp4"
             self._set_status(task, "SUCCESS")

@@ -86,6 +86,11 @@ class SlackSinkSettings:
     webhook_paths: list[str] = field(default_factory=list)  # after /services/; empty: any
     channels: list[str] = field(default_factory=list)  # empty: any channel exists
     archived: list[str] = field(default_factory=list)
+    # Webhook paths whose webhook was removed: Slack answers 400 no_service_id.
+    removed_webhooks: list[str] = field(default_factory=list)
+    # A free workspace's allowance: once this many messages were accepted,
+    # chat.postMessage answers message_limit_exceeded until the limit is raised.
+    message_limit: int | None = None
     answers: deque[SlackAnswer] = field(default_factory=deque)
     # Refuse with 429 a message that comes sooner than this after the last one accepted
     # for the same webhook or channel. Slack tolerates short bursts; 0 does too.
@@ -154,6 +159,8 @@ class SlackSink:
                 error = _WEBHOOK_DEFAULTS.get(injected.status, "error")
             return _Reply(injected.status, error, _text(injected, error or "ok"), injected.delay)
         allowed = self.settings.webhook_paths
+        if path in self.settings.removed_webhooks:
+            return self._refuse_text(400, "no_service_id")
         if allowed and path not in allowed:
             return self._refuse_text(404, "no_service")
         if not isinstance(body, dict):
@@ -200,6 +207,9 @@ class SlackSink:
         code = _message_error(body)
         if code is not None:
             return self._refuse_api(code)
+        limit = self.settings.message_limit
+        if limit is not None and len(self.accepted) >= limit:
+            return self._refuse_api("message_limit_exceeded")
         wait = self._too_soon(f"channel:{channel}", arrived)
         if wait is not None:
             limited = SlackAnswer(429, retry_after=wait)

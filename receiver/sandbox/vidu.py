@@ -40,8 +40,7 @@ ENDPOINTS: dict[str, tuple[int, int, bool]] = {
     "start-end2video": (2, 2, False),
     "reference2video": (1, 7, True),
 }
-TERMINAL_STATES = ("success", "failed")
-CANCELLABLE_STATES = ("created", "queueing")
+TERMINAL_STATES = ("success", "failed", "canceled")
 CALLBACK_STATES = ("scheduled", "processing", *TERMINAL_STATES)
 # The first choice is the default.
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -57,6 +56,10 @@ _ECHOED = (
 )  # fmt: skip
 _SUBMIT_FIXED: dict[str, Any] = {"cus_priority": 0, "is_rec": False, "wm_position": "unspecified"}
 _SUBMIT_FIXED |= {"wm_url": "", "meta_data": "", "client_request_id": ""}
+# Every field a submit may carry; Vidu refuses any other with FieldUnwanted.
+_KNOWN_FIELDS = frozenset({*_ECHOED, "bgm", "callback_url", "subjects", *_SUBMIT_FIXED})
+_SUBJECT_FIELDS = frozenset({"name", "images", "voice_id"})
+_MAX_SUBJECT_IMAGES = 3
 _MAX_PROMPT, _MAX_PAYLOAD = 2000, 1_048_576
 _FAKE_FILES = {
     "mp4": ("video/mp4", b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"),
@@ -93,7 +96,15 @@ class ViduSandboxSettings:
     rate_limit_submits: int = 0
     retry_after: int = 1
     fail_err_code: str = "AuditSubmitIllegal"
-    cancel_err_code: str = "TaskCanceled"
+    # How a canceled task reads afterwards. Unconfirmed: Vidu's error names include
+    # UserCancelled, so "failed" with that err_code is the default reading; "canceled"
+    # plays a Vidu (or proxy) that reports the state directly.
+    cancel_state: str = "failed"
+    cancel_err_code: str = "UserCancelled"
+    # States in which a cancel is accepted (Vidu refuses one for a scheduled task).
+    cancellable_states: tuple[str, ...] = ("created", "queueing")
+    # The next N requests to /ent/v2 answer 400 OperationInProcess ("try again later").
+    operation_in_process: int = 0
     file_ttl: float = 86_400.0
 
 
@@ -156,9 +167,36 @@ def _require(ok: bool, name: str, detail: str) -> None:
         raise ViduError(400, "FieldInvalid", f"invalid field: {name} ({detail})")
 
 
+def _refuse_unwanted(fields: Any, known: frozenset[str], where: str = "") -> None:
+    unwanted = sorted(str(name) for name in fields if name not in known)
+    if unwanted:
+        raise ViduError(400, "FieldUnwanted", f"unwanted field: {where}{unwanted[0]}")
+
+
+def _validate_subjects(subjects: Any) -> None:
+    _require(isinstance(subjects, list) and bool(subjects), "subjects", "must be a list")
+    for index, subject in enumerate(subjects):
+        where = f"subjects[{index}]"
+        _require(isinstance(subject, dict), where, "must be an object")
+        _refuse_unwanted(subject, _SUBJECT_FIELDS, f"{where}.")
+        name = subject.get("name")
+        _require(isinstance(name, str) and bool(name.strip()), f"{where}.name", "required")
+        images = subject.get("images")
+        fine = isinstance(images, list) and all(isinstance(i, str) and i for i in images)
+        count = len(images) if isinstance(images, list) else 0
+        in_range = 1 <= count <= _MAX_SUBJECT_IMAGES
+        _require(fine and in_range, f"{where}.images", f"1 to {_MAX_SUBJECT_IMAGES} images")
+
+
 def _validate(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     """Check a submit body against the documented fields; return them with defaults."""
     min_images, max_images, prompt_required = ENDPOINTS[kind]
+    _refuse_unwanted(body, _KNOWN_FIELDS)
+    subjects = body.get("subjects")
+    if subjects is not None:
+        _require(kind == "reference2video", "subjects", "only reference2video takes subjects")
+        _validate_subjects(subjects)
+        min_images = 0  # the subjects carry the images
 
     def get(name: str, default: Any) -> Any:
         value = body.get(name)
@@ -261,6 +299,7 @@ class ViduSandbox:
         if kind not in ENDPOINTS:
             raise ViduError(404, "NotFound", "not found")
         key = self._authenticate(request)
+        self._busy()
         if self.settings.rate_limit_submits > 0:
             self.settings.rate_limit_submits -= 1
             raise self._too_many_requests()
@@ -317,18 +356,29 @@ class ViduSandbox:
         if self.settings.status_outage:
             raise ViduError(503, "ServiceUnavailable", "service unavailable")
         self._authenticate(request)
-        return JSONResponse(self._status_body(self._find(request)))
+        task = self._find(request)
+        self._busy()
+        return JSONResponse(self._status_body(task))
 
     async def _cancel(self, request: Request) -> Response:
         self._authenticate(request)
         task = self._find(request)
-        if task.state not in CANCELLABLE_STATES:
+        self._busy()
+        if task.state not in self.settings.cancellable_states:
             # Wording from the Vidu docs' example of a refused cancel.
             raise ViduError(400, "BadRequest", f"task state is {task.state}, can not cancel")
         if task.runner is not None:
             task.runner.cancel()
-        self._set_state(task, "failed", self.settings.cancel_err_code)
+        s = self.settings
+        self._set_state(
+            task, s.cancel_state, s.cancel_err_code if s.cancel_state == "failed" else ""
+        )
         return JSONResponse({})
+
+    def _busy(self) -> None:
+        if self.settings.operation_in_process > 0:
+            self.settings.operation_in_process -= 1
+            raise ViduError(400, "OperationInProcess", "operation in process, try again later")
 
     async def _file(self, request: Request) -> Response:
         stem, _, ext = request.path_params["name"].rpartition(".")
@@ -356,7 +406,8 @@ class ViduSandbox:
             "id": task.task_id,
             state_field: task.state,
             "err_code": task.err_code,
-            "credits": 0 if task.state == "failed" else task.credits,  # failures are refunded
+            # Failed and canceled tasks are refunded.
+            "credits": 0 if task.state in ("failed", "canceled") else task.credits,
             "payload": task.params["payload"],
             "bgm": task.params["bgm"],
             "off_peak": task.params["off_peak"],

@@ -173,6 +173,16 @@ def test_the_text_part_of_a_failed_job_gives_the_error() -> None:
     assert "content policy: prompt rejected" in body
 
 
+def test_a_canceled_job_says_so_in_the_subject_and_the_headline() -> None:
+    canceled = event("job.canceled", result_url=None, cover_url=None, credits=None)
+    message = roundtrip(render(canceled, SENDER, TO))
+    assert message["Subject"] == "[vidhook] canceled: A red fox running through snow"
+    text, body = parts(message)
+    assert text.splitlines()[0] == "Your video was canceled before it was generated."
+    assert "Status:   canceled" in text.splitlines()
+    assert "Your video was canceled before it was generated." in body
+
+
 def test_elapsed_of_a_running_job_is_counted_to_the_event() -> None:
     running = Event(
         "dlv_1",

@@ -121,6 +121,40 @@ def test_410_ends_dead_with_the_channel_disabled_until_a_retry(service, slack):
     assert again.status_code == 409
 
 
+def test_a_removed_webhook_disables_the_channel(service, slack):
+    slack.settings.removed_webhooks.append("T000/B000/XXXX")
+    job = service.submit("Paper boats")
+    wait_for(lambda: settled(service, job["id"]), what="the delivery")
+    (dead,) = deliveries(service, job["id"])
+    assert dead["status"] == "dead" and dead["last_error"].endswith("no_service_id")
+    assert attempts(service, dead["id"]) == [("disabled", 400)]
+    assert service.rows("SELECT name FROM channel_states") == [("team",)]
+
+
+def test_a_spent_message_allowance_waits_and_is_delivered_later(sandbox, slack, db_path):
+    slack.settings.message_limit = 0
+    channel = {"type": "slack", "bot_token_env": "SLACK_TOKEN", "channel": "#videos",
+               "api_url": slack.url.split("/services/")[0] + "/api", "min_interval": 0}  # fmt: skip
+    extra = {"env": {"SLACK_TOKEN": "xoxb-test-token"}, "default_channels": ["team"],
+             "channels": {"team": channel}, "notify": QUICK_RETRIES}  # fmt: skip
+    with running_service(sandbox.url, db_path, extra=extra) as service:
+        job = service.submit("A lighthouse in fog")
+
+        def refused():
+            found = deliveries(service, job["id"])
+            return found and found[0]["attempts"] >= 1
+
+        wait_for(refused, what="the refused attempt")
+        slack.settings.message_limit = None
+        wait_for(lambda: settled(service, job["id"]), what="the delivery")
+        (delivery,) = deliveries(service, job["id"])
+        outcomes = attempts(service, delivery["id"])
+    assert delivery["status"] == "delivered"
+    assert outcomes[-1] == ("delivered", None) and set(outcomes[:-1]) == {("retry", 200)}
+    assert "message_limit_exceeded" in [r.error for r in slack.requests]
+    assert len(slack.messages) == 1
+
+
 def test_routing_follows_events_filters_and_the_jobs_own_list(service, slack):
     default = service.submit("Bees over lavender")
     chosen = service.submit("A tram at night", notify=["audit"])

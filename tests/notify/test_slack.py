@@ -121,6 +121,7 @@ def test_failed_without_error_says_so():
         ("failed", ":x: *Video failed*"),
         ("processing", ":hourglass_flowing_sand: *Video in progress*"),
         ("queued", ":inbox_tray: *Video queued*"),
+        ("canceled", ":no_entry_sign: *Video canceled*"),
     ],
 )
 def test_status_line(kind, line):
@@ -224,7 +225,8 @@ KINDS = {
                   "request_timeout"],
     "permanent": ["invalid_blocks", "msg_too_long", "invalid_arguments", "invalid_payload"],
     "gone": ["channel_not_found", "channel_is_archived", "is_archived", "not_in_channel",
-             "no_service", "invalid_auth", "token_revoked", "account_inactive"],
+             "no_service", "no_service_id", "invalid_auth", "token_revoked",
+             "account_inactive"],
     None: ["some_future_code"],
 }  # fmt: skip
 
@@ -368,6 +370,8 @@ WEBHOOK_FAILURES = [
     (SlackAnswer(400, "invalid_payload"), "permanent", None),
     (SlackAnswer(400, "invalid_blocks"), "permanent", None),
     (SlackAnswer(400, "channel_not_found"), "gone", None),
+    (SlackAnswer(400, "no_service_id"), "gone", None),
+    (SlackAnswer(429, "message_limit_exceeded"), "transient", None),
 ]
 BOT_FAILURES = [
     (SlackAnswer(500), "transient", None),
@@ -380,6 +384,8 @@ BOT_FAILURES = [
     (SlackAnswer(200, "token_revoked"), "gone", None),
     (SlackAnswer(200, "invalid_blocks"), "permanent", None),
     (SlackAnswer(200, "msg_too_long"), "permanent", None),
+    (SlackAnswer(200, "message_limit_exceeded"), "transient", None),
+    (SlackAnswer(200, "message_limit_exceeded", retry_after=60), "transient", 60.0),
     (SlackAnswer(410), "gone", None),
     (SlackAnswer(200, body=b"<html>Sign in to the hotel wifi</html>"), "transient", None),
 ]
@@ -416,6 +422,25 @@ def test_real_refusals_from_the_sink(slack):
     assert (error.kind, error.status_code) == ("gone", 404)
     assert "Deleted" not in str(error)
     assert slack.accepted == []
+
+
+def test_a_removed_webhook_is_gone(slack):
+    slack.settings.removed_webhooks.append("T0001/B0002/Removed")
+    error = send(webhook_config(f"{slack.url}/services/T0001/B0002/Removed"), event())
+    assert (error.kind, error.status_code) == ("gone", 400)
+    assert error.message.endswith(": no_service_id")
+    assert "Removed" not in str(error)
+
+
+def test_a_spent_message_allowance_is_retried_later_not_dead(slack):
+    slack.settings.message_limit = 1
+    config = bot_config(slack.url)
+    assert send(config, event()) is None
+    error = send(config, event())
+    assert (error.kind, error.message.rsplit(" ", 1)[-1]) == ("transient", "message_limit_exceeded")
+    slack.settings.message_limit = 2
+    assert send(config, event()) is None
+    assert len(slack.accepted) == 2
 
 
 @pytest.mark.parametrize("mode", ["webhook", "bot"])

@@ -147,16 +147,20 @@ def test_a_missing_model_is_reported_with_what_to_do():
     [
         (SubmitRequest(prompt=None), "prompt"),
         (SubmitRequest(prompt="   "), "prompt"),
-        (SubmitRequest(prompt="p", images=["https://i/1.png", "https://i/2.png"]), "images"),
         (SubmitRequest(prompt="p", images=[""]), "images"),
+        (SubmitRequest(prompt="p", images=["https://i/1.png", ""]), "images"),
         (SubmitRequest(prompt="p", mode="img2video"), "mode"),
         (SubmitRequest(prompt="p", options={"model": "kling-v1"}), "options.model"),
         (SubmitRequest(prompt="p", options={"prompt": "x"}), "options.prompt"),
         (SubmitRequest(prompt="p", options={"image": "https://i/1.png"}), "options.image"),
         (SubmitRequest(prompt="p", options={"images": []}), "options.images"),
         (SubmitRequest(prompt="p", options={"callback_url": "https://x"}), "options.callback_url"),
-        (SubmitRequest(prompt="p", options={"duration": "5"}), "options.duration"),
+        (SubmitRequest(prompt="p", options={"duration": 5.5}), "options.duration"),
+        (SubmitRequest(prompt="p", options={"duration": "5.5"}), "options.duration"),
+        (SubmitRequest(prompt="p", options={"duration": "five"}), "options.duration"),
         (SubmitRequest(prompt="p", options={"duration": 0}), "options.duration"),
+        (SubmitRequest(prompt="p", options={"duration": "-3"}), "options.duration"),
+        (SubmitRequest(prompt="p", options={"duration": True}), "options.duration"),
         (SubmitRequest(prompt="p", options={"fps": 24.5}), "options.fps"),
         (SubmitRequest(prompt="p", options={"seed": True}), "options.seed"),
         (SubmitRequest(prompt="p", options={"width": "1280"}), "options.width"),
@@ -176,7 +180,7 @@ def test_invalid_requests_name_the_field_and_send_nothing(request_, field):
 
 
 def test_every_problem_is_reported_at_once():
-    request = SubmitRequest(prompt=None, images=["a", "b"], options={"model": "m", "fps": "x"})
+    request = SubmitRequest(prompt=None, images=["a", ""], options={"model": "m", "fps": "x"})
     with pytest.raises(InvalidRequest) as caught:
         make(submit_ok([]), default_model=None).validate(request)
     assert set(caught.value.fields) == {"model", "prompt", "images", "options.model", "options.fps"}
@@ -184,13 +188,47 @@ def test_every_problem_is_reported_at_once():
 
 def test_documented_and_vendor_options_pass_through():
     options = {
-        "duration": 5.5, "fps": 24, "height": 1080, "width": 1920, "seed": 0, "n": 1,
+        "duration": 6, "fps": 24, "height": 1080, "width": 1920, "seed": 0, "n": 1,
         "response_format": "url", "user": "u-1", "metadata": {"aspect_ratio": "16:9"},
         "resolution": "1080p",
     }  # fmt: skip
     seen = []
     asyncio.run(make(submit_ok(seen)).submit(SubmitRequest(prompt="p", options=options), None))
     assert json.loads(seen[0].content) == {"model": "kling-v1", "prompt": "p", **options}
+
+
+@pytest.mark.parametrize("duration", [5, 5.0, "5", " 5 "])
+def test_duration_is_sent_as_an_integer(duration):
+    seen = []
+    request = SubmitRequest(prompt="p", options={"duration": duration})
+    asyncio.run(make(submit_ok(seen)).submit(request, None))
+    sent = json.loads(seen[0].content)["duration"]
+    assert sent == 5 and type(sent) is int
+
+
+def test_several_images_go_in_images():
+    seen = []
+    images = ["https://i/1.png", "data:image/png;base64,iVBORw0KGgo=", "https://i/3.png"]
+    asyncio.run(make(submit_ok(seen)).submit(SubmitRequest(prompt="p", images=images), None))
+    body = json.loads(seen[0].content)
+    assert body["images"] == images and "image" not in body
+
+
+def test_the_real_gateways_200_answer_is_accepted():
+    seen = []
+    answer = {"id": TASK_ID, "task_id": TASK_ID, "object": "video", "model": "kling-v1",
+              "status": "queued", "progress": 0, "created_at": 1640995200}  # fmt: skip
+
+    def handler(request):
+        seen.append(request)
+        return httpx.Response(200, json=answer)
+
+    submission = asyncio.run(make(handler).submit(SubmitRequest(prompt="p"), None))
+    assert submission.provider_job_id == TASK_ID
+    assert (submission.observation.status, submission.observation.provider_status) == (
+        Status.QUEUED,
+        "queued",
+    )
 
 
 # --- fetch and the two status shapes -------------------------------------------------
@@ -530,3 +568,159 @@ def test_no_callbacks():
     assert gateway.supports_callbacks is False
     with pytest.raises(NotImplementedError):
         gateway.parse_callback({})
+
+
+# --- Gemini and Vertex (Veo) channels ----------------------------------------------
+
+GEMINI_URL = "https://gw.test/v1/videos/task_9b1Yq2/content"
+
+
+def gemini(**fields):
+    """What a Gemini or Vertex channel's task looks like (new-api's VideoTaskResponse)."""
+    return {"task_id": TASK_ID, **fields}
+
+
+@pytest.mark.parametrize(
+    ("word", "status"),
+    [
+        ("queued", Status.QUEUED),
+        ("processing", Status.PROCESSING),
+        ("succeeded", Status.COMPLETED),
+        ("failed", Status.FAILED),
+    ],
+)
+@pytest.mark.parametrize("enveloped", [True, False])
+def test_gemini_words_with_and_without_the_envelope(word, status, enveloped):
+    task = gemini(status=word)
+    seen = observation({"code": "success", "data": task} if enveloped else task)
+    assert (seen.status, seen.provider_status, seen.known) == (status, word, True)
+    assert seen.provider_job_id == TASK_ID
+
+
+@pytest.mark.parametrize("enveloped", [True, False])
+def test_a_gemini_task_completes_with_its_url(enveloped):
+    task = gemini(status="succeeded", url=GEMINI_URL, format="mp4",
+                  metadata={"duration": 8.0, "fps": 24, "width": 1280, "height": 720,
+                            "seed": 7})  # fmt: skip
+    body = {"code": "success", "message": "", "data": task} if enveloped else task
+    gateway = make(lambda request: httpx.Response(200, json=body))
+    seen = asyncio.run(gateway.fetch(job()))
+    assert (seen.status, seen.result_url, seen.error) == (Status.COMPLETED, GEMINI_URL, None)
+
+
+@pytest.mark.parametrize("enveloped", [True, False])
+def test_a_gemini_failure_gives_its_message(enveloped):
+    task = gemini(status="failed", error={"code": 400, "message": "blocked by safety filters"})
+    seen = observation({"code": "success", "data": task} if enveloped else task)
+    assert (seen.status, seen.error, seen.result_url) == (
+        Status.FAILED,
+        "blocked by safety filters",
+        None,
+    )
+
+
+def test_a_row_id_is_not_taken_for_the_task_id():
+    seen = observation(envelope(status="QUEUED", id=12, task_id=None))
+    assert seen.provider_job_id is None
+
+
+# --- results served by the gateway itself ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base_url", "expected"),
+    [
+        ("https://gw.test", f"https://gw.test/v1/videos/{TASK_ID}/content"),
+        ("https://gw.test/v1", f"https://gw.test/v1/videos/{TASK_ID}/content"),
+        ("https://gw.test/relay", f"https://gw.test/relay/v1/videos/{TASK_ID}/content"),
+    ],
+)
+def test_a_completed_task_without_a_link_is_fetched_from_the_content_route(base_url, expected):
+    body = {"id": TASK_ID, "object": "video", "status": "completed", "progress": 100}
+    gateway = make(lambda request: httpx.Response(200, json=body), base_url=base_url)
+    seen = asyncio.run(gateway.fetch(job()))
+    assert (seen.status, seen.result_url) == (Status.COMPLETED, expected)
+    running = {"id": TASK_ID, "object": "video", "status": "in_progress"}
+    gateway = make(lambda request: httpx.Response(200, json=running), base_url=base_url)
+    assert asyncio.run(gateway.fetch(job())).result_url is None
+
+
+def test_metadata_url_from_the_videos_endpoint():
+    body = {"id": TASK_ID, "object": "video", "status": "completed",
+            "metadata": {"url": "https://cdn.kling.example/v.mp4"}}  # fmt: skip
+    gateway = make(lambda request: httpx.Response(200, json=body))
+    gateway.status_paths = (VIDEO_PATH, TASK_PATH)
+    assert asyncio.run(gateway.fetch(job())).result_url == "https://cdn.kling.example/v.mp4"
+
+
+def test_download_adds_the_key_only_on_the_gateways_own_origin():
+    gateway = make(submit_ok([]))
+    own = gateway.download(job(OLD.fingerprint), GEMINI_URL)
+    assert (own.url, dict(own.headers)) == (
+        GEMINI_URL,
+        {"Authorization": "Bearer sk-newapi-old-key"},
+    )
+    explicit_port = gateway.download(job(), "https://gw.test:443/v1/videos/x/content")
+    assert explicit_port.headers == {"Authorization": "Bearer sk-newapi-unit-key"}
+    for elsewhere in (
+        "https://cdn.kling.example/v.mp4",
+        "http://gw.test/v1/videos/x/content",  # another scheme is another origin
+        "https://gw.test:8443/v1/videos/x/content",
+        "https://gw.test.evil.example/v1/videos/x/content",
+        "https://evil.example/gw.test/v.mp4",
+        "not a url at all",
+    ):
+        assert gateway.download(job(), elsewhere).headers == {}, elsewhere
+
+
+def test_the_content_route_under_another_address_is_fetched_from_the_gateway():
+    gateway = make(submit_ok([]), base_url="http://newapi:3000")
+    public = f"https://api.example.com/v1/videos/{TASK_ID}/content"
+    fetched = gateway.download(job(), public)
+    assert fetched.url == f"http://newapi:3000/v1/videos/{TASK_ID}/content"
+    assert fetched.headers == {"Authorization": "Bearer sk-newapi-unit-key"}
+    other_task = gateway.download(job(), "https://api.example.com/v1/videos/task_other/content")
+    assert (other_task.url, other_task.headers) == (
+        "https://api.example.com/v1/videos/task_other/content",
+        {},
+    )
+
+
+# --- 501: a platform without a converter to the video object -------------------------
+
+
+def not_implemented():
+    error = {"message": "video conversion is not supported for this platform",
+             "type": "new_api_error", "code": "convert_not_supported"}  # fmt: skip
+    return httpx.Response(501, json={"error": error})
+
+
+def test_501_on_videos_falls_back_to_the_task_endpoint():
+    seen = []
+
+    def handler(request):
+        seen.append(request.url.path)
+        if request.url.path.startswith("/v1/videos/"):
+            return not_implemented()
+        return httpx.Response(200, json=envelope(status="SUCCESS", result_url="https://cdn/v.mp4"))
+
+    gateway = make(handler)
+    gateway.status_paths = (VIDEO_PATH, TASK_PATH)
+    assert asyncio.run(gateway.fetch(job())).result_url == "https://cdn/v.mp4"
+    asyncio.run(gateway.fetch(job()))
+    assert seen == [
+        f"/v1/videos/{TASK_ID}",
+        f"/v1/video/generations/{TASK_ID}",
+        f"/v1/video/generations/{TASK_ID}",
+    ]
+
+
+def test_501_with_no_task_endpoint_fails_clearly_and_for_good():
+    def handler(request):
+        return not_implemented() if request.url.path.startswith("/v1/videos/") else not_found()
+
+    with pytest.raises(ProviderError) as caught:
+        asyncio.run(make(handler).fetch(job()))
+    error = caught.value
+    assert (error.transient, error.status_code, error.code) == (False, 501, "convert_not_supported")
+    assert "/v1/videos answers 501" in error.message

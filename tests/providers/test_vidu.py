@@ -182,3 +182,124 @@ def test_observation_maps_states_and_keeps_unknown_ones_raw():
         False,
     )
     assert observation({"creations": "garbage", "credits": "x"}).status is Status.QUEUED
+
+
+# --- cancel ------------------------------------------------------------------------
+
+
+def test_cancel_posts_with_the_creating_key_and_reads_as_canceled():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    observed = asyncio.run(make(handler).cancel(JobRef("job", "9110", OLD.fingerprint)))
+    assert observed is not None and observed.status is Status.CANCELED
+    (sent,) = seen
+    assert (sent.method, sent.url.path) == ("POST", "/ent/v2/tasks/9110/cancel")
+    assert sent.headers["authorization"] == "Token vidu-old-key"
+
+
+def test_a_refused_cancel_is_a_permanent_provider_error():
+    def handler(request):
+        body = {"code": 400, "reason": "BadRequest",
+                "message": "task state is scheduled, can not cancel"}  # fmt: skip
+        return httpx.Response(400, json=body)
+
+    with pytest.raises(ProviderError) as caught:
+        asyncio.run(make(handler).cancel(JobRef("job", "9110", KEY.fingerprint)))
+    assert not caught.value.transient
+    assert caught.value.message == "task state is scheduled, can not cancel"
+
+
+def test_cancel_before_the_task_id_is_known_is_transient_and_sends_nothing():
+    seen = []
+    vidu = make(lambda request: seen.append(request) or httpx.Response(200, json={}))
+    with pytest.raises(ProviderError) as caught:
+        asyncio.run(vidu.cancel(JobRef("job", None, KEY.fingerprint)))
+    assert caught.value.transient and seen == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "1", "state": "failed", "err_code": "UserCancelled", "creations": []},
+        {"id": "1", "state": "canceled", "err_code": ""},
+        {"id": "1", "state": "cancelled"},
+    ],
+)
+def test_both_readings_of_a_canceled_task_are_canceled(body):
+    observed = observation(body)
+    assert (observed.status, observed.known, observed.error) == (Status.CANCELED, True, None)
+
+
+def test_an_unhashable_err_code_is_kept_as_a_failure():
+    observed = observation({"state": "failed", "err_code": ["UserCancelled"]})
+    assert observed.status is Status.FAILED
+
+
+# --- errors beyond the seed page ----------------------------------------------------
+
+
+def test_operation_in_process_is_transient():
+    def handler(request):
+        body = {"code": 400, "reason": "OperationInProcess", "message": "operation in process"}
+        return httpx.Response(400, json=body)
+
+    for call in (
+        lambda vidu: vidu.fetch(JobRef("job", "9110", KEY.fingerprint)),
+        lambda vidu: vidu.submit(SubmitRequest(prompt="p"), None),
+        lambda vidu: vidu.cancel(JobRef("job", "9110", KEY.fingerprint)),
+    ):
+        with pytest.raises(ProviderError) as caught:
+            asyncio.run(call(make(handler)))
+        assert caught.value.transient
+        assert (caught.value.status_code, caught.value.code) == (400, "OperationInProcess")
+
+
+# --- reference2video subjects ------------------------------------------------------
+
+SUBJECTS = [
+    {"name": "cat", "images": ["https://i/cat1.png", "https://i/cat2.png"]},
+    {"name": "hat", "images": ["data:image/png;base64,iVBORw0KGgo="], "voice_id": "v1"},
+]
+
+
+def test_subjects_go_to_reference2video_as_given():
+    seen = []
+    vidu = make(submit_ok(seen))
+    request = SubmitRequest(prompt="@cat wears @hat", options={"subjects": SUBJECTS})
+    assert endpoint_for(request) == "reference2video"
+    asyncio.run(vidu.submit(request, None))
+    assert seen[0].url.path == "/ent/v2/reference2video"
+    body = json.loads(seen[0].content)
+    assert body["subjects"] == SUBJECTS and "images" not in body
+
+
+@pytest.mark.parametrize(
+    ("options", "extra", "field"),
+    [
+        ({"subjects": "cat"}, {}, "options.subjects"),
+        ({"subjects": []}, {}, "options.subjects"),
+        ({"subjects": [SUBJECTS[0]] * 8}, {}, "options.subjects"),
+        ({"subjects": ["cat"]}, {}, "options.subjects[0]"),
+        ({"subjects": [{**SUBJECTS[0], "tags": []}]}, {}, "options.subjects[0]"),
+        ({"subjects": [{"images": ["https://i/1.png"]}]}, {}, "options.subjects[0].name"),
+        ({"subjects": [{"name": "cat", "images": ["a", "b", "c", "d"]}]}, {},
+         "options.subjects[0].images"),
+        ({"subjects": [{"name": "cat", "images": []}]}, {}, "options.subjects[0].images"),
+        ({"subjects": [{"name": "cat", "images": [""]}]}, {}, "options.subjects[0].images"),
+        ({"subjects": [{**SUBJECTS[0], "voice_id": 3}]}, {}, "options.subjects[0].voice_id"),
+        ({"subjects": SUBJECTS}, {"images": ["https://i/1.png"]}, "images"),
+        ({"subjects": SUBJECTS}, {"mode": "text2video"}, "options.subjects"),
+    ],
+)  # fmt: skip
+def test_bad_subjects_name_the_field_and_send_nothing(options, extra, field):
+    seen = []
+    vidu = make(submit_ok(seen))
+    request = SubmitRequest(prompt="@cat", options=options, **extra)
+    with pytest.raises(InvalidRequest) as caught:
+        asyncio.run(vidu.submit(request, None))
+    assert field in caught.value.fields, caught.value.fields
+    assert seen == []

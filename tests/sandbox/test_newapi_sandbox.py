@@ -124,7 +124,7 @@ def test_submit_then_poll_until_completed_with_a_result_url(url: str, fake: NewA
         return submission, await poll(gateway, ref(submission), terminal)
 
     submission, seen = with_adapter(url, work)
-    assert submission.observation.provider_status == "processing"
+    assert submission.observation.provider_status == "queued"
     assert submission.observation.status is Status.QUEUED
     words = [o.provider_status for o in seen]
     assert words[0] in ("SUBMITTED", "QUEUED")
@@ -226,6 +226,145 @@ def test_an_unknown_task_is_permanent(url: str) -> None:
     assert (error.status_code, error.transient, error.code) == (400, False, "task_not_exist")
 
 
+def test_an_unknown_task_answers_as_the_gateway_does(url: str) -> None:
+    with raw_client(url) as client:
+        response = client.get("/v1/video/generations/task_doesnotexist")
+    assert response.status_code == 400
+    assert response.json() == {"code": "task_not_exist", "message": "task_not_exist", "data": None}
+
+
+# --- Gemini and Vertex (Veo) channels, and the content route ---------------------------
+
+VEO = "veo-3.0-generate-001"
+
+
+@pytest.mark.parametrize("enveloped", [True, False])
+def test_a_veo_task_completes_with_its_url_and_downloads_with_the_key(
+    url: str, fake: NewApiFake, enveloped: bool
+) -> None:
+    fake.settings.gemini_envelope = enveloped
+
+    async def work(gateway: NewApi) -> tuple[Submission, list[Observation], httpx.Response]:
+        submission = await gateway.submit(SubmitRequest(prompt="waves", model=VEO), None)
+        seen = await poll(gateway, ref(submission), terminal)
+        assert seen[-1].result_url is not None
+        how = gateway.download(ref(submission), seen[-1].result_url)
+        video = await gateway.client.get(how.url, headers=dict(how.headers))
+        return submission, seen, video
+
+    submission, seen, video = with_adapter(url, work)
+    task_id = submission.provider_job_id
+    words = [o.provider_status for o in seen]
+    assert words[-1] == "succeeded" and "processing" in words and all(o.known for o in seen)
+    assert seen[-1].raw is not None and ("url" in seen[-1].raw) and ("status" in seen[-1].raw)
+    assert seen[-1].result_url == f"{url}/v1/videos/{task_id}/content"
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    with raw_client(url) as client:
+        task = client.get(f"/v1/video/generations/{task_id}").json()
+    answer = task["data"] if enveloped else task
+    assert set(answer) == {"task_id", "status", "url", "format", "metadata"}
+    assert ("code" in task) == enveloped
+
+
+def test_a_failed_veo_task_gives_the_gateways_message(url: str, fake: NewApiFake) -> None:
+    fake.settings.fail_reason = "the prompt was blocked by safety filters"
+    seen = with_adapter(url, lambda g: submit_and_finish_with(g, "waves [fail]", VEO))
+    assert (seen[-1].status, seen[-1].provider_status) == (Status.FAILED, "failed")
+    assert seen[-1].error == "the prompt was blocked by safety filters"
+
+
+async def submit_and_finish_with(gateway: NewApi, prompt: str, model: str) -> list[Observation]:
+    submission = await gateway.submit(SubmitRequest(prompt=prompt, model=model), None)
+    return await poll(gateway, ref(submission), terminal)
+
+
+def test_the_content_route_opens_only_with_the_creators_key(url: str) -> None:
+    submission = with_adapter(url, lambda g: g.submit(SubmitRequest(prompt="p", model=VEO), None))
+    task_id = submission.provider_job_id
+    content = f"/v1/videos/{task_id}/content"
+    with raw_client(url) as client:
+        deadline = time.monotonic() + 5
+        while client.get(f"/v1/videos/{task_id}").json()["status"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert client.get(content).status_code == 200
+    assert_gateway_error(httpx.get(f"{url}{content}"), 401, None, nested=True)
+    with raw_client(url, OTHER_KEY) as other:
+        assert other.get(content).json()["code"] == "task_not_exist"
+    # The video object of a Veo task carries no link of its own.
+    with raw_client(url) as client:
+        assert "metadata" not in client.get(f"/v1/videos/{task_id}").json()
+
+
+def test_a_content_route_of_a_kling_task_in_progress_is_refused(url: str) -> None:
+    submission = with_adapter(url, lambda g: g.submit(SubmitRequest(prompt="p [never]"), None))
+    with raw_client(url) as client:
+        response = client.get(f"/v1/videos/{submission.provider_job_id}/content")
+    assert_gateway_error(response, 400, "task_not_completed")
+
+
+# --- 501, duration, images ----------------------------------------------------------------
+
+
+def test_501_on_videos_falls_back_to_the_task_route(url: str, fake: NewApiFake) -> None:
+    fake.settings.no_video_converter = True
+
+    async def work(gateway: NewApi) -> tuple[str, list[Observation]]:
+        gateway.status_paths = (VIDEO_PATH, gateway.status_paths[0])
+        submission = await gateway.submit(SubmitRequest(prompt="p"), None)
+        return submission.provider_job_id, await poll(gateway, ref(submission), terminal)
+
+    task_id, seen = with_adapter(url, work)
+    assert seen[-1].status is Status.COMPLETED
+    assert seen[-1].result_url == f"{url}/files/{task_id}.mp4"
+    asked = [(r.path.split("/")[2], r.status_code) for r in fake.requests if r.task_id == task_id]
+    # One 501 from /v1/videos, then the adapter keeps to the task route.
+    assert asked[:3] == [("video", 200), ("videos", 501), ("video", 200)]
+    assert all(a == ("video", 200) for a in asked[3:])
+
+
+def test_501_without_a_task_route_fails_clearly(url: str, fake: NewApiFake) -> None:
+    fake.settings.no_video_converter = True
+    fake.settings.task_route = False
+    submission = with_adapter(url, lambda g: g.submit(SubmitRequest(prompt="p"), None))
+    with pytest.raises(ProviderError) as caught:
+        with_adapter(url, lambda g: g.fetch(ref(submission)))
+    error = caught.value
+    assert (error.transient, error.status_code, error.code) == (False, 501, "convert_not_supported")
+    assert "501" in error.message
+
+
+@pytest.mark.parametrize(("sent", "kept"), [(6, 6), ("6", 6), (5.5, None), ("six", None)])
+def test_the_gateway_keeps_an_integer_duration_and_drops_anything_else(
+    url: str, fake: NewApiFake, sent: object, kept: int | None
+) -> None:
+    with raw_client(url) as client:
+        body = {"model": "kling-v1", "prompt": "p", "duration": sent}
+        task_id = client.post("/v1/video/generations", json=body).json()["task_id"]
+    task = fake.task(task_id)
+    assert task is not None and task.duration == kept
+
+
+def test_the_adapter_sends_duration_as_the_gateway_keeps_it(url: str, fake: NewApiFake) -> None:
+    request = SubmitRequest(prompt="p", options={"duration": "6"})
+    submission = with_adapter(url, lambda g: g.submit(request, None))
+    task = fake.task(submission.provider_job_id)
+    assert task is not None and task.duration == 6 and task.body["duration"] == 6
+
+
+def test_several_images_arrive_in_images(url: str, fake: NewApiFake) -> None:
+    images = ["https://i.example/1.png", "https://i.example/2.png"]
+    request = SubmitRequest(prompt="p", images=images)
+    submission = with_adapter(url, lambda g: g.submit(request, None))
+    task = fake.task(submission.provider_job_id)
+    assert task is not None and task.body["images"] == images and "image" not in task.body
+    with raw_client(url) as client:
+        refused = client.post(
+            "/v1/video/generations", json={"model": "kling-v1", "prompt": "p", "images": [""]}
+        )
+    assert assert_gateway_error(refused, 400, "invalid_request")["param"] == "images"
+
+
 def test_an_error_burst_is_transient_then_the_fetch_succeeds(url: str, fake: NewApiFake) -> None:
     async def work(gateway: NewApi) -> tuple[list[ProviderError], Observation]:
         submission = await gateway.submit(SubmitRequest(prompt="p"), None)
@@ -277,7 +416,7 @@ def test_without_the_task_route_fetch_falls_back_to_videos(url: str, fake: NewAp
     assert seen[-1].result_url == f"{url}/files/{task_id}.mp4"
     asked = [(r.path.split("/")[2], r.status_code) for r in fake.requests if r.task_id == task_id]
     # One 404 from the task route, then the adapter remembers /v1/videos.
-    assert asked[:3] == [("video", 201), ("video", 404), ("videos", 200)]
+    assert asked[:3] == [("video", 200), ("video", 404), ("videos", 200)]
     assert all(a == ("videos", 200) for a in asked[3:])
 
 
@@ -321,18 +460,36 @@ def test_slow_marker_stretches_every_stage(url: str) -> None:
 # --- the fake's own shapes ------------------------------------------------------------
 
 
+def test_the_seed_pages_201_submit_answer_on_a_setting(url: str, fake: NewApiFake) -> None:
+    fake.settings.seed_submit = True
+    with raw_client(url) as client:
+        response = client.post("/v1/video/generations", json={"model": "viduq1", "prompt": "p"})
+    assert response.status_code == 201, response.text
+    accepted = response.json()
+    assert set(accepted) == {"id", "object", "model", "created_at", "task_id", "status"}
+    assert accepted["status"] == "processing"
+    submission = with_adapter(url, lambda g: g.submit(SubmitRequest(prompt="p"), None))
+    assert (submission.observation.status, submission.observation.provider_status) == (
+        Status.QUEUED,
+        "processing",
+    )
+
+
 def test_submit_and_both_status_shapes(url: str) -> None:
     with raw_client(url) as client:
         body = {"model": "viduq1", "prompt": "p", "duration": 5, "size": "1920x1080"}
         response = client.post("/v1/video/generations", json=body)
-        assert response.status_code == 201, response.text
+        assert response.status_code == 200, response.text
         accepted = response.json()
-        assert set(accepted) == {"id", "object", "model", "created_at", "task_id", "status"}
+        assert set(accepted) == {
+            "id", "object", "model", "created_at", "task_id", "status", "progress"
+        }  # fmt: skip
         assert (accepted["object"], accepted["model"], accepted["status"]) == (
             "video",
             "viduq1",
-            "processing",
+            "queued",
         )
+        assert accepted["progress"] == 0
         task_id = accepted["task_id"]
         assert task_id.startswith("task_") and accepted["id"] == task_id
 
@@ -366,8 +523,6 @@ def test_submit_and_both_status_shapes(url: str) -> None:
         ("model", "sora-9"),
         ("prompt", None),
         ("prompt", " "),
-        ("duration", "5"),
-        ("duration", 0),
         ("fps", 2.5),
         ("n", True),
         ("size", "big"),
@@ -440,7 +595,7 @@ def test_the_request_log_names_the_task(url: str, fake: NewApiFake) -> None:
     while len(mine()) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert mine() == [
-        ("POST", "/v1/video/generations", 201),
+        ("POST", "/v1/video/generations", 200),
         ("GET", f"/v1/video/generations/{task_id}", 404),
         ("GET", f"/v1/videos/{task_id}", 200),
     ]

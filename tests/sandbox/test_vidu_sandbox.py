@@ -157,7 +157,7 @@ def wait_terminal(client: httpx.Client, task_id: str) -> dict[str, Any]:
 
     def done() -> bool:
         result.update(status(client, task_id))
-        return result["state"] in ("success", "failed")
+        return result["state"] in ("success", "failed", "canceled")
 
     wait_until(done)
     return result
@@ -364,18 +364,92 @@ def test_fail_marker_ends_failed_with_err_code(client: httpx.Client, sandbox: Vi
     assert final["creations"] == []
 
 
-def test_cancel_ends_failed_and_only_before_processing(client: httpx.Client) -> None:
+def test_cancel_ends_failed_with_user_cancelled_and_only_before_processing(
+    client: httpx.Client,
+) -> None:
     task_id = submit(client, "[slow]")["task_id"]
     response = client.post(f"/ent/v2/tasks/{task_id}/cancel", json={"id": task_id})
     assert response.status_code == 200 and response.json() == {}
     after = status(client, task_id)
-    assert (after["state"], after["err_code"]) == ("failed", "TaskCanceled")
+    assert (after["state"], after["err_code"], after["credits"]) == ("failed", "UserCancelled", 0)
     time.sleep(0.2)
     assert status(client, task_id)["state"] == "failed"  # progression stopped
 
     again = client.post(f"/ent/v2/tasks/{task_id}/cancel")
     assert_vidu_error(again, 400, "BadRequest")
     assert "can not cancel" in again.json()["message"]
+
+
+def test_cancel_state_can_read_canceled(client: httpx.Client, sandbox: ViduSandbox) -> None:
+    sandbox.settings.cancel_state = "canceled"
+    task_id = submit(client, "[slow]")["task_id"]
+    assert client.post(f"/ent/v2/tasks/{task_id}/cancel").json() == {}
+    after = status(client, task_id)
+    assert (after["state"], after["err_code"]) == ("canceled", "")
+
+
+def test_a_scheduled_task_cannot_be_canceled(client: httpx.Client, sandbox: ViduSandbox) -> None:
+    task_id = submit(client, "[unknown] [slow]")["task_id"]
+    wait_until(lambda: status(client, task_id)["state"] == "scheduled")
+    refused = client.post(f"/ent/v2/tasks/{task_id}/cancel")
+    assert_vidu_error(refused, 400, "BadRequest")
+    assert refused.json()["message"] == "task state is scheduled, can not cancel"
+    assert wait_terminal(client, task_id)["state"] == "success"
+
+
+def test_operation_in_process_answers_400_then_passes(
+    client: httpx.Client, sandbox: ViduSandbox
+) -> None:
+    task_id = submit(client, "[slow]")["task_id"]
+    sandbox.settings.operation_in_process = 2
+    for _ in range(2):
+        assert_vidu_error(
+            client.get(f"/ent/v2/tasks/{task_id}/creations"), 400, "OperationInProcess"
+        )
+    assert status(client, task_id)["id"] == task_id
+
+
+def test_unknown_fields_are_unwanted(client: httpx.Client) -> None:
+    response = client.post(
+        "/ent/v2/text2video", json={"model": "viduq2", "prompt": "a cat", "fps": 24}
+    )
+    assert_vidu_error(response, 400, "FieldUnwanted")
+    assert "fps" in response.json()["message"]
+
+
+SUBJECT = {"name": "cat", "images": ["https://example.com/cat1.png"]}
+
+
+def test_reference2video_takes_subjects(client: httpx.Client) -> None:
+    body = {"model": "viduq2", "prompt": "@cat plays", "subjects": [SUBJECT]}
+    response = client.post("/ent/v2/reference2video", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["images"] == []
+
+
+@pytest.mark.parametrize(
+    ("subjects", "reason", "named"),
+    [
+        ([{**SUBJECT, "tags": ["x"]}], "FieldUnwanted", "subjects[0].tags"),
+        ([{**SUBJECT, "images": [f"https://e/{n}.png" for n in range(4)]}], "FieldInvalid",
+         "subjects[0].images"),
+        ([{"images": SUBJECT["images"]}], "FieldInvalid", "subjects[0].name"),
+        ([], "FieldInvalid", "subjects"),
+        ("cat", "FieldInvalid", "subjects"),
+    ],
+)  # fmt: skip
+def test_bad_subjects_are_refused(
+    client: httpx.Client, subjects: object, reason: str, named: str
+) -> None:
+    body = {"model": "viduq2", "prompt": "@cat", "subjects": subjects}
+    response = client.post("/ent/v2/reference2video", json=body)
+    assert_vidu_error(response, 400, reason)
+    assert named in response.json()["message"]
+
+
+def test_only_reference2video_takes_subjects(client: httpx.Client) -> None:
+    body = {"model": "viduq2", "prompt": "a cat", "subjects": [SUBJECT]}
+    assert_vidu_error(client.post("/ent/v2/text2video", json=body), 400, "FieldInvalid")
 
 
 def test_unknown_task_is_404(client: httpx.Client) -> None:
@@ -522,7 +596,7 @@ def test_cancel_sends_a_failed_callback(client: httpx.Client, hooks: CallbackRec
     task_id = submit(client, "[slow]", callback_url=url)["task_id"]
     assert client.post(f"/ent/v2/tasks/{task_id}/cancel").status_code == 200
     [got] = hooks.wait(url, 1)
-    assert (got.json["state"], got.json["err_code"]) == ("failed", "TaskCanceled")
+    assert (got.json["state"], got.json["err_code"]) == ("failed", "UserCancelled")
 
 
 def test_failing_receiver_gets_the_terminal_callback_retried(

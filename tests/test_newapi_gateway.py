@@ -1,0 +1,93 @@
+"""A new-api gateway through a running service, as the real gateway answers: Gemini and
+Vertex (Veo) tasks, results only the gateway's key opens, 501 on /v1/videos, durations
+and several images."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from receiver.providers.base import JobRef
+from tests.conftest import running_service, settings_restored
+
+VEO = "veo-3.0-generate-001"
+
+
+def submit(service, prompt, **fields):
+    response = service.api.post(
+        "/api/jobs", json={"provider": "newapi", "prompt": prompt, **fields}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize("enveloped", [True, False])
+def test_a_veo_task_completes_with_its_url(service, sandbox, enveloped):
+    with settings_restored(sandbox.newapi.settings) as settings:
+        settings.gemini_envelope = enveloped
+        job = submit(service, "Surf at golden hour", model=VEO)
+        done = service.wait_status(job["id"], "completed")
+    task_id = done["provider_job_id"]
+    assert done["result_url"] == f"{sandbox.url}/newapi/v1/videos/{task_id}/content"
+    assert done["provider_status"] == "succeeded"
+    assert [t["to_status"] for t in done["transitions"]] == ["queued", "processing", "completed"]
+
+    # The link opens only with the gateway's key, which the adapter adds for its own
+    # origin: what the archive does with it.
+    assert httpx.get(done["result_url"]).status_code == 401
+    provider = service.server.app.state.runtime.providers["newapi"]
+    how = provider.download(
+        JobRef(done["id"], task_id, done["key_fingerprint"]), done["result_url"]
+    )
+    video = httpx.get(how.url, headers=dict(how.headers))
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+
+
+def test_a_failed_veo_task_keeps_the_gateways_message(service, sandbox):
+    job = submit(service, "Surf [fail]", model=VEO)
+    done = service.wait_status(job["id"], "failed")
+    assert done["error"] == sandbox.newapi.settings.fail_reason
+    assert done["provider_status"] == "failed"
+
+
+def test_501_on_videos_falls_back_to_the_task_route(sandbox, tmp_path):
+    with settings_restored(sandbox.newapi.settings) as settings:
+        settings.no_video_converter = True
+        with running_service(sandbox.url, tmp_path / "vidhook.db") as service:
+            provider = service.server.app.state.runtime.providers["newapi"]
+            provider.status_paths = (provider.status_paths[1], provider.status_paths[0])
+            job = submit(service, "Rain on a tin roof")
+            done = service.wait_status(job["id"], "completed")
+    task_id = done["provider_job_id"]
+    assert done["result_url"] == f"{sandbox.url}/newapi/files/{task_id}.mp4"
+    asked = [r.status_code for r in sandbox.newapi.requests if r.task_id == task_id]
+    assert 501 in asked and asked[-1] == 200
+
+
+def test_501_with_no_task_route_fails_the_job_clearly(sandbox, tmp_path):
+    with settings_restored(sandbox.newapi.settings) as settings:
+        settings.no_video_converter = True
+        settings.task_route = False
+        with running_service(sandbox.url, tmp_path / "vidhook.db") as service:
+            job = submit(service, "Rain on a tin roof")
+            done = service.wait_status(job["id"], "failed")
+    assert "/v1/videos answers 501" in done["error"]
+
+
+def test_duration_and_several_images_reach_the_gateway_as_it_reads_them(service, sandbox):
+    images = ["https://img.example/a.png", "https://img.example/b.png"]
+    job = submit(service, "Two cats", images=images, options={"duration": "6"})
+    done = service.wait_status(job["id"], "completed")
+    task = sandbox.newapi.task(done["provider_job_id"])
+    assert task is not None and task.duration == 6
+    assert task.body["images"] == images and task.body["duration"] == 6
+
+
+def test_a_duration_the_gateway_would_drop_is_422_and_nothing_is_written(service, sandbox):
+    before, sent = service.counts(), len(sandbox.newapi.requests)
+    response = service.api.post(
+        "/api/jobs", json={"provider": "newapi", "prompt": "p", "options": {"duration": 5.5}}
+    )
+    assert response.status_code == 422
+    assert "whole number of seconds" in response.json()["error"]["fields"]["options.duration"]
+    assert service.counts() == before and len(sandbox.newapi.requests) == sent
