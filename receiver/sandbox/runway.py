@@ -165,7 +165,7 @@ class RunwayFake(FakeProvider):
     tasks: dict[str, Task]
 
     def __init__(self, settings: RunwayFakeSettings | None = None) -> None:
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}  # (key, concurrency)
         self._created: dict[tuple[str, str], int] = {}  # (key, day) -> creations
         super().__init__(settings or RunwayFakeSettings())
 
@@ -291,7 +291,8 @@ class RunwayFake(FakeProvider):
             await asyncio.sleep(queue)
             self._fail(task, POLICY_MESSAGE, POLICY_CODE)
             return
-        slots = self._slots.setdefault(task.key, asyncio.Semaphore(self.settings.concurrency))
+        limit = self.settings.concurrency
+        slots = self._slots.setdefault((task.key, limit), asyncio.Semaphore(limit))
         async with slots:
             task.status = "PENDING"
             await asyncio.sleep(queue)
