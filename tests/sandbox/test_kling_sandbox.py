@@ -293,11 +293,14 @@ def test_a_submission_sent_twice_makes_one_task(url, fake):
         request = SubmitRequest(prompt="a cat", job_id="job-twice")
         return [await kling.submit(request, None) for _ in range(2)]
 
+    before = len(fake.requests)
     first, second = run(url, call)
     assert first.provider_job_id == second.provider_job_id
     assert [t.external_task_id for t in fake.tasks.values()].count("job-twice") == 1
     # The second was refused as a duplicate, then found by its external_task_id.
-    wait_until(lambda: [r for r in fake.requests if r.method == "POST" and r.status_code == 400])
+    wait_until(lambda: len(fake.requests) - before == 3)
+    answers = [(r.method, r.status_code) for r in fake.requests[before:]]
+    assert answers == [("POST", 200), ("POST", 400), ("GET", 200)]
 
 
 def test_a_task_is_found_by_its_external_id_and_only_by_its_account(url):
