@@ -5,7 +5,9 @@ caller signs with its secret key and that names its access key. One token per ke
 is kept and replaced a few minutes before it expires.
 
 Callbacks name the task but nothing signs them: the token in the callback URL is the only
-proof, so each one, whatever status it claims, only prompts a poll, and the poll decides.
+proof, and the body must name that job's task. Such a body is evidence of a status only:
+``processing`` is taken as it is, while ``succeed`` or ``failed`` only prompt a poll, and
+the poll decides (the video URL and the reason come from it, never from a callback).
 Kling's callback page shows the bare task object, while transcriptions of its docs show
 it inside the ``{code, message, request_id, data}`` envelope of its answers: both are read.
 
@@ -412,8 +414,12 @@ class Kling(HTTPProvider):
         return observation(task_of(payload))
 
     def needs_confirmation(self, observation: Observation) -> bool:
-        # Unsigned, and sent on every change: each callback only prompts a poll.
-        return True
+        # Unsigned: the body is evidence of a status only (receiver.callbacks keeps
+        # nothing else). A status that ends the job waits for a poll to confirm it; an
+        # earlier one is applied as it is, since it can neither end the job nor carry
+        # data. Confirming those too would keep the job in confirmation polling from its
+        # first callback (Kling calls back on every change) to its end.
+        return observation.status.terminal
 
 
 def _code(value: Any) -> str | None:

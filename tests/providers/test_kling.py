@@ -458,10 +458,20 @@ def test_callbacks_are_read_bare_or_enveloped(wrapped):
     verify(kling, payload)
 
 
-@pytest.mark.parametrize("status", ["submitted", "processing", "succeed", "failed", "odd"])
-def test_every_callback_only_prompts_a_poll(status):
+@pytest.mark.parametrize(
+    ("status", "confirm"),
+    [
+        ("submitted", False),
+        ("processing", False),
+        ("odd", False),
+        ("succeed", True),
+        ("failed", True),
+    ],
+)
+def test_a_callback_ending_the_job_is_confirmed_by_a_poll(status, confirm):
     kling = make(recorder(answer(200, {}))[1])
-    assert kling.needs_confirmation(kling.parse_callback(task(status)))
+    assert kling.needs_confirmation(kling.parse_callback(task(status))) is confirm
+    # Whatever the status, only the status counts: receiver.callbacks keeps nothing else.
     assert kling.signs_callback_body is False
 
 
