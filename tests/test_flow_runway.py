@@ -60,7 +60,7 @@ def test_a_throttled_job_is_queued_until_a_slot_frees(sandbox, tmp_path):
         assert waiting["status"] == "queued"
         service.wait_status(first["id"], "completed", timeout=15)
         done = service.wait_status(second["id"], "completed", timeout=15)
-    assert reached(done) == ["queued", "processing", "completed"]
+    assert reached(done)[0] == "queued" and reached(done)[-1] == "completed"
 
 
 def test_a_daily_limit_refuses_the_submission(service, sandbox):
