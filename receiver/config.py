@@ -45,6 +45,15 @@ PROVIDER_TYPES: dict[str, dict[str, Any]] = {
     # Gateways poll their upstream every 15 s: asking more often only costs requests.
     "newapi": {"base_url": None, "default_model": None, "initial_delay": 15.0,
                "poll_interval": 15.0},
+    # Kling calls back on every change and each callback is confirmed by a poll; a video
+    # takes minutes, so a missing callback is looked for after five.
+    "kling": {"base_url": "https://api-singapore.klingai.com", "default_model": "kling-v2-6",
+              "reconcile_after": 300.0, "reconcile_interval": 60.0, "poll_interval": 5.0},
+    # Runway: poll only, and "not more often than every five seconds"; throttled tasks
+    # wait for the account's concurrency, so give them longer than an hour.
+    "runway": {"base_url": "https://api.dev.runwayml.com", "default_model": "gen4.5",
+               "initial_delay": 15.0, "poll_interval": 5.0, "poll_max_interval": 30.0,
+               "deadline": 7200.0},
 }  # fmt: skip
 # The keys each channel type takes besides `type` and `events`; *_env keys hold secrets.
 CHANNEL_KEYS: dict[str, frozenset[str]] = {
@@ -73,6 +82,12 @@ _CHANNEL_NEEDS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
     "webhook": ((("url",), "the https URL of your endpoint"),),
 }  # fmt: skip
 AUTH_SCHEMES = ("Token", "Bearer")
+# Provider types that sign their own tokens with an access key and a secret key.
+KEY_PAIR_TYPES = frozenset({"kling"})
+_SINGLE_KEYS = ("api_key_env", "previous_api_key_envs")
+_PAIR_KEYS = (
+    "access_key_env", "secret_key_env", "previous_access_key_envs", "previous_secret_key_envs",
+)  # fmt: skip
 # Keys that would put a secret straight into the file; each has an *_env twin.
 _SECRET_WORDS = ("key", "token", "secret", "password", "webhook_url")
 
@@ -112,6 +127,32 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+    @property
+    def parts(self) -> tuple[Secret, ...]:
+        """The separate secret values it is made of, each to be kept out of logs."""
+        return (self,)
+
+
+class KeyPair(Secret):
+    """An access key and a secret key that work only together (Kling's).
+
+    The fingerprint covers both, so a job is tied to the exact pair that created it: a
+    new secret key under the same access key is another pair. The two are joined with
+    the access key's length in front, so that no two pairs join alike.
+    """
+
+    __slots__ = ("access", "secret")
+
+    def __init__(self, access: Secret, secret: Secret) -> None:
+        joined = access.reveal()
+        super().__init__(f"{len(joined)}:{joined}{secret.reveal()}")
+        self.access = access
+        self.secret = secret
+
+    @property
+    def parts(self) -> tuple[Secret, ...]:
+        return (self.access, self.secret)
 
 
 @dataclass(frozen=True)
@@ -348,7 +389,7 @@ class _Reader:
             return None
         known = {
             "type", "base_url", "api_key_env", "previous_api_key_envs", "auth_scheme",
-            "default_model", "requests_per_second", "max_concurrency", *_TIMING,
+            "default_model", "requests_per_second", "max_concurrency", *_TIMING, *_PAIR_KEYS,
         }  # fmt: skip
         self.unknown_keys(section, known, key)
         base_url = self.typed(section, "base_url", str, defaults["base_url"] or "", key)
@@ -358,12 +399,10 @@ class _Reader:
         scheme = self.typed(section, "auth_scheme", str, "Token", key)
         if scheme not in AUTH_SCHEMES:
             self.problem(f"{key}.auth_scheme", f"must be one of {', '.join(AUTH_SCHEMES)}")
-        api_key = self.secret(section, "api_key_env", key)
-        previous = tuple(
-            s
-            for i, var in enumerate(self.string_list(section, "previous_api_key_envs", key))
-            if (s := self.env_secret(f"{key}.previous_api_key_envs[{i}]", var)) is not None
-        )
+        if kind in KEY_PAIR_TYPES:
+            api_key, previous = self.key_pairs(section, key, kind)
+        else:
+            api_key, previous = self.api_keys(section, key, kind)
         timing = {n: self.seconds(section, n, defaults.get(n, d), key) for n, d in _TIMING.items()}
         if timing["poll_max_interval"] < timing["poll_interval"]:
             self.problem(f"{key}.poll_max_interval", "must not be less than poll_interval")
@@ -390,6 +429,56 @@ class _Reader:
             max_concurrency=concurrency,
             **timing,
         )
+
+    def api_keys(
+        self, section: Mapping[str, Any], prefix: str, kind: str
+    ) -> tuple[Secret | None, tuple[Secret, ...]]:
+        for name in _PAIR_KEYS:
+            if name in section:
+                self.problem(
+                    f"{prefix}.{name}",
+                    f"a {kind} provider takes one key: name its variable with api_key_env "
+                    f"(only {', '.join(sorted(KEY_PAIR_TYPES))} takes an access and a secret key)",
+                )
+        api_key = self.secret(section, "api_key_env", prefix)
+        previous = tuple(
+            s
+            for i, var in enumerate(self.string_list(section, "previous_api_key_envs", prefix))
+            if (s := self.env_secret(f"{prefix}.previous_api_key_envs[{i}]", var)) is not None
+        )
+        return api_key, previous
+
+    def key_pairs(
+        self, section: Mapping[str, Any], prefix: str, kind: str
+    ) -> tuple[Secret | None, tuple[Secret, ...]]:
+        """The access and secret key a provider signs its own tokens with, and the pairs
+        used before a rotation (two lists, paired in order)."""
+        for name, instead in zip(_SINGLE_KEYS, _PAIR_KEYS[::2], strict=True):
+            if name in section:
+                twin = instead.replace("access", "secret")
+                self.problem(
+                    f"{prefix}.{name}",
+                    f"{kind} signs its own tokens with an access key and a secret key: "
+                    f"name their variables with {instead} and {twin}",
+                )
+        access = self.secret(section, "access_key_env", prefix)
+        secret = self.secret(section, "secret_key_env", prefix)
+        accesses = self.string_list(section, "previous_access_key_envs", prefix)
+        secrets = self.string_list(section, "previous_secret_key_envs", prefix)
+        if len(accesses) != len(secrets):
+            self.problem(
+                f"{prefix}.previous_secret_key_envs",
+                f"names {len(secrets)} variables for {len(accesses)} previous access keys; "
+                "list one secret key per access key, in the same order",
+            )
+        previous: list[Secret] = []
+        for i, (access_var, secret_var) in enumerate(zip(accesses, secrets, strict=False)):
+            old_access = self.env_secret(f"{prefix}.previous_access_key_envs[{i}]", access_var)
+            old_secret = self.env_secret(f"{prefix}.previous_secret_key_envs[{i}]", secret_var)
+            if old_access is not None and old_secret is not None:
+                previous.append(KeyPair(old_access, old_secret))
+        pair = KeyPair(access, secret) if access is not None and secret is not None else None
+        return pair, tuple(previous)
 
     def channel(self, name: str, section: Mapping[str, Any]) -> ChannelConfig | None:
         key = f"channels.{name}"

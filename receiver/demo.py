@@ -18,12 +18,14 @@ from typing import Any
 import httpx
 
 from receiver.app import create_app
-from receiver.config import parse_config
+from receiver.config import KEY_PAIR_TYPES, parse_config
 from receiver.sandbox import (
     PREFIXES,
     ApimodelsFakeSettings,
     FakeSettings,
+    KlingFakeSettings,
     NewApiFakeSettings,
+    RunwayFakeSettings,
     ServerThread,
     ViduSandboxSettings,
     create_sandbox_app,
@@ -107,7 +109,7 @@ def demo_config(public_url: str, sandbox_url: str, database: Path, env: dict[str
             "providers": {
                 name: {
                     "base_url": f"{sandbox_url}/{name}",
-                    "api_key_env": "VIDHOOK_DEMO_KEY",
+                    **demo_keys(name),
                     **DEMO_POLLING,
                 }
                 for name in PREFIXES
@@ -118,21 +120,31 @@ def demo_config(public_url: str, sandbox_url: str, database: Path, env: dict[str
     )
 
 
+def demo_keys(provider: str) -> dict[str, str]:
+    if provider in KEY_PAIR_TYPES:
+        return {"access_key_env": "VIDHOOK_DEMO_ACCESS_KEY", "secret_key_env": "VIDHOOK_DEMO_KEY"}
+    return {"api_key_env": "VIDHOOK_DEMO_KEY"}
+
+
 def run_demo(timeout: float = 60.0) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     env = {
         "VIDHOOK_DEMO_ADMIN_TOKEN": secrets.token_urlsafe(24),
         "VIDHOOK_DEMO_KEY": "demo-" + secrets.token_hex(16),
+        "VIDHOOK_DEMO_ACCESS_KEY": "demo-access-" + secrets.token_hex(8),
     }
     with tempfile.TemporaryDirectory(prefix="vidhook-demo-") as tmp:
         keys = [env["VIDHOOK_DEMO_KEY"]]
-        fakes = {name: FakeSettings(api_keys=keys) for name in ("kvid", "revid")}
+        pair = {env["VIDHOOK_DEMO_ACCESS_KEY"]: env["VIDHOOK_DEMO_KEY"]}
         app = create_sandbox_app(
             ViduSandboxSettings(api_keys=keys),
             apimodels=ApimodelsFakeSettings(api_keys=keys, callback_retry_delays=(0.5, 1.0)),
             newapi=NewApiFakeSettings(api_keys=keys),
-            **fakes,
+            kvid=FakeSettings(api_keys=keys),
+            revid=FakeSettings(api_keys=keys),
+            kling=KlingFakeSettings(key_pairs=pair, callback_retry_delays=(0.5, 1.0)),
+            runway=RunwayFakeSettings(api_keys=keys),
         )
         with ServerThread(app) as sandbox:
             receiver = ServerThread(None)

@@ -124,7 +124,7 @@ def config_secrets(config: Config) -> list[str]:
     """Every secret value the configuration holds: keys, the admin token, channel secrets."""
     found: list[Secret] = [config.admin_token]
     for provider in config.providers.values():
-        found.extend(provider.keys)
+        found.extend(part for key in provider.keys for part in key.parts)
     for channel in config.channels.values():
         found.extend(channel.secrets.values())
     return [secret.reveal() for secret in found]

@@ -9,6 +9,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 import httpx
@@ -163,7 +164,7 @@ class Runtime:
             )
         )
         try:
-            submission = await provider.submit(request, callback_url)
+            submission = await provider.submit(replace(request, job_id=job_id), callback_url)
         except ProviderError as exc:
             log.warning("job %s: %s refused the submission: %s", job_id, provider_name, exc)
             failed = Observation(status=Status.FAILED, error=str(exc))

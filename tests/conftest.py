@@ -18,7 +18,9 @@ from receiver.config import parse_config
 from receiver.sandbox import (
     ApimodelsFakeSettings,
     FakeSettings,
+    KlingFakeSettings,
     NewApiFakeSettings,
+    RunwayFakeSettings,
     ServerThread,
     Timing,
     ViduSandbox,
@@ -31,6 +33,16 @@ VIDU_KEY = "vidu-test-key-0123456789abcdef"
 OLD_VIDU_KEY = "vidu-old-key-fedcba9876543210"
 ADMIN_TOKEN = "admin-test-token-5e1f"
 ENV = {"VIDU_API_KEY": VIDU_KEY, "OLD_VIDU_KEY": OLD_VIDU_KEY, "VIDHOOK_ADMIN_TOKEN": ADMIN_TOKEN}
+KLING_ACCESS_KEY = "kling-test-access-4c2b"
+KLING_SECRET_KEY = "kling-test-secret-9f13e7d05a"
+OLD_KLING_ACCESS_KEY = "kling-old-access-77a0"
+OLD_KLING_SECRET_KEY = "kling-old-secret-3b81c2f6d4"
+ENV |= {
+    "KLING_ACCESS_KEY": KLING_ACCESS_KEY,
+    "KLING_SECRET_KEY": KLING_SECRET_KEY,
+    "OLD_KLING_ACCESS_KEY": OLD_KLING_ACCESS_KEY,
+    "OLD_KLING_SECRET_KEY": OLD_KLING_SECRET_KEY,
+}
 
 
 POLL_ONLY = ("kvid", "revid", "newapi")
@@ -62,6 +74,8 @@ class Sandbox:
     revid: FakeProvider
     apimodels: FakeProvider
     newapi: FakeProvider
+    kling: FakeProvider | None = None
+    runway: FakeProvider | None = None
 
     @property
     def settings(self) -> ViduSandboxSettings:
@@ -93,10 +107,20 @@ def running_sandbox():
         revid=fake_settings(),
         apimodels=fake_settings(ApimodelsFakeSettings, callback_retry_delays=(0.1, 0.1, 0.1)),
         newapi=fake_settings(NewApiFakeSettings),
+        kling=fake_settings(
+            KlingFakeSettings,
+            key_pairs={
+                KLING_ACCESS_KEY: KLING_SECRET_KEY,
+                OLD_KLING_ACCESS_KEY: OLD_KLING_SECRET_KEY,
+            },
+            callback_retry_delays=(0.1, 0.1),
+        ),
+        runway=fake_settings(RunwayFakeSettings),
     )
     with ServerThread(app) as server:
         fakes = [getattr(app.state, name) for name in ("vidu", "kvid", "revid", "apimodels")]
-        yield Sandbox(server.url, *fakes, app.state.newapi)
+        mine = {name: getattr(app.state, name) for name in ("kling", "runway")}
+        yield Sandbox(server.url, *fakes, app.state.newapi, **mine)
 
 
 # Quick schedules, so that tests see many polls in little time.
@@ -121,6 +145,17 @@ def service_config(public_url, sandbox_url, db_path, overrides=None, extra=None,
         for name in PROVIDERS
     }
     providers["newapi"]["default_model"] = "kling-v1"
+    providers["kling"] = {
+        "base_url": f"{sandbox_url}/kling",
+        "access_key_env": "KLING_ACCESS_KEY",
+        "secret_key_env": "KLING_SECRET_KEY",
+        **FAST_POLLING,
+    }
+    providers["runway"] = {
+        "base_url": f"{sandbox_url}/runway",
+        "api_key_env": "VIDU_API_KEY",
+        **FAST_POLLING,
+    }
     providers["vidu"].update({"poll_interval": 0.2, "timeout": 5, **vidu})
     for name, settings in (overrides or {}).items():
         providers[name].update(settings)

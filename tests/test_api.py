@@ -208,7 +208,7 @@ def test_create_job_with_invalid_json_is_400(service, sandbox, body):
 
 
 INVALID_SUBMISSIONS = {
-    "unknown_provider": ({"provider": "kling", "prompt": "x"}, {"provider"}),
+    "unknown_provider": ({"provider": "no-such-provider", "prompt": "x"}, {"provider"}),
     "missing_provider": ({"prompt": "x"}, {"provider"}),
     "provider_not_a_string": ({"provider": ["vidu"], "prompt": "x"}, {"provider"}),
     "prompt_not_a_string": ({"provider": "vidu", "prompt": 42}, {"prompt"}),

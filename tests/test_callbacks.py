@@ -339,7 +339,7 @@ def test_unknown_token_is_404_and_writes_nothing(service, make_url):
 def test_unknown_provider_is_404_and_writes_nothing(service):
     job, url = lost_job(service)
     before = snapshot(service, job["id"])
-    other = url.replace("/callbacks/vidu/", "/callbacks/kling/")
+    other = url.replace("/callbacks/vidu/", "/callbacks/nosuchprovider/")
 
     response = service.http.post(
         other, content=state_body(job), headers=vidu_headers(VIDU_KEY, other)

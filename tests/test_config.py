@@ -2,7 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from receiver.config import ConfigError, Secret, database_path, load_config, parse_config
+from receiver.config import (
+    ConfigError,
+    KeyPair,
+    Secret,
+    database_path,
+    load_config,
+    parse_config,
+)
+from receiver.logs import config_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"VIDHOOK_ADMIN_TOKEN": "admin-secret", "VIDU_API_KEY": "vidu-secret-key"}
@@ -34,8 +42,11 @@ def test_minimal_config_fills_defaults(tmp_path):
 
 def test_example_file_documents_a_loadable_config():
     keys = ("KVID_API_KEY", "REVID_API_KEY", "APIMODELS_API_KEY", "GATEWAY_API_KEY")
+    keys += ("KLING_ACCESS_KEY", "KLING_SECRET_KEY", "RUNWAY_API_KEY")
     config = load_config(ROOT / "vidhook.example.toml", {**ENV, **dict.fromkeys(keys, "k")})
-    assert set(config.providers) == {"vidu", "kvid", "revid", "apimodels", "gateway"}
+    assert set(config.providers) == {
+        "vidu", "kvid", "revid", "apimodels", "gateway", "kling", "runway",
+    }  # fmt: skip
     assert config.providers["gateway"].type == "newapi"
     assert config.providers["revid"].initial_delay == 45
 
@@ -166,3 +177,128 @@ def test_the_database_path_is_found_without_any_secret(tmp_path):
     assert database_path(path, {"VIDHOOK_DATABASE": "/srv/v.db"}) == Path("/srv/v.db")
     with pytest.raises(ConfigError, match="file not found"):
         database_path(tmp_path / "absent.toml", {})
+
+
+# -- Kling: an access key and a secret key instead of api_key_env -----------------------------
+
+KLING_ENV = ENV | {
+    "KLING_AK": "ak-config-1",
+    "KLING_SK": "sk-config-1",
+    "OLD_AK": "ak-0",
+    "OLD_SK": "sk-0",
+}
+
+
+def kling_config(**section):
+    providers = {"kling": section, "vidu": {"api_key_env": "VIDU_API_KEY"}}
+    return parse_config({"public_url": "https://x", "providers": providers}, KLING_ENV)
+
+
+def test_kling_takes_a_key_pair_with_its_own_defaults():
+    config = kling_config(access_key_env="KLING_AK", secret_key_env="KLING_SK")
+    kling = config.providers["kling"]
+    assert isinstance(kling.api_key, KeyPair)
+    assert (kling.api_key.access.reveal(), kling.api_key.secret.reveal()) == (
+        "ak-config-1",
+        "sk-config-1",
+    )
+    assert kling.base_url == "https://api-singapore.klingai.com"
+    assert kling.default_model == "kling-v2-6"
+    assert "sk-config-1" not in repr(config) and "ak-config-1" not in repr(config)
+    # Both keys are kept out of logs, each on its own.
+    assert {"ak-config-1", "sk-config-1"} <= set(config_secrets(config))
+
+
+def test_a_pair_s_fingerprint_covers_both_keys():
+    ak, sk = Secret("ak"), Secret("sk")
+    pair = KeyPair(ak, sk)
+    assert pair.fingerprint.startswith("sha256:")
+    others = [
+        KeyPair(ak, Secret("sk2")),  # a new secret key under the same access key
+        KeyPair(Secret("ak2"), sk),
+        KeyPair(Secret("aks"), Secret("k")),  # the same characters, split elsewhere
+        KeyPair(sk, ak),
+    ]
+    assert len({pair.fingerprint, *(o.fingerprint for o in others)}) == 5
+    assert pair.fingerprint not in (ak.fingerprint, sk.fingerprint, Secret("aksk").fingerprint)
+    assert KeyPair(Secret("ak"), Secret("sk")).fingerprint == pair.fingerprint
+
+
+def test_previous_pairs_poll_the_jobs_they_created():
+    config = kling_config(
+        access_key_env="KLING_AK",
+        secret_key_env="KLING_SK",
+        previous_access_key_envs=["OLD_AK"],
+        previous_secret_key_envs=["OLD_SK"],
+    )
+    kling = config.providers["kling"]
+    old = KeyPair(Secret("ak-0"), Secret("sk-0"))
+    found = kling.key_for(old.fingerprint)
+    assert isinstance(found, KeyPair) and found.secret.reveal() == "sk-0"
+    assert kling.key_for(KeyPair(Secret("ak-0"), Secret("sk-1")).fingerprint) is None
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "hint"),
+    [
+        (
+            {"api_key_env": "KLING_AK"},
+            "providers.kling.api_key_env",
+            "access_key_env and secret_key_env",
+        ),
+        ({"api_key_env": "KLING_AK"}, "providers.kling.access_key_env", "missing"),
+        ({"access_key_env": "KLING_AK"}, "providers.kling.secret_key_env", "missing"),
+        (
+            {"access_key_env": "KLING_AK", "secret_key_env": "NOT_SET"},
+            "providers.kling.secret_key_env",
+            "environment variable NOT_SET is not set",
+        ),
+        (
+            {
+                "access_key_env": "KLING_AK",
+                "secret_key_env": "KLING_SK",
+                "previous_api_key_envs": ["OLD_AK"],
+            },
+            "providers.kling.previous_api_key_envs",
+            "previous_access_key_envs and previous_secret_key_envs",
+        ),
+        (
+            {
+                "access_key_env": "KLING_AK",
+                "secret_key_env": "KLING_SK",
+                "previous_access_key_envs": ["OLD_AK"],
+                "previous_secret_key_envs": [],
+            },
+            "providers.kling.previous_secret_key_envs",
+            "one secret key per access key",
+        ),
+        (
+            {"access_key_env": "KLING_AK", "secret_key_env": "KLING_SK", "secret_key": "sk"},
+            "providers.kling.secret_key",
+            "secrets do not go in the file",
+        ),
+    ],
+)
+def test_kling_key_problems_are_named(section, key, hint):
+    with pytest.raises(ConfigError) as caught:
+        kling_config(**section)
+    problems = [p for p in caught.value.problems if f": {key}: " in p]
+    assert problems and hint in problems[0], caught.value.problems
+    assert "sk-config-1" not in str(caught.value) and "ak-config-1" not in str(caught.value)
+
+
+def test_only_kling_takes_a_key_pair():
+    providers = {"vidu": {"api_key_env": "VIDU_API_KEY", "access_key_env": "KLING_AK"}}
+    with pytest.raises(
+        ConfigError, match=r"providers.vidu.access_key_env: a vidu provider takes one key"
+    ):
+        parse_config({"public_url": "https://x", "providers": providers}, KLING_ENV)
+
+
+def test_runway_defaults():
+    providers = {"runway": {"api_key_env": "VIDU_API_KEY"}}
+    runway = parse_config({"public_url": "https://x", "providers": providers}, ENV).providers[
+        "runway"
+    ]
+    assert (runway.base_url, runway.default_model) == ("https://api.dev.runwayml.com", "gen4.5")
+    assert runway.poll_interval == 5

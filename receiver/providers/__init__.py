@@ -7,9 +7,11 @@ import httpx
 from receiver.config import ProviderConfig
 from receiver.providers.apimodels import Apimodels
 from receiver.providers.base import Provider
+from receiver.providers.kling import Kling
 from receiver.providers.kvid import Kvid
 from receiver.providers.newapi import NewApi
 from receiver.providers.revid import Revid
+from receiver.providers.runway import Runway
 from receiver.providers.vidu import Vidu
 
 ADAPTERS: dict[str, type[Provider]] = {
@@ -18,6 +20,8 @@ ADAPTERS: dict[str, type[Provider]] = {
     "revid": Revid,
     "apimodels": Apimodels,
     "newapi": NewApi,
+    "kling": Kling,
+    "runway": Runway,
 }
 
 

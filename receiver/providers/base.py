@@ -64,6 +64,9 @@ class SubmitRequest:
     # Forces a provider-specific mode (for Vidu: which endpoint) instead of inferring it.
     mode: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    # vidhook's id of the job, for providers that keep a caller's reference to a task
+    # (Kling's external_task_id); set by the runtime just before submitting.
+    job_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,11 @@ from starlette.routing import Mount
 
 from receiver.sandbox.apimodels import ApimodelsFake, ApimodelsFakeSettings
 from receiver.sandbox.base import FakeProvider, FakeSettings, Faults, Timing
+from receiver.sandbox.kling import KlingFake, KlingFakeSettings
 from receiver.sandbox.kvid import KvidFake
 from receiver.sandbox.newapi import NewApiFake, NewApiFakeSettings
 from receiver.sandbox.revid import RevidFake
+from receiver.sandbox.runway import RunwayFake, RunwayFakeSettings
 from receiver.sandbox.server import ServerThread
 from receiver.sandbox.vidu import ViduSandbox, ViduSandboxSettings
 
@@ -25,7 +27,9 @@ __all__ = [
     "ApimodelsFakeSettings",
     "FakeSettings",
     "Faults",
+    "KlingFakeSettings",
     "NewApiFakeSettings",
+    "RunwayFakeSettings",
     "ServerThread",
     "Timing",
     "ViduSandbox",
@@ -33,7 +37,7 @@ __all__ = [
     "create_sandbox_app",
 ]
 
-PREFIXES = ("vidu", "kvid", "revid", "apimodels", "newapi")
+PREFIXES = ("vidu", "kvid", "revid", "apimodels", "newapi", "kling", "runway")
 
 
 def create_sandbox_app(
@@ -43,6 +47,8 @@ def create_sandbox_app(
     revid: FakeSettings | None = None,
     apimodels: ApimodelsFakeSettings | None = None,
     newapi: NewApiFakeSettings | None = None,
+    kling: KlingFakeSettings | None = None,
+    runway: RunwayFakeSettings | None = None,
 ) -> Starlette:
     """All fake providers in one app; ``app.state.<prefix>`` is each provider's fake."""
     fakes: dict[str, ViduSandbox | FakeProvider] = {
@@ -51,6 +57,8 @@ def create_sandbox_app(
         "revid": RevidFake(revid),
         "apimodels": ApimodelsFake(apimodels),
         "newapi": NewApiFake(newapi),
+        "kling": KlingFake(kling),
+        "runway": RunwayFake(runway),
     }
     mounts = [Mount(f"/{name}", app=fake.app, name=name) for name, fake in fakes.items()]
     app = Starlette(routes=mounts, lifespan=_mounted_lifespans(mounts))
