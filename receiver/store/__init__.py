@@ -223,6 +223,9 @@ class Store:
 
     # -- reads --
 
+    async def has_callback_token(self, provider: str, token: str) -> bool:
+        return await self.read(queries.has_callback_token, provider, token)
+
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         return await self.read(queries.get_job, job_id)
 
