@@ -226,7 +226,12 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._head_size += len(name) + len(value) + 4
         if self._head_fields > self.limits.head_fields or self._head_size > self.limits.head_bytes:
             raise HeadTooLarge
-        super().on_header(name, value)
+        # uvicorn's own on_header, inlined: it runs for every field of every request.
+        name = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, not part of a value
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._disarm()
