@@ -7,10 +7,7 @@ request that would pass it is answered 503 with Retry-After instead of being rea
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from receiver.responses import error
@@ -51,12 +48,27 @@ def declared_length(request: Request) -> int | None:
     return None
 
 
-@contextlib.asynccontextmanager
-async def held_body(request: Request, limit: int, budget: BodyBudget) -> AsyncIterator[bytes]:
-    """The whole body, counted against ``budget`` until the block ends.
+class HeldBody:
+    """A body read whole, and its bytes counted against the budget until ``release``."""
+
+    __slots__ = ("_budget", "content", "taken")
+
+    def __init__(self, content: bytes, taken: int, budget: BodyBudget) -> None:
+        self.content = content
+        self.taken = taken
+        self._budget = budget
+
+    def release(self) -> None:
+        self._budget.give_back(self.taken)
+        self.taken = 0
+
+
+async def hold_body(request: Request, limit: int, budget: BodyBudget) -> HeldBody:
+    """The whole body, counted against ``budget`` until the caller releases it.
 
     A declared length is taken from the budget before a byte is read; a chunked body is
-    taken as it arrives. Raises BodyTooLarge past ``limit``, OverBudget past the budget.
+    taken as it arrives. Raises BodyTooLarge past ``limit``, OverBudget past the budget
+    (having given back what it took), ClientDisconnect if the client goes away.
     """
     declared = declared_length(request)
     if declared is not None and declared > limit:
@@ -69,18 +81,28 @@ async def held_body(request: Request, limit: int, budget: BodyBudget) -> AsyncIt
             taken = declared
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge
-            if size > taken:
-                if not budget.take(size - taken):
-                    raise OverBudget
-                taken = size
-            chunks.append(chunk)
-        yield b"".join(chunks)
-    finally:
+        # The ASGI messages read directly: Request.stream() is an async generator, and
+        # its machinery was a tenth of the event loop's time per callback under a burst.
+        while True:
+            message = await request.receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnect
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                if size > taken:
+                    if not budget.take(size - taken):
+                        raise OverBudget
+                    taken = size
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+    except BaseException:
         budget.give_back(taken)
+        raise
+    return HeldBody(chunks[0] if len(chunks) == 1 else b"".join(chunks), taken, budget)
 
 
 def closing(response: Response) -> Response:

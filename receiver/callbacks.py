@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 import signing
-from receiver.bodies import BodyTooLarge, OverBudget, closing, held_body, over_budget
+from receiver.bodies import BodyTooLarge, OverBudget, closing, hold_body, over_budget
 from receiver.logs import access_note
 from receiver.providers.base import JobRef, Provider
 from receiver.responses import JSON, dumps, error
@@ -84,8 +84,7 @@ async def receive(request: Request) -> Response:
         return closing(error(404, "unknown_token", "no job has this callback URL"))
     limit = runtime.config.callbacks.max_body_bytes
     try:
-        async with held_body(request, limit, request.app.state.bodies) as body:
-            return await record(request, runtime, provider, token, body)
+        body = await hold_body(request, limit, request.app.state.bodies)
     except BodyTooLarge:
         runtime.count_callback(provider_name, "too_large")
         return closing(
@@ -96,6 +95,10 @@ async def receive(request: Request) -> Response:
         return over_budget()
     except ClientDisconnect:
         return Response(status_code=400)
+    try:
+        return await record(request, runtime, provider, token, body.content)
+    finally:
+        body.release()
 
 
 async def record(
