@@ -119,6 +119,43 @@ class HeadTooLarge(Exception):
     pass
 
 
+class CorkedTransport:
+    """A request's transport that holds its first write (the response head) until the
+    next one, or the loop's next turn, so that a small answer leaves in one syscall and
+    one TCP segment: the two writes were a sixth of the event loop's time per callback."""
+
+    __slots__ = ("_held", "_loop", "_transport", "_used")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._used = False
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._transport.writelines((self._held, data))
+            self._held = None
+        elif self._used:
+            self._transport.write(data)
+        else:
+            self._used = True
+            self._held = data
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            self._transport.write(self._held)
+            self._held = None
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above; one instance per connection."""
 
@@ -254,6 +291,8 @@ class GuardedHttpTools(HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = CorkedTransport(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
