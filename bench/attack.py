@@ -24,9 +24,10 @@ Modes:
   each sent in one write on a new connection, one at a time; vidhook's CPU time per
   request of each kind and the status it answered. Last line:
   ``RESULT normal_cpu_us=<n> big_header_cpu_us=<n> many_headers_cpu_us=<n>``.
-``idle``: ``--connections`` connections that send half a request head and then nothing,
-  with legitimate callbacks beside them; how many the server had closed at the end, the
-  log it wrote, and how the callbacks fared. ``--nofile`` runs vidhook with that limit on
+``idle``: ``--connections`` connections that send half a request head and then nothing
+  (each opened again ``--reconnect-delay`` seconds after the server closes it), with
+  legitimate callbacks beside them; how many the server closed, the log it wrote, and
+  how the callbacks fared. ``--nofile`` runs vidhook with that limit on
   open files (systemd's default is 1,024). Last line:
   ``RESULT idle_closed=<n> legit_ok=<n> legit_p99_ms=<n> log_kib=<n>``.
 
@@ -124,22 +125,28 @@ async def slow_body_slot(
         await asyncio.sleep(args.reconnect_delay)
 
 
-async def idle_slot(port: int, stop: asyncio.Event, tally: Counter[str]) -> None:
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        tally["connect_errors"] += 1
-        return
-    tally["connections"] += 1
-    writer.write(b"POST /callbacks/vidu/x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-    closed = asyncio.ensure_future(reader.read(1024))
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([closed, stopping], return_when=asyncio.FIRST_COMPLETED)
-    if closed.done() and not closed.cancelled():
-        tally["closed_by_server"] += 1
-    closed.cancel()
-    stopping.cancel()
-    writer.close()
+async def idle_slot(
+    port: int, args: argparse.Namespace, stop: asyncio.Event, tally: Counter[str]
+) -> None:
+    """Half a request head, then nothing; opened again when the server closes it."""
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            tally["connect_errors"] += 1
+            await asyncio.sleep(args.reconnect_delay)
+            continue
+        tally["connections"] += 1
+        writer.write(b"POST /callbacks/vidu/x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        closed = asyncio.ensure_future(reader.read(1024))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([closed, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if closed.done() and not closed.cancelled() and closed.exception() is None:
+            tally["closed_by_server"] += 1
+        closed.cancel()
+        stopping.cancel()
+        writer.close()
+        await asyncio.sleep(args.reconnect_delay)
 
 
 async def attack(port: int, args: argparse.Namespace) -> Counter[str]:
@@ -148,7 +155,7 @@ async def attack(port: int, args: argparse.Namespace) -> Counter[str]:
     slots = []
     for _ in range(args.connections):
         if args.mode == "idle":
-            slots.append(asyncio.ensure_future(idle_slot(port, stop, tally)))
+            slots.append(asyncio.ensure_future(idle_slot(port, args, stop, tally)))
         else:
             slots.append(asyncio.ensure_future(slow_body_slot(port, args, stop, tally)))
         await asyncio.sleep(args.ramp / args.connections)  # not all in one accept burst

@@ -6,7 +6,9 @@ What a stranger can make the server hold is bounded here, before the app sees a 
   answered 431 and the connection closed, having parsed no more than 16 KiB of it;
 - a connection that has not sent a whole request head within ``header_timeout`` seconds
   of connecting (or of starting its next request) is closed;
-- past ``max_connections`` open connections, a request is answered 503 with Retry-After;
+- past ``max_connections`` open connections, the oldest connections with no request in
+  hand are closed to make room; when every one has a request in hand, a request is
+  answered 503 with Retry-After;
 - errors from accepting connections (out of file descriptors) are logged once a minute at
   most, with a count, instead of once per try.
 
@@ -161,6 +163,9 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     limits: ClassVar[Limits]
     notes: ClassVar[dict[str, Every]]
+    # The server's connections with no request in hand (waiting for a head, or idle
+    # between requests), oldest first: the ones closed to make room past the limit.
+    idle: ClassVar[dict[GuardedHttpTools, None]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -176,10 +181,35 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
+        self._make_room()
+        self.idle[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.idle.pop(self, None)
         super().connection_lost(exc)
+
+    def _make_room(self) -> bool:
+        """Close the oldest idle connections while more than max_connections are open.
+
+        A flood of connections that send nothing (or half a head) then costs the newest
+        of them their place, not the requests that arrive whole. False if the
+        connections over the limit all have a request in hand.
+        """
+        limit = self.limits.max_connections
+        while len(self.connections) > limit:
+            oldest = next(iter(self.idle), None)
+            if oldest is None:
+                return False
+            oldest.evict()
+        return True
+
+    def evict(self) -> None:
+        self.idle.pop(self, None)
+        self._disarm()
+        self.connections.discard(self)  # at once: the transport says goodbye a turn later
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -274,10 +304,11 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._disarm()
         self._awaiting_head = False
         self._heads += 1
+        self.idle.pop(self, None)
         limit = self.limits.max_connections
         # This connection is one of self.connections; this request's task is not yet one
         # of self.tasks.
-        if len(self.connections) > limit or len(self.tasks) >= limit:
+        if not self._make_room() or len(self.tasks) >= limit:
             self.notes["busy"].log(
                 logging.WARNING,
                 "%d connections open: answering 503 past %d",
@@ -299,11 +330,17 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._awaiting_head = True
         self._head_fed = 0
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._awaiting_head and not self.pipeline and not self.transport.is_closing():
+            self.idle[self] = None
+
 
 def guarded_protocol(limits: Limits) -> type[GuardedHttpTools]:
     """GuardedHttpTools bound to ``limits``, with its own rate-limited log lines."""
     notes = {kind: Every() for kind in ("head", "malformed", "busy")}
-    return type("GuardedHttpTools", (GuardedHttpTools,), {"limits": limits, "notes": notes})
+    state = {"limits": limits, "notes": notes, "idle": {}}
+    return type("GuardedHttpTools", (GuardedHttpTools,), state)
 
 
 def accept_errors(every: Every) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:

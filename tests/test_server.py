@@ -257,15 +257,41 @@ def test_a_slow_but_steady_head_is_cut_off_at_the_timeout(served):
 # -- max_connections -------------------------------------------------------------------------
 
 
-def test_past_max_connections_a_request_gets_503_with_retry_after(served):
+def test_past_max_connections_the_oldest_idle_connection_makes_room(served):
     service = served("max_connections = 3\nheader_timeout = 30")
-    held = [service.connect() for _ in range(3)]
-    time.sleep(0.2)
+    held = []
+    for _ in range(3):
+        held.append(service.connect())
+        time.sleep(0.05)  # in this order
     try:
         with service.connect() as sock:
-            status, headers, body = status_and_body(
-                exchange(sock, request_with(["Host: 127.0.0.1"]))
-            )
+            answer = exchange(sock, request_with(["Host: 127.0.0.1", "Connection: close"]))
+        assert status_and_body(answer)[0] == 200
+        assert closed_within(held[0], 3.0) < 3.0  # the oldest, and only it
+        for sock in held[1:]:
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_past_max_connections_with_requests_in_hand_a_request_gets_503(served):
+    service = served("max_connections = 3\nheader_timeout = 30")
+    # Three requests in hand: each promised a body and sent none of it.
+    stuck = (
+        "POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {ENV['VIDHOOK_ADMIN_TOKEN']}\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    held = [service.connect() for _ in range(3)]
+    try:
+        for sock in held:
+            sock.sendall(stuck)
+        time.sleep(0.3)
+        with service.connect() as sock:
+            answer = exchange(sock, request_with(["Host: 127.0.0.1"]))
+        status, headers, body = status_and_body(answer)
         assert status == 503
         assert headers["retry-after"].isdigit()
         assert headers["connection"] == "close"
@@ -278,6 +304,7 @@ def test_past_max_connections_a_request_gets_503_with_retry_after(served):
         timeout=5,
         what="a request once the held connections closed",
     )
+    assert service.count("jobs") == 0
 
 
 # -- accept errors ----------------------------------------------------------------------------
