@@ -14,10 +14,14 @@ What it does, all on 127.0.0.1:
    answered before the success one is sent, as Vidu sends them.
 3. Starts the bare baseline (``--serve-bare``: a Starlette route that reads the body and
    answers 200 with vidhook's answer body) and ``vidhook serve`` (as ``python -m
-   receiver serve``), each a subprocess with the same uvicorn settings: one process,
-   127.0.0.1, access log off, the same log level (info unless ``--log-level``).
+   receiver serve``), each a subprocess served the same way (receiver.server: uvicorn on
+   httptools and uvloop with vidhook's limits, one process, 127.0.0.1, access log off),
+   at the same log level (info unless ``--log-level``). With ``--compare-stack``, also
+   ``vidhook serve --http-stack h11`` (the same build on h11 and the stock asyncio loop)
+   on a database and jobs of its own.
 4. After a warm-up, runs ``--rounds`` rounds: in each, wrk (bench/callbacks.lua) drives
-   both servers with the same fresh requests file, one after the other, as fast as
+   both servers with the same fresh requests file (and the h11 one with its own), one
+   after the other, as fast as
    ``--connections`` connections allow; each request is sent once to each server, and
    a run ends when every request is answered. wrk's latency histogram gives p50 and p99;
    the server's CPU time over the run, per answer, is printed too (it hardly moves with
@@ -37,7 +41,9 @@ still woken by every success callback, as in production. No notification channel
 configured, so no delivery is queued (a channel hears of completed and failed by default,
 and those come only with the confirming fetch).
 
-Output ends with ``PACED target_rps=<n> achieved_rps=<n> p50_ms=<n> p99_ms=<n>`` and
+Output ends with ``STACK callbacks_rps=<n> h11_rps=<n> ratio=<n> cpu_us=<n> h11_cpu_us=<n>``
+(with ``--compare-stack``: medians over the rounds, CPU per callback in all threads),
+``PACED target_rps=<n> achieved_rps=<n> p50_ms=<n> p99_ms=<n>`` and
 ``RESULT callbacks_rps=<n> bare_rps=<n> ratio=<vidhook/bare> p50_ms=<n> p99_ms=<n>``:
 medians over the rounds, latencies of the median vidhook run. Exit code 1 if the
 database check failed, 2 if wrk is missing.
