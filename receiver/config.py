@@ -122,7 +122,8 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     # Host header values accepted; empty: the public_url's host and loopback names.
     allowed_hosts: tuple[str, ...] = ()
-    # Open connections served at once; past it a request is answered 503 (Retry-After).
+    # Connections kept open at once; past it the oldest idle one is closed to make room,
+    # and when every one has a request in hand a request is answered 503 (Retry-After).
     max_connections: int = 500
     # Seconds a connection has to send a whole request head before it is closed.
     header_timeout: float = 5.0
