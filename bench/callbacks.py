@@ -14,10 +14,14 @@ What it does, all on 127.0.0.1:
    answered before the success one is sent, as Vidu sends them.
 3. Starts the bare baseline (``--serve-bare``: a Starlette route that reads the body and
    answers 200 with vidhook's answer body) and ``vidhook serve`` (as ``python -m
-   receiver serve``), each a subprocess with the same uvicorn settings: one process,
-   127.0.0.1, access log off, the same log level (info unless ``--log-level``).
+   receiver serve``), each a subprocess served the same way (receiver.server: uvicorn on
+   httptools and uvloop with vidhook's limits, one process, 127.0.0.1, access log off),
+   at the same log level (info unless ``--log-level``). With ``--compare-stack``, also
+   ``vidhook serve --http-stack h11`` (the same build on h11 and the stock asyncio loop)
+   on a database and jobs of its own.
 4. After a warm-up, runs ``--rounds`` rounds: in each, wrk (bench/callbacks.lua) drives
-   both servers with the same fresh requests file, one after the other, as fast as
+   both servers with the same fresh requests file (and the h11 one with its own), one
+   after the other, as fast as
    ``--connections`` connections allow; each request is sent once to each server, and
    a run ends when every request is answered. wrk's latency histogram gives p50 and p99;
    the server's CPU time over the run, per answer, is printed too (it hardly moves with
@@ -37,7 +41,9 @@ still woken by every success callback, as in production. No notification channel
 configured, so no delivery is queued (a channel hears of completed and failed by default,
 and those come only with the confirming fetch).
 
-Output ends with ``PACED target_rps=<n> achieved_rps=<n> p50_ms=<n> p99_ms=<n>`` and
+Output ends with ``STACK callbacks_rps=<n> h11_rps=<n> ratio=<n> cpu_us=<n> h11_cpu_us=<n>``
+(with ``--compare-stack``: medians over the rounds, CPU per callback in all threads),
+``PACED target_rps=<n> achieved_rps=<n> p50_ms=<n> p99_ms=<n>`` and
 ``RESULT callbacks_rps=<n> bare_rps=<n> ratio=<vidhook/bare> p50_ms=<n> p99_ms=<n>``:
 medians over the rounds, latencies of the median vidhook run. Exit code 1 if the
 database check failed, 2 if wrk is missing.
@@ -76,6 +82,7 @@ from bench.common import (
     start_py_spy,
 )
 from receiver.sandbox import ViduSandboxSettings
+from receiver.server import Stack
 from signing import vidu as vidu_signing
 
 LUA = Path(__file__).with_name("callbacks.lua")
@@ -86,15 +93,16 @@ ANSWER = b'{"ok":true,"duplicate":false}'
 # -- the bare baseline ----------------------------------------------------------------------
 
 
-def serve_bare(port: int, log_level: str) -> None:
+def serve_bare(port: int, log_level: str, stack: Stack) -> None:
     """A bare Starlette endpoint, served exactly as receiver.cli's cmd_serve serves vidhook."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
 
     from receiver import logs
+    from receiver.config import ServerConfig
+    from receiver.server import serve, uvicorn_config
 
     async def callback(request: Request) -> Response:
         await request.body()
@@ -102,16 +110,10 @@ def serve_bare(port: int, log_level: str) -> None:
 
     logs.configure(log_level, "text")
     app = Starlette(routes=[Route("/callbacks/{provider}/{token}", callback, methods=["POST"])])
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        access_log=False,
-        log_level=log_level,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-        proxy_headers=False,
+    config = uvicorn_config(
+        app, ServerConfig(), host="127.0.0.1", port=port, log_level=log_level, stack=stack
     )
+    serve(config)
 
 
 class BareProcess:
@@ -129,7 +131,7 @@ class BareProcess:
 
     def start(self) -> None:
         command = [PYTHON, "-m", "bench.callbacks", "--serve-bare", str(self.port)]
-        command += ["--log-level", self.log_level]
+        command += ["--log-level", self.log_level, "--http-stack", "httptools"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         # Any answer at all (a 404 for "/") means the server is up.
@@ -378,6 +380,7 @@ def vidu_table(sandbox_url: str) -> str:
 class Round:
     bare: Run
     vidhook: Run
+    plain: Run | None = None  # vidhook on h11 and the stock loop (--compare-stack)
 
     @property
     def ratio(self) -> float:
@@ -400,6 +403,14 @@ class Bench:
         )
         self.config = self.service.config()
         self.bare = BareProcess(folder, args.log_level)
+        # The same build on the pure-Python stack, with jobs of its own.
+        self.plain = ServiceProcess(
+            folder / "vidhook-h11",
+            tables=vidu_table(sandbox_url),
+            log_level=args.log_level,
+            serve_args=["--http-stack", "h11"],
+        )
+        self.plain_sent: list[tuple[Run, list[Signed]]] = []
         # More requests than connections in a block: a job's processing callback has
         # been answered before its success callback, a block later, is sent.
         self.block = max(256, 4 * args.connections)
@@ -407,6 +418,17 @@ class Bench:
 
     def jobs(self, count: int) -> list[BenchJob]:
         return precreate_jobs(self.config, "vidu", max(1, count))
+
+    def plain_jobs(self, count: int) -> list[BenchJob]:
+        return precreate_jobs(self.plain.config(), "vidu", max(1, count))
+
+    def drive_plain(self, name: str, jobs: Sequence[BenchJob]) -> Run:
+        signed, path = self.requests(name.replace(" ", "-"), jobs)
+        assert self.plain.pid is not None
+        run = run_wrk(name, self.plain.url, self.plain.pid, path, **self._load())
+        self.plain_sent.append((run, signed))
+        print(run.describe(), flush=True)
+        return run
 
     def requests(self, name: str, jobs: Sequence[BenchJob]) -> tuple[list[Signed], Path]:
         # Signed just before use: a signature's Date must be within date_tolerance.
@@ -435,35 +457,51 @@ def run_bench(args: argparse.Namespace, folder: Path) -> int:
         began = time.monotonic()
         warm_jobs = bench.jobs(args.warmup_jobs)
         round_jobs = [bench.jobs(args.jobs) for _ in range(args.rounds)]
-        print(f"{args.warmup_jobs + args.rounds * args.jobs} jobs created in"
-              f" {time.monotonic() - began:.1f} s", flush=True)  # fmt: skip
+        compare = args.compare_stack
+        plain_jobs = [bench.plain_jobs(args.jobs) for _ in range(args.rounds if compare else 0)]
+        plain_warm = bench.plain_jobs(args.warmup_jobs) if compare else []
+        created = (args.warmup_jobs + args.rounds * args.jobs) * (2 if compare else 1)
+        print(f"{created} jobs created in {time.monotonic() - began:.1f} s", flush=True)
         rounds: list[Round] = []
-        with bench.service:
+        with bench.service, bench.plain:
             bench.bare.start()
             bench.service.start()
+            if compare:
+                bench.plain.start()
             assert bench.service.pid is not None
             try:
                 signed, path = bench.requests("warmup", warm_jobs)
                 bench.drive_bare("bare warm-up", path)
                 bench.drive_vidhook("vidhook warm-up", signed, path)
+                if compare:
+                    bench.drive_plain("vidhook on h11 warm-up", plain_warm)
                 spy = start_py_spy(bench.service.pid, args.py_spy) if args.py_spy else None
                 for number, jobs in enumerate(round_jobs, 1):
                     signed, path = bench.requests(f"round{number}", jobs)
                     # Each server goes first every other round, so that a drift in what
                     # else the machine runs falls on both alike.
+                    plain_run = None
                     if number % 2:
                         bare_run = bench.drive_bare(f"round {number} bare", path)
                         vidhook_run = bench.drive_vidhook(f"round {number} vidhook", signed, path)
+                        if compare:
+                            name = f"round {number} vidhook on h11"
+                            plain_run = bench.drive_plain(name, plain_jobs[number - 1])
                     else:
+                        if compare:
+                            name = f"round {number} vidhook on h11"
+                            plain_run = bench.drive_plain(name, plain_jobs[number - 1])
                         vidhook_run = bench.drive_vidhook(f"round {number} vidhook", signed, path)
                         bare_run = bench.drive_bare(f"round {number} bare", path)
-                    rounds.append(Round(bare_run, vidhook_run))
+                    rounds.append(Round(bare_run, vidhook_run, plain_run))
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)  # py-spy writes its output, then exits
                     spy.wait(timeout=120)
                     print(f"profile written to {args.py_spy}")
             finally:
                 bench.bare.stop()
+                if compare:
+                    print(f"vidhook on h11: exit code {bench.plain.stop()} after SIGTERM")
 
             # Half the rate vidhook reached, paced, on fresh jobs.
             rate = median([r.vidhook.rps for r in rounds]) / 2
@@ -476,6 +514,8 @@ def run_bench(args: argparse.Namespace, folder: Path) -> int:
             print(f"vidhook: peak RSS {peak:.0f} MiB; exit code {code} after SIGTERM")
 
         problems = check_database(bench.service, bench.sent)
+        if compare:
+            problems += check_database(bench.plain, bench.plain_sent)
         answered = sum(run.ok for run, _ in bench.sent)
         stored = bench.service.rows("SELECT count(*) FROM callbacks")[0][0]
     if problems:
@@ -498,6 +538,20 @@ def run_bench(args: argparse.Namespace, folder: Path) -> int:
         f"CPU per callback (medians): vidhook {vidhook_cpu:.0f} us ({loop_cpu:.0f} us in the"
         f" event loop thread), bare {bare_cpu:.0f} us"
     )
+    if compare:
+        plain_runs = [r.plain for r in rounds if r.plain is not None]
+        plain_rps = median([r.rps for r in plain_runs])
+        vidhook_rps = median([r.vidhook.rps for r in rounds])
+        plain_cpu = median([r.cpu_total_us for r in plain_runs])
+        print(
+            "stack ratio by round: "
+            + ", ".join(f"{r.vidhook.rps / r.plain.rps:.2f}" for r in rounds if r.plain)
+        )
+        print(
+            f"STACK callbacks_rps={vidhook_rps:.0f} h11_rps={plain_rps:.0f}"
+            f" ratio={vidhook_rps / plain_rps if plain_rps else 0:.2f}"
+            f" cpu_us={vidhook_cpu:.0f} h11_cpu_us={plain_cpu:.0f}"
+        )
     print(
         f"PACED target_rps={rate:.0f} achieved_rps={paced.rps:.0f}"
         f" p50_ms={paced.p50_ms:.2f} p99_ms={paced.p99_ms:.2f}"
@@ -527,10 +581,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="OUT",
         help="profile vidhook's full-speed runs with py-spy into OUT (.svg, .json or .txt)",
     )
+    parser.add_argument(
+        "--compare-stack",
+        action="store_true",
+        help="also run vidhook on h11 and the stock asyncio loop (vidhook serve --http-stack"
+        " h11) in every round, and report the default stack's rate against it",
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--http-stack", default="httptools", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare:
-        serve_bare(args.serve_bare, args.log_level)
+        serve_bare(args.serve_bare, args.log_level, args.http_stack)
         return 0
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)

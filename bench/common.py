@@ -37,12 +37,13 @@ API (kept small on purpose):
 ``provider_toml(name, base_url, **settings) -> str``
     A ``[providers.<name>]`` table using API_KEY_ENV; settings are TOML scalars
     (``type="newapi"``, ``poll_interval=0.5``, ``max_concurrency=64``, ...).
-``ServiceProcess(folder, tables="", top="", log_level="warning")``
+``ServiceProcess(folder, tables="", top="", log_level="warning", serve_args=())``
     ``vidhook serve`` as a subprocess on its own config, database and log in ``folder``
     (``vidhook.toml``, ``vidhook.db``, ``vidhook.log``). ``tables`` is TOML appended after
     the generated ``public_url``/``database``/``[server]`` part (provider and channel
     tables: use provider_toml); ``top`` is top-level TOML put before any table
-    (``default_channels = [...]``). Attributes: ``url``, ``port``, ``db_path``,
+    (``default_channels = [...]``); ``serve_args`` go on the command line after the
+    config (``["--http-stack", "h11"]``). Attributes: ``url``, ``port``, ``db_path``,
     ``config_path``, ``log_path``, ``pid`` (None before start). Methods: ``config()``
     (the parsed receiver Config, exactly as the service reads it), ``start(timeout)``
     (waits for /readyz), ``stop()`` (SIGTERM, returns the exit code), ``kill()``
@@ -194,9 +195,15 @@ def provider_toml(name: str, base_url: str, **settings: Any) -> str:
 
 class ServiceProcess:
     def __init__(
-        self, folder: Path, tables: str = "", top: str = "", log_level: str = "warning"
+        self,
+        folder: Path,
+        tables: str = "",
+        top: str = "",
+        log_level: str = "warning",
+        serve_args: Sequence[str] = (),
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        self.serve_args = list(serve_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_path = folder / "vidhook.db"
@@ -222,7 +229,7 @@ class ServiceProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         command = [PYTHON, "-m", "receiver", "serve", "--config", str(self.config_path)]
-        command += ["--log-level", self.log_level]
+        command += ["--log-level", self.log_level, *self.serve_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT

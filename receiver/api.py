@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver.bodies import BodyTooLarge, OverBudget, closing, hold_body, over_budget
 from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
 from receiver.responses import JSON, dumps, error
 from receiver.runtime import CannotCancel
@@ -45,20 +46,23 @@ async def read_json(request: Request) -> tuple[Any, Response | None]:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         return None, error(415, "unsupported_media_type", "send the request as application/json")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_REQUEST_BYTES:
-            return None, error(
-                413, "body_too_large", f"requests are limited to {MAX_REQUEST_BYTES} bytes"
-            )
     try:
-        payload = request.app.state.runtime.json_loads(body)
+        body = await hold_body(request, MAX_REQUEST_BYTES, request.app.state.bodies)
+    except BodyTooLarge:
+        return None, closing(
+            error(413, "body_too_large", f"requests are limited to {MAX_REQUEST_BYTES} bytes")
+        )
+    except OverBudget:
+        return None, over_budget()
+    try:
+        payload = request.app.state.runtime.json_loads(body.content)
         # Escaped lone surrogates ("\ud800") parse but cannot be stored as UTF-8 text.
         dumps(payload)
         return payload, None
     except (ValueError, RecursionError):  # UnicodeError is a ValueError; deep nesting recurses
         return None, error(400, "invalid_json", "the request body is not valid JSON")
+    finally:
+        body.release()
 
 
 def parse_submission(

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from receiver import api, callbacks, metrics
+from receiver.bodies import BodyBudget
 from receiver.config import Config
 from receiver.logs import ACCESS_NOTES
 from receiver.proxy import AllowedHosts, PathPrefix
@@ -135,6 +136,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.bodies = BodyBudget(config.server.max_body_memory)
     # Added last runs first: forwarding headers, then the Host check, then the prefix.
     # Each is left out where it would do nothing: every request passes through them all.
     app.add_middleware(AccessLog)

@@ -15,8 +15,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 import signing
+from receiver.bodies import BodyTooLarge, OverBudget, closing, hold_body, over_budget
 from receiver.logs import access_note
-from receiver.providers.base import JobRef
+from receiver.providers.base import JobRef, Provider
 from receiver.responses import JSON, dumps, error
 from receiver.store import AdmittedCallback, CallbackTarget, UnknownToken
 
@@ -51,27 +52,8 @@ def received_url(scope: Mapping[str, Any]) -> str:
     return f"{url}?{query.decode('latin-1')}" if query else url
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class InvalidBody(ValueError):
     """The body of an authenticated callback is not a JSON object; the message says why."""
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    # isascii(): str.isdigit() also takes digits such as "²" that int() refuses.
-    if declared and declared.isascii() and declared.isdigit() and int(declared[:20]) > limit:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def is_json_media(content_type: str | None) -> bool:
@@ -90,18 +72,40 @@ async def receive(request: Request) -> Response:
         return error(
             404, "unknown_provider", f"no provider named {provider_name!r} takes callbacks"
         )
-    limit = runtime.config.callbacks.max_body_bytes
-    try:
-        body = await read_body(request, limit)
-    except BodyTooLarge:
-        runtime.count_callback(provider_name, "too_large")
-        return error(413, "body_too_large", f"callback bodies are limited to {limit} bytes")
-    except ClientDisconnect:
-        return Response(status_code=400)
     if not is_json_media(request.headers.get("content-type")):
         runtime.count_callback(provider_name, "wrong_content_type")
-        return error(415, "unsupported_media_type", "send the callback as application/json")
+        return closing(
+            error(415, "unsupported_media_type", "send the callback as application/json")
+        )
+    # Before a byte of the body is read: a flood of bodies to made-up tokens costs one
+    # indexed read each, and never holds their bytes.
+    if not await runtime.store.has_callback_token(provider_name, token):
+        runtime.count_callback(provider_name, "unknown_token")
+        return closing(error(404, "unknown_token", "no job has this callback URL"))
+    limit = runtime.config.callbacks.max_body_bytes
+    try:
+        body = await hold_body(request, limit, request.app.state.bodies)
+    except BodyTooLarge:
+        runtime.count_callback(provider_name, "too_large")
+        return closing(
+            error(413, "body_too_large", f"callback bodies are limited to {limit} bytes")
+        )
+    except OverBudget:
+        runtime.count_callback(provider_name, "busy")
+        return over_budget()
+    except ClientDisconnect:
+        return Response(status_code=400)
+    try:
+        return await record(request, runtime, provider, token, body.content)
+    finally:
+        body.release()
 
+
+async def record(
+    request: Request, runtime: Runtime, provider: Provider, token: str, body: bytes
+) -> Response:
+    """Check the callback and store it, in one trip to the writer."""
+    provider_name = request.path_params["provider"]
     tolerance = runtime.config.callbacks.date_tolerance
     checked: list[str] = []  # the job's id once found, for the refusal's log line
 

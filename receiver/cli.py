@@ -33,9 +33,8 @@ def setup_logging(level: str, fmt: str = "text", known_secrets: Iterable[str] = 
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from receiver.app import create_app
+    from receiver.server import serve, uvicorn_config
 
     try:
         config = load_config(config_path(args.config))
@@ -47,19 +46,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app,
-        host=args.host or config.server.host,
-        port=args.port if args.port is not None else config.server.port,
-        access_log=False,
-        log_level=args.log_level.lower(),
-        # None: uvicorn installs no handlers of its own; its records reach the redacting one.
-        log_config=None,
-        timeout_graceful_shutdown=10,
-        # The app reads forwarding headers itself, from [server] trusted_proxies only.
-        proxy_headers=False,
+    return serve(
+        uvicorn_config(
+            app,
+            config.server,
+            host=args.host or config.server.host,
+            port=args.port if args.port is not None else config.server.port,
+            log_level=args.log_level.lower(),
+            stack=args.http_stack,
+        )
     )
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -342,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.add_argument(
         "--log-format", default="text", choices=logs.FORMATS, help="text (default) or json"
+    )
+    serve.add_argument(
+        "--http-stack",
+        default="httptools",
+        choices=["httptools", "h11"],
+        help="httptools on uvloop (default), or h11 on the stock asyncio loop, which is slower"
+        " and has no header limits or header timeout: for comparison only",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -163,6 +163,13 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     # Host header values accepted; empty: the public_url's host and loopback names.
     allowed_hosts: tuple[str, ...] = ()
+    # Connections kept open at once; past it the oldest idle one is closed to make room,
+    # and when every one has a request in hand a request is answered 503 (Retry-After).
+    max_connections: int = 500
+    # Seconds a connection has to send a whole request head before it is closed.
+    header_timeout: float = 5.0
+    # Bytes of request bodies held in memory at once, across all requests.
+    max_body_memory: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -522,8 +529,22 @@ class _Reader:
         if not isinstance(section, Mapping):
             self.problem("server", "must be a table")
             return ServerConfig()
-        known = {"host", "port", "trusted_proxies", "allowed_hosts"}
+        known = {
+            "host", "port", "trusted_proxies", "allowed_hosts",
+            "max_connections", "header_timeout", "max_body_memory",
+        }  # fmt: skip
         self.unknown_keys(section, known, "server")
+        defaults = ServerConfig()
+        max_connections = self.typed(
+            section, "max_connections", int, defaults.max_connections, "server"
+        )
+        if max_connections < 1:
+            self.problem("server.max_connections", "must be at least 1")
+        max_body_memory = self.typed(
+            section, "max_body_memory", int, defaults.max_body_memory, "server"
+        )
+        if max_body_memory < 1:
+            self.problem("server.max_body_memory", "must be a positive number of bytes")
         port = self.typed(section, "port", int, 8000, "server")
         if not 0 <= port <= 65535:
             self.problem("server.port", "must be between 0 and 65535")
@@ -533,6 +554,11 @@ class _Reader:
             port=port,
             trusted_proxies=tuple(proxies),
             allowed_hosts=tuple(self.string_list(section, "allowed_hosts", "server")),
+            max_connections=max_connections,
+            header_timeout=self.seconds(
+                section, "header_timeout", defaults.header_timeout, "server"
+            ),
+            max_body_memory=max_body_memory,
         )
 
     def callbacks(self, section: Any) -> CallbackConfig:

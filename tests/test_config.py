@@ -302,3 +302,35 @@ def test_runway_defaults():
     ]
     assert (runway.base_url, runway.default_model) == ("https://api.dev.runwayml.com", "gen4.5")
     assert runway.poll_interval == 5
+
+
+def test_server_limits_have_defaults_for_a_small_vm_and_can_be_set(tmp_path):
+    server = load_config(write(tmp_path, MINIMAL), ENV).server
+    assert (server.max_connections, server.header_timeout) == (500, 5.0)
+    assert server.max_body_memory == 64 * 1024 * 1024
+    text = (
+        MINIMAL + "[server]\nmax_connections = 50\nheader_timeout = 2.5\nmax_body_memory = 1000\n"
+    )
+    server = load_config(write(tmp_path, text), ENV).server
+    assert (server.max_connections, server.header_timeout, server.max_body_memory) == (
+        50,
+        2.5,
+        1000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "hint"),
+    [
+        ("max_connections = 0", "server.max_connections", "at least 1"),
+        ("max_connections = 'many'", "server.max_connections", "must be a int"),
+        ("header_timeout = 0", "server.header_timeout", "positive number of seconds"),
+        ("max_body_memory = -1", "server.max_body_memory", "positive number of bytes"),
+    ],
+)
+def test_server_limits_refuse_values_that_cannot_work(tmp_path, line, key, hint):
+    path = write(tmp_path, MINIMAL + f"[server]\n{line}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV)
+    matching = [p for p in caught.value.problems if p.startswith(f"{path}: {key}:")]
+    assert matching and hint in matching[0], caught.value.problems

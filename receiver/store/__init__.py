@@ -30,6 +30,7 @@ from receiver.store.jobs import (
     Route,
     UnknownToken,
 )
+from receiver.store.probe import TokenProbe
 from receiver.store.schema import migrations
 from receiver.store.writer import Writer, connect
 
@@ -71,6 +72,7 @@ class Store:
         self.route = route
         self.clock = clock
         self.writer = Writer(path, synchronous)
+        self.probe = TokenProbe(path)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="vidhook-reader")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -79,9 +81,11 @@ class Store:
     def open(self) -> Store:
         migrate(self.path)
         self.writer.start()
+        self.probe.start()
         return self
 
     def close(self) -> None:
+        self.probe.stop()
         self.writer.stop()
         self._readers.shutdown(wait=True)
         with self._lock:
@@ -222,6 +226,10 @@ class Store:
         return await self.read(outbox.attempts, delivery_id)
 
     # -- reads --
+
+    async def has_callback_token(self, provider: str, token: str) -> bool:
+        """Whether a job of ``provider`` has ``token``; cheap, for before a body is read."""
+        return await self.probe.has_token(provider, token)
 
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         return await self.read(queries.get_job, job_id)

@@ -61,6 +61,12 @@ def newest_first(
     return _rows(conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)))
 
 
+def has_callback_token(conn: sqlite3.Connection, provider: str, token: str) -> bool:
+    """Whether a job of ``provider`` has this callback token: one probe of a unique index."""
+    row = conn.execute("SELECT provider FROM jobs WHERE callback_token = ?", (token,)).fetchone()
+    return row is not None and row[0] == provider
+
+
 def transitions(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
     return _rows(conn.execute("SELECT * FROM transitions WHERE job_id = ? ORDER BY id", (job_id,)))
 

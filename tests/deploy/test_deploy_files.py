@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from receiver.cli import build_parser
-from receiver.config import load_config
+from receiver.config import ServerConfig, load_config
 from tests.conftest import free_port, wait_for
 from tests.deploy import (
     DEPLOY,
@@ -332,6 +332,8 @@ def test_the_systemd_unit_is_hardened_and_runs_vidhook_serve_with_a_state_direct
     assert parses(argv[1:]) is None
     assert service["EnvironmentFile"].startswith("/etc/")
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+    # Every connection is a descriptor: room for max_connections and the rest besides.
+    assert int(service["LimitNOFILE"]) >= 4 * ServerConfig().max_connections
     # The guide's VM config keeps the database in that state directory, the one writable place.
     (vm_config,) = readme_blocks("toml")
     assert Path(tomllib.loads(vm_config)["database"]).parent == Path("/var/lib") / state
