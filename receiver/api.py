@@ -125,17 +125,23 @@ async def create_job(request: Request) -> Response:
     if isinstance(parsed, dict):
         return error(422, "invalid_fields", "some fields are invalid", fields=parsed)
     provider_name, submit, notify = parsed
-    job_id = await runtime.submit(provider_name, submit, notify)
+    job_id, outcome = await runtime.submit(provider_name, submit, notify)
     job = await runtime.store.job_detail(job_id)
     assert job is not None
-    if job["status"] == Status.FAILED and job["provider_job_id"] is None:
+    if outcome == "refused":
         return error(
             502,
             "provider_refused",
             f"{provider_name} refused the job: {job['error']}",
             job=render_job(job),
         )
-    return JSON(render_job(job), status_code=201, headers={"Location": f"/api/jobs/{job_id}"})
+    if outcome == "unknown":
+        return error(502, "submission_outcome_unknown", job["error"], job=render_job(job))
+    # pending: refused for now; the job's "submission" says when it is sent again.
+    status_code = 202 if outcome == "pending" else 201
+    return JSON(
+        render_job(job), status_code=status_code, headers={"Location": f"/api/jobs/{job_id}"}
+    )
 
 
 @admin

@@ -132,6 +132,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         payload["images"] = args.image
     job = client.call("POST", "/api/jobs", json=payload)
     print(f"{job['id']} {job['status']}")
+    submission = job.get("submission") or {}
+    if submission.get("pending"):
+        print(
+            f"  {args.provider} refused it for now ({submission['last_error']}); "
+            f"vidhook sends it again at {submission['next_attempt_at']}"
+        )
     if not args.wait:
         return 0
     shown = 0

@@ -19,10 +19,10 @@ from receiver.config import Config
 from receiver.metrics import Metrics
 from receiver.notify.base import Channel
 from receiver.notify.outbox import Outbox
-from receiver.poller import Poller, first_poll_delay
-from receiver.providers.base import Observation, Provider, ProviderError, SubmitRequest
-from receiver.states import Status
+from receiver.poller import Poller
+from receiver.providers.base import Provider, SubmitRequest
 from receiver.store import NewJob, Store
+from receiver.submitter import Outcome, Submitter
 
 log = logging.getLogger("vidhook")
 
@@ -90,6 +90,7 @@ class Runtime:
             channels=self.channels,
         )
         self.poller = Poller(self.store, self.providers, on_poll=self.metrics.count_poll)
+        self.submitter = Submitter(self.store, self.providers, on_submitted=self.poller.wake)
         self.outbox = Outbox(
             self.store, config.notify, self.channels, on_attempt=self.metrics.count_attempt
         )
@@ -98,6 +99,7 @@ class Runtime:
     async def start(self) -> None:
         await asyncio.to_thread(self.store.open)
         self.poller.start()
+        self.submitter.start()
         self.outbox.start()
         log.info(
             "vidhook ready: database %s, providers %s",
@@ -106,6 +108,7 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        await self.submitter.stop()
         await self.poller.stop()
         await self.outbox.stop()
         await self.client.aclose()
@@ -113,19 +116,26 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.store.writer.running and self.poller.running and self.outbox.running
+        workers = (self.poller, self.submitter, self.outbox)
+        return self.store.writer.running and all(worker.running for worker in workers)
 
     def count_callback(self, provider: str, outcome: str, reason: str | None = None) -> None:
         self.metrics.count_callback(provider, outcome, reason)
 
     async def submit(
         self, provider_name: str, request: SubmitRequest, notify: list[str] | None
-    ) -> str:
-        """Record the job, then submit it; the job is stored whatever the provider says."""
+    ) -> tuple[str, Outcome]:
+        """Record the job, then make the first attempt to submit it.
+
+        The job is stored whatever the provider says; the outcome says what it said:
+        accepted, refused, pending (refused for now: the submitter sends it again) or
+        unknown (sent, and no answer came: the job failed, saying so).
+        """
         provider = self.providers[provider_name]
         job_id = new_job_id()
         token = new_callback_token() if provider.supports_callbacks else None
         callback_url = self.config.callback_url(provider_name, token) if token else None
+        created_at = self.store.clock()
         await self.store.insert_job(
             NewJob(
                 id=job_id,
@@ -143,21 +153,10 @@ class Runtime:
                 # response can already be verified.
                 key_fingerprint=provider.config.api_key.fingerprint,
                 notify=notify,
-                deadline_at=self.store.clock() + provider.config.deadline,
+                deadline_at=created_at + provider.config.deadline,
             )
         )
-        try:
-            submission = await provider.submit(request, callback_url)
-        except ProviderError as exc:
-            log.warning("job %s: %s refused the submission: %s", job_id, provider_name, exc)
-            failed = Observation(status=Status.FAILED, error=str(exc))
-            await self.store.apply(job_id, failed, "submit", {"error": str(exc)})
-            return job_id
-        # Webhook providers are still polled if their callback is late (reconciliation).
-        delay = first_poll_delay(provider.config, provider.supports_callbacks)
-        await self.store.record_submission(
-            job_id, submission, next_poll_at=self.store.clock() + delay
+        outcome = await self.submitter.attempt(
+            job_id, provider_name, request, callback_url, created_at=created_at, number=1
         )
-        self.poller.wake()
-        log.info("job %s submitted to %s as %s", job_id, provider_name, submission.provider_job_id)
-        return job_id
+        return job_id, outcome

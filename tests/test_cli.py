@@ -109,6 +109,22 @@ def test_submit_wait_of_a_failing_job_returns_1_and_prints_the_error(
     assert out[-1] == f"failed: {sandbox.settings.fail_err_code}"
 
 
+def test_submit_refused_for_now_says_when_it_is_sent_again_and_waits(
+    service, sandbox, cli_env, capsys
+):
+    sandbox.settings.rate_limit_submits = 1
+    argv = ["submit", "vidu", "--prompt", "Geese in a V", "--wait", "--url", service.url]
+    rc = main(argv)
+    out = capsys.readouterr().out.splitlines()
+    job_id, status = out[0].split(" ")
+    assert (rc, status) == (0, "queued")
+    assert out[1].startswith("  vidu refused it for now (vidu HTTP 429 TooManyRequests: ")
+    assert "vidhook sends it again at 20" in out[1]
+    job = service.job(job_id)
+    assert job["status"] == "completed" and job["submission"]["attempts"] == 2
+    assert out[-1] == f"result: {job['result_url']}"
+
+
 def test_submit_refused_by_the_provider_exits_with_its_reason(service, cli_env, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["submit", "vidu", "--prompt", "Forbidden [policy]", "--url", service.url])

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from receiver.providers.base import Observation, Submission
-from receiver.store import jobs, outbox, queries
+from receiver.store import jobs, outbox, queries, submissions
 from receiver.store.jobs import (
     AdmittedCallback,
     Applied,
@@ -168,6 +168,31 @@ class Store:
         return await self.write(
             lambda conn: jobs.spread_overdue(conn, provider, now, window, min_step)
         )
+
+    # -- submissions the provider has not taken yet --
+
+    async def start_submission(self, job_id: str) -> int | None:
+        now = self.clock()
+        return await self.write(lambda conn: submissions.start(conn, job_id, now))
+
+    async def schedule_submission(self, job_id: str, at: float, error: str) -> bool:
+        now = self.clock()
+        return await self.write(lambda conn: submissions.schedule(conn, job_id, at, error, now))
+
+    async def fail_submission(self, job_id: str, error: str, detail: Mapping[str, Any]) -> Applied:
+        return await self._op(submissions.fail, job_id, error, detail)
+
+    async def due_submissions(
+        self, room: Mapping[str, int], skip: list[str]
+    ) -> tuple[dict[str, list[dict[str, Any]]], float | None]:
+        return await self.read(submissions.due, self.clock(), room, skip)
+
+    async def interrupted_submissions(self, before: float) -> list[dict[str, Any]]:
+        return await self.read(submissions.interrupted, before)
+
+    async def resume_submission(self, job_id: str) -> bool:
+        now = self.clock()
+        return await self.write(lambda conn: submissions.resume(conn, job_id, now))
 
     async def purge_nonces(self) -> int:
         now = self.clock()
