@@ -22,7 +22,7 @@ from receiver.notify.outbox import Outbox
 from receiver.poller import Poller
 from receiver.providers.base import Provider, SubmitRequest
 from receiver.store import NewJob, Store
-from receiver.submitter import Outcome, Submitter
+from receiver.submitter import Outcome, Pending, Submitter
 
 log = logging.getLogger("vidhook")
 
@@ -136,6 +136,7 @@ class Runtime:
         token = new_callback_token() if provider.supports_callbacks else None
         callback_url = self.config.callback_url(provider_name, token) if token else None
         created_at = self.store.clock()
+        deadline_at = created_at + provider.config.deadline
         await self.store.insert_job(
             NewJob(
                 id=job_id,
@@ -153,10 +154,8 @@ class Runtime:
                 # response can already be verified.
                 key_fingerprint=provider.config.api_key.fingerprint,
                 notify=notify,
-                deadline_at=created_at + provider.config.deadline,
+                deadline_at=deadline_at,
             )
         )
-        outcome = await self.submitter.attempt(
-            job_id, provider_name, request, callback_url, created_at=created_at, number=1
-        )
-        return job_id, outcome
+        job = Pending(job_id, provider_name, request, callback_url, created_at, deadline_at)
+        return job_id, await self.submitter.attempt(job, 1)

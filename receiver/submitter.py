@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from receiver.poller import first_poll_delay, retry_delay
@@ -57,16 +58,38 @@ def unknown_outcome(provider: str, job_id: str, sent_at: float, reason: str) -> 
     )
 
 
-def request_of(job: Mapping[str, Any]) -> SubmitRequest:
-    """The submission as it was stored with the job."""
-    stored = job.get("request") or {}
-    return SubmitRequest(
-        prompt=job.get("prompt"),
-        model=job.get("model"),
-        images=tuple(stored.get("images") or ()),
-        mode=stored.get("mode"),
-        options=stored.get("options") or {},
-    )
+@dataclass(frozen=True)
+class Pending:
+    """A job to hand to its provider, and how long that may be tried."""
+
+    job_id: str
+    provider: str
+    request: SubmitRequest
+    callback_url: str | None
+    created_at: float
+    deadline_at: float | None
+
+    @classmethod
+    def of(cls, job: Mapping[str, Any]) -> Pending:
+        """The submission as it was stored with the job."""
+        stored = job.get("request") or {}
+        request = SubmitRequest(
+            prompt=job.get("prompt"),
+            model=job.get("model"),
+            images=tuple(stored.get("images") or ()),
+            mode=stored.get("mode"),
+            options=stored.get("options") or {},
+        )
+        return cls(
+            job["id"], job["provider"], request, job.get("callback_url"),
+            job["created_at"], job.get("deadline_at"),
+        )  # fmt: skip
+
+    def give_up_at(self, max_age: float) -> float:
+        """No attempt after this: submit_max_age, or the job's deadline if that is sooner
+        (the job then fails with the submission's last error, not "timed out")."""
+        limit = self.created_at + max_age
+        return limit if self.deadline_at is None else min(limit, self.deadline_at)
 
 
 class Submitter(Worker):
@@ -100,24 +123,15 @@ class Submitter(Worker):
             await asyncio.wait(list(self._tasks), timeout=STOP_GRACE)
         await super().stop()
 
-    async def attempt(
-        self,
-        job_id: str,
-        provider_name: str,
-        request: SubmitRequest,
-        callback_url: str | None,
-        *,
-        created_at: float,
-        number: int,
-    ) -> Outcome:
-        """Send one attempt (the job is marked as under way) and record how it ended."""
-        provider = self.providers[provider_name]
-        request = dataclasses.replace(request, idempotency_key=job_id)
+    async def attempt(self, job: Pending, number: int) -> Outcome:
+        """Send attempt ``number`` (the job is marked as under way); record how it ended."""
+        job_id, provider = job.job_id, self.providers[job.provider]
+        request = dataclasses.replace(job.request, idempotency_key=job_id)
         sent_at = self.store.clock()
         try:
-            submission = await provider.submit(request, callback_url)
+            submission = await provider.submit(request, job.callback_url)
         except ProviderError as exc:
-            return await self._failed(job_id, provider, exc, created_at, sent_at, number)
+            return await self._failed(job, provider, exc, sent_at, number)
         except InvalidRequest as exc:
             await self._fail(job_id, f"{provider.name}: {exc}")
             return "refused"
@@ -135,15 +149,9 @@ class Submitter(Worker):
         return "accepted"
 
     async def _failed(
-        self,
-        job_id: str,
-        provider: Provider,
-        exc: ProviderError,
-        created_at: float,
-        sent_at: float,
-        number: int,
+        self, job: Pending, provider: Provider, exc: ProviderError, sent_at: float, number: int
     ) -> Outcome:
-        error = str(exc)
+        job_id, error = job.job_id, str(exc)
         judged = verdict(exc, idempotent=provider.idempotent_submit)
         if judged == "refused":
             log.warning("job %s: %s refused the submission: %s", job_id, provider.name, exc)
@@ -153,12 +161,12 @@ class Submitter(Worker):
             return await self._unknown(job_id, provider, sent_at, error)
         now = self.store.clock()
         delay = retry_delay(provider.config, number - 1, exc.retry_after)
-        if now + delay - created_at > provider.config.submit_max_age:
+        if now + delay > job.give_up_at(provider.config.submit_max_age):
             log.warning("job %s: %s kept refusing the submission: %s", job_id, provider.name, exc)
             await self._fail(
                 job_id,
-                f"gave up after {number} attempts in {now - created_at:.0f} s"
-                f" (submit_max_age); the last: {error}",
+                f"gave up after {number} attempts in {now - job.created_at:.0f} s"
+                f" (submit_max_age or deadline); the last: {error}",
             )
             return "refused"
         if exc.retry_after:
@@ -221,10 +229,7 @@ class Submitter(Worker):
         try:
             number = await self.store.start_submission(job["id"])
             if number is not None:
-                await self.attempt(
-                    job["id"], job["provider"], request_of(job), job["callback_url"],
-                    created_at=job["created_at"], number=number,
-                )  # fmt: skip
+                await self.attempt(Pending.of(job), number)
         except Exception:
             log.exception("submission of job %s failed", job["id"])
         finally:

@@ -12,7 +12,7 @@ from receiver.providers.base import ProviderError
 from receiver.providers.kvid import Kvid
 from receiver.sandbox import ServerThread
 from receiver.sandbox.kvid import KvidFake
-from receiver.submitter import request_of, verdict
+from receiver.submitter import Pending, verdict
 from tests.conftest import fake_settings, free_port, running_service, wait_for
 from tests.test_metrics import key, scrape
 from tests.test_restart import ServiceProcess
@@ -56,14 +56,19 @@ def test_verdict(error, idempotent, expected):
     assert verdict(error, idempotent=idempotent) == expected
 
 
-def test_request_of_a_stored_job_is_the_request_submitted():
+def test_a_stored_job_is_sent_again_as_it_was_submitted_until_its_time_is_up():
     job = {
-        "prompt": "Fog", "model": "v2",
+        "id": "job_1", "provider": "kvid", "prompt": "Fog", "model": "v2",
         "request": {"images": ["https://e.x/a.png"], "mode": "i2v", "options": {"seed": 3}},
+        "callback_url": None, "created_at": 1000.0, "deadline_at": 1300.0,
     }  # fmt: skip
-    request = request_of(job)
+    pending = Pending.of(job)
+    request = pending.request
     assert (request.prompt, request.model, request.images) == ("Fog", "v2", ("https://e.x/a.png",))
     assert (request.mode, dict(request.options)) == ("i2v", {"seed": 3})
+    assert pending.give_up_at(max_age=200) == 1200.0
+    assert pending.give_up_at(max_age=600) == 1300.0  # the deadline comes first
+    assert Pending.of({**job, "deadline_at": None}).give_up_at(max_age=600) == 1600.0
 
 
 # -- against the sandbox --------------------------------------------------------------------
@@ -185,7 +190,7 @@ def test_a_provider_that_keeps_refusing_fails_the_job_with_the_last_error(sandbo
     attempts = len(submits(sandbox.kvid))
     assert attempts >= 2
     assert failed["error"].startswith(f"gave up after {attempts} attempts in ")
-    assert "submit_max_age" in failed["error"] and "HTTP 502" in failed["error"]
+    assert "(submit_max_age or deadline)" in failed["error"] and "HTTP 502" in failed["error"]
     assert failed["submission"] == {
         "pending": False, "attempts": attempts, "next_attempt_at": None,
         "last_error": failed["error"],

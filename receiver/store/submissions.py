@@ -19,8 +19,8 @@ from receiver.store.queries import _rows
 
 # What an attempt needs to send the job again, as stored.
 _COLUMNS = (
-    "id, provider, model, prompt, request, callback_url, created_at, submit_attempts,"
-    " next_submit_at, submit_error"
+    "id, provider, model, prompt, request, callback_url, created_at, deadline_at,"
+    " submit_attempts, next_submit_at, submit_error"
 )
 
 
