@@ -14,6 +14,7 @@ from starlette.routing import Route
 from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
 from receiver.responses import JSON, dumps, error
 from receiver.states import Status
+from receiver.store.outbox import DEAD, HELD, STATUSES
 from receiver.views import render_delivery, render_job
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vidhook.api")
 
 Handler = Callable[[Request], Awaitable[Response]]
-DELIVERY_STATUSES = ("pending", "delivered", "dead")
+DELIVERY_STATUSES = STATUSES
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Vidu takes base64 images up to 20 MB
 
 
@@ -234,15 +235,43 @@ async def retry_delivery(request: Request) -> Response:
     source = None if delivery_id is None else await runtime.store.delivery_source(delivery_id)
     if delivery_id is None or source is None:
         return error(404, "unknown_delivery", "no delivery has this id")
-    if source["status"] != "dead":
+    if source["status"] not in (DEAD, HELD):
         return error(
-            409, "not_dead", f"only dead deliveries are retried; this one is {source['status']}"
+            409,
+            "not_dead",
+            f"only dead or held deliveries are retried; this one is {source['status']}",
+        )
+    channel = source["channel"]
+    if channel not in runtime.channels:
+        return error(
+            409,
+            "channel_not_configured",
+            f"channel {channel} is not in the configuration; add it back to send this delivery",
         )
     delivery = await runtime.store.requeue_delivery(delivery_id)
     assert delivery is not None
-    runtime.outbox.disabled.pop(delivery["channel"], None)
-    runtime.outbox.wake()
+    runtime.outbox.enabled([channel])
     return JSON(render_delivery(delivery))
+
+
+@admin
+async def retry_deliveries(request: Request) -> Response:
+    """Every dead delivery queued again, and the channels enabled again with their held
+    deliveries released: of one channel (``?channel=``) or of every configured one."""
+    runtime: Runtime = request.app.state.runtime
+    channel = request.query_params.get("channel")
+    if channel is not None and channel not in runtime.channels:
+        known = ", ".join(sorted(runtime.channels)) or "none"
+        return error(
+            422,
+            "invalid_fields",
+            "some query parameters are invalid",
+            fields={"channel": f"not a configured channel; configured: {known}"},
+        )
+    channels = [channel] if channel is not None else list(runtime.channels)
+    requeued = await runtime.store.requeue_deliveries(channels)
+    runtime.outbox.enabled(channels)
+    return JSON({"queued": requeued.total, "dead": requeued.dead, "held": requeued.held})
 
 
 def _whole(text: str | None) -> int | None:
@@ -255,5 +284,6 @@ routes = [
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
     Route("/deliveries", list_deliveries, methods=["GET"]),
+    Route("/deliveries/retry", retry_deliveries, methods=["POST"]),
     Route("/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),
 ]

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from receiver.cli import main
+from receiver.config import load_config
 from receiver.demo import SAMPLES
+from receiver.notify.outbox import channel_fingerprint
 from receiver.store import migrate
 from tests.conftest import ADMIN_TOKEN, free_port
 from tests.test_restart import REPO
@@ -277,10 +279,13 @@ def test_check_prints_callback_urls_and_disabled_channels(tmp_path, monkeypatch,
     assert "secret" not in out
 
     migrate(tmp_path / "check.db")
+    # Disabled with the configuration it has now: it stays disabled at the next start.
+    fingerprint = channel_fingerprint(load_config(path).channels["team"])
     conn = sqlite3.connect(tmp_path / "check.db")
     with conn:
         conn.execute(
-            "INSERT INTO channel_states VALUES ('team', 0, 'Slack answered HTTP 410', 'x')"
+            "INSERT INTO channel_states VALUES ('team', 0, 'Slack answered HTTP 410', ?)",
+            (fingerprint,),
         )
     conn.close()
     assert main(["check", "--config", str(path)]) == 1

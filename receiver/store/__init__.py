@@ -224,15 +224,28 @@ class Store:
             lambda conn: outbox.record_attempt(conn, delivery_id, now=now, **fields)
         )
 
-    async def disable_channel(self, name: str, reason: str, fingerprint: str) -> None:
+    async def disable_channel(self, name: str, reason: str, fingerprint: str) -> int:
         now = self.clock()
-        await self.write(lambda conn: outbox.disable_channel(conn, name, reason, fingerprint, now))
+        return await self.write(
+            lambda conn: outbox.disable_channel(conn, name, reason, fingerprint, now)
+        )
 
-    async def enable_channel(self, name: str) -> bool:
-        return await self.write(lambda conn: outbox.enable_channel(conn, name))
+    async def hold_deliveries(self, channel: str) -> int:
+        now = self.clock()
+        return await self.write(lambda conn: outbox.hold_if_disabled(conn, channel, now))
 
-    async def channel_states(self) -> list[dict[str, Any]]:
-        return await self.read(outbox.channel_states)
+    async def settle_channels(self, configured: Mapping[str, str]) -> outbox.ChannelsAtStart:
+        """Disabled channels and held deliveries brought in line with the configured
+        channels (name -> configuration fingerprint); written only if something changes."""
+        found = await self.read(outbox.settled_channels, configured)
+        if found is not None:
+            return found
+        now = self.clock()
+        return await self.write(lambda conn: outbox.settle_channels(conn, configured, now))
+
+    async def requeue_deliveries(self, channels: list[str]) -> outbox.Requeued:
+        now = self.clock()
+        return await self.write(lambda conn: outbox.requeue_all(conn, channels, now))
 
     async def requeue_delivery(self, delivery_id: int) -> dict[str, Any] | None:
         now = self.clock()
