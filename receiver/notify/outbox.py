@@ -44,7 +44,7 @@ from typing import Any
 from receiver.config import ChannelConfig, NotifyConfig
 from receiver.notify.base import Channel, DeliveryError, Event
 from receiver.store import Store
-from receiver.store.outbox import DEAD, DELIVERED, DISABLED, HELD, PENDING
+from receiver.store.outbox import DEAD, DELIVERED, PENDING
 from receiver.views import render_job
 from receiver.worker import IDLE_WAIT, Worker
 
@@ -317,10 +317,14 @@ class Outbox(Worker):
                 " changes or one of them is retried", name, reason,
             )  # fmt: skip
             self.disabled[name] = reason
-            # Holds this delivery too, and the channel's others: sent in order once it
-            # is enabled again.
-            await self.store.disable_channel(name, reason, channel_fingerprint(channel.config))
-            await self._finish(delivery, HELD, "disabled", DISABLED + reason, failure, duration)
+            # This delivery is held, and the channel's others: sent in order once it is
+            # enabled again.
+            await self.store.disable_channel(
+                int(delivery["id"]), reason, channel_fingerprint(channel.config),
+                status_code=failure.status_code, duration_ms=duration,
+            )  # fmt: skip
+            if self.on_attempt:
+                self.on_attempt(name, "disabled", None)
         elif failure.kind == "permanent" or attempts >= self.config.max_attempts:
             log.warning("delivery %s to %s is dead: %s", delivery["id"], name, failure.message)
             await self._finish(delivery, DEAD, "dead", failure.message, failure, duration)

@@ -224,11 +224,18 @@ class Store:
             lambda conn: outbox.record_attempt(conn, delivery_id, now=now, **fields)
         )
 
-    async def disable_channel(self, name: str, reason: str, fingerprint: str) -> int:
+    async def disable_channel(
+        self, delivery_id: int, reason: str, fingerprint: str, **attempt: Any
+    ) -> int:
+        """The delivery's attempt found its destination gone: recorded, the delivery held,
+        and its channel disabled with its other pending deliveries held, in one write."""
         now = self.clock()
-        return await self.write(
-            lambda conn: outbox.disable_channel(conn, name, reason, fingerprint, now)
-        )
+
+        def run(conn: sqlite3.Connection) -> int:
+            channel = outbox.record_held_attempt(conn, delivery_id, reason, now=now, **attempt)
+            return outbox.disable_channel(conn, channel, reason, fingerprint, now)
+
+        return await self.write(run)
 
     async def hold_deliveries(self, channel: str) -> int:
         now = self.clock()

@@ -106,6 +106,25 @@ def record_attempt(
     )
 
 
+def record_held_attempt(
+    conn: sqlite3.Connection,
+    delivery_id: int,
+    reason: str,
+    *,
+    status_code: int | None,
+    duration_ms: float,
+    now: float,
+) -> str:
+    """An attempt that found the destination gone: the delivery is held. Its channel."""
+    error = DISABLED + reason
+    record_attempt(
+        conn, delivery_id, outcome="disabled", status=HELD, next_attempt_at=None, error=error,
+        status_code=status_code, duration_ms=duration_ms, now=now,
+    )  # fmt: skip
+    row = conn.execute("SELECT channel FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    return str(row["channel"])
+
+
 def disable_channel(
     conn: sqlite3.Connection, name: str, reason: str, fingerprint: str, now: float
 ) -> int:
