@@ -3,7 +3,9 @@ one the provider may have taken without saying so is never sent twice."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 
 import httpx
 import pytest
@@ -12,6 +14,7 @@ from receiver.providers.base import ProviderError
 from receiver.providers.kvid import Kvid
 from receiver.sandbox import ServerThread
 from receiver.sandbox.kvid import KvidFake
+from receiver.store import NewJob, Store
 from receiver.submitter import Pending, verdict
 from tests.conftest import fake_settings, free_port, running_service, wait_for
 from tests.test_metrics import key, scrape
@@ -177,6 +180,40 @@ def test_a_provider_that_deduplicates_is_sent_a_timed_out_submission_again(
         assert "timed out" in job["submission"]["last_error"]
         service.wait_status(job["id"], "completed", timeout=15)
     assert keys == [job["id"], job["id"]]
+
+
+def test_an_attempt_cut_short_is_sent_again_where_the_provider_deduplicates(
+    sandbox, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(Kvid, "idempotent_submit", True)
+    db = tmp_path / "v.db"
+
+    async def cut_short() -> None:
+        # Inserted with its first attempt under way, and then nothing: what a crash leaves.
+        store = Store(db, route=lambda status, notify: []).open()
+        try:
+            await store.insert_job(
+                NewJob(
+                    id="job_CUT",
+                    provider="kvid",
+                    model="v2",
+                    prompt="Cut short",
+                    request={"images": [], "mode": None, "options": {}},
+                    callback_token=None,
+                    callback_url=None,
+                    key_fingerprint=None,
+                    notify=None,
+                    deadline_at=time.time() + 3600,
+                )
+            )
+        finally:
+            store.close()
+
+    asyncio.run(cut_short())
+    with running_service(sandbox.url, db) as service:
+        done = service.wait_status("job_CUT", "completed")
+    assert list(sandbox.kvid.tasks) == [done["provider_job_id"]]
+    assert done["submission"]["attempts"] == 2
 
 
 def test_a_provider_that_keeps_refusing_fails_the_job_with_the_last_error(sandbox, tmp_path):
