@@ -126,7 +126,7 @@ class Submitter(Worker):
     async def attempt(self, job: Pending, number: int) -> Outcome:
         """Send attempt ``number`` (the job is marked as under way); record how it ended."""
         job_id, provider = job.job_id, self.providers[job.provider]
-        request = dataclasses.replace(job.request, idempotency_key=job_id)
+        request = dataclasses.replace(job.request, job_id=job_id)
         sent_at = self.store.clock()
         try:
             submission = await provider.submit(request, job.callback_url)

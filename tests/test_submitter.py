@@ -166,7 +166,7 @@ def test_a_provider_that_deduplicates_is_sent_a_timed_out_submission_again(
     original = Kvid.submit
 
     async def submit(self, request, callback_url):
-        keys.append(request.idempotency_key)
+        keys.append(request.job_id)
         return await original(self, request, callback_url)
 
     monkeypatch.setattr(Kvid, "idempotent_submit", True)

@@ -64,9 +64,9 @@ class SubmitRequest:
     # Forces a provider-specific mode (for Vidu: which endpoint) instead of inferring it.
     mode: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
-    # The same on every attempt to submit one job (its id): an adapter whose provider
-    # deduplicates on a key of the caller's (idempotent_submit) sends it as that key.
-    idempotency_key: str | None = None
+    # vidhook's id of the job, for providers that keep a caller's reference to a task
+    # (Kling's external_task_id); set by the runtime just before submitting.
+    job_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,9 +151,9 @@ class Provider(ABC):
     # receiver.callbacks keeps nothing else of it (Observation.evidence).
     signs_callback_body: bool = False
     supports_cancel: bool = False
-    # Whether the provider deduplicates submissions on SubmitRequest.idempotency_key (as
-    # Kling does on external_task_id): only then is a submission whose outcome is unknown
-    # (sent, and no answer came) sent again, since that cannot start a second generation.
+    # Whether the provider deduplicates submissions on SubmitRequest.job_id (as Kling does
+    # on external_task_id): only then is a submission whose outcome is unknown (sent, and
+    # no answer came) sent again, since that cannot start a second generation.
     idempotent_submit: bool = False
 
     def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
