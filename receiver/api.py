@@ -16,6 +16,7 @@ from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
 from receiver.responses import JSON, dumps, error
 from receiver.runtime import CannotCancel
 from receiver.states import Status
+from receiver.store.outbox import DEAD, HELD, STATUSES
 from receiver.views import render_delivery, render_job
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vidhook.api")
 
 Handler = Callable[[Request], Awaitable[Response]]
-DELIVERY_STATUSES = ("pending", "delivered", "dead")
+DELIVERY_STATUSES = STATUSES
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Vidu takes base64 images up to 20 MB
 
 
@@ -130,17 +131,23 @@ async def create_job(request: Request) -> Response:
     if isinstance(parsed, dict):
         return error(422, "invalid_fields", "some fields are invalid", fields=parsed)
     provider_name, submit, notify = parsed
-    job_id = await runtime.submit(provider_name, submit, notify)
+    job_id, outcome = await runtime.submit(provider_name, submit, notify)
     job = await runtime.store.job_detail(job_id)
     assert job is not None
-    if job["status"] == Status.FAILED and job["provider_job_id"] is None:
+    if outcome == "refused":
         return error(
             502,
             "provider_refused",
             f"{provider_name} refused the job: {job['error']}",
             job=render_job(job),
         )
-    return JSON(render_job(job), status_code=201, headers={"Location": f"/api/jobs/{job_id}"})
+    if outcome == "unknown":
+        return error(502, "submission_outcome_unknown", job["error"], job=render_job(job))
+    # pending: refused for now; the job's "submission" says when it is sent again.
+    status_code = 202 if outcome == "pending" else 201
+    return JSON(
+        render_job(job), status_code=status_code, headers={"Location": f"/api/jobs/{job_id}"}
+    )
 
 
 @admin
@@ -251,15 +258,43 @@ async def retry_delivery(request: Request) -> Response:
     source = None if delivery_id is None else await runtime.store.delivery_source(delivery_id)
     if delivery_id is None or source is None:
         return error(404, "unknown_delivery", "no delivery has this id")
-    if source["status"] != "dead":
+    if source["status"] not in (DEAD, HELD):
         return error(
-            409, "not_dead", f"only dead deliveries are retried; this one is {source['status']}"
+            409,
+            "not_dead",
+            f"only dead or held deliveries are retried; this one is {source['status']}",
+        )
+    channel = source["channel"]
+    if channel not in runtime.channels:
+        return error(
+            409,
+            "channel_not_configured",
+            f"channel {channel} is not in the configuration; add it back to send this delivery",
         )
     delivery = await runtime.store.requeue_delivery(delivery_id)
     assert delivery is not None
-    runtime.outbox.disabled.pop(delivery["channel"], None)
-    runtime.outbox.wake()
+    runtime.outbox.enabled([channel])
     return JSON(render_delivery(delivery))
+
+
+@admin
+async def retry_deliveries(request: Request) -> Response:
+    """Every dead delivery queued again, and the channels enabled again with their held
+    deliveries released: of one channel (``?channel=``) or of every configured one."""
+    runtime: Runtime = request.app.state.runtime
+    channel = request.query_params.get("channel")
+    if channel is not None and channel not in runtime.channels:
+        known = ", ".join(sorted(runtime.channels)) or "none"
+        return error(
+            422,
+            "invalid_fields",
+            "some query parameters are invalid",
+            fields={"channel": f"not a configured channel; configured: {known}"},
+        )
+    channels = [channel] if channel is not None else list(runtime.channels)
+    requeued = await runtime.store.requeue_deliveries(channels)
+    runtime.outbox.enabled(channels)
+    return JSON({"queued": requeued.total, "dead": requeued.dead, "held": requeued.held})
 
 
 def _whole(text: str | None) -> int | None:
@@ -273,5 +308,6 @@ routes = [
     Route("/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
     Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/deliveries", list_deliveries, methods=["GET"]),
+    Route("/deliveries/retry", retry_deliveries, methods=["POST"]),
     Route("/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),
 ]

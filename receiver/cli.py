@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from receiver import logs
 from receiver.config import Config, ConfigError, config_path, database_path, load_config
 from receiver.notify import build_all as build_channels
 from receiver.notify.base import DeliveryError, Event
+from receiver.notify.outbox import channel_fingerprint
 from receiver.providers import ADAPTERS
 from receiver.responses import iso
 from receiver.states import Status
@@ -128,6 +130,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         payload["images"] = args.image
     job = client.call("POST", "/api/jobs", json=payload)
     print(f"{job['id']} {job['status']}")
+    submission = job.get("submission") or {}
+    if submission.get("pending"):
+        print(
+            f"  {args.provider} refused it for now ({submission['last_error']}); "
+            f"vidhook sends it again at {submission['next_attempt_at']}"
+        )
     if not args.wait:
         return 0
     shown = 0
@@ -181,6 +189,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_deliveries(args: argparse.Namespace) -> int:
     client = Client(args)
     if args.action == "retry":
+        if (args.delivery_id is None) == (not args.all) or (args.channel and not args.all):
+            raise SystemExit("vidhook: give a delivery id, or --all [--channel C]")
+        if args.all:
+            params = {"channel": args.channel} if args.channel else {}
+            queued = client.call("POST", "/api/deliveries/retry", params=params)
+            where = f" to {args.channel}" if args.channel else ""
+            print(
+                f"{queued['queued']} deliveries{where} queued again "
+                f"({queued['dead']} dead, {queued['held']} held)"
+            )
+            return 0
         delivery = client.call("POST", f"/api/deliveries/{args.delivery_id}/retry")
         print(f"delivery {delivery['id']} to {delivery['channel']} queued again")
         return 0
@@ -238,15 +257,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         takes = ADAPTERS[provider.type].supports_callbacks
         where = config.callback_url(name, "<token>") if takes else "none: polled"
         print(f"  {name:<12} {where}")
-    disabled = disabled_channels(config.database)
+    found = stored_channels(config.database)
     print("channels:" if config.channels else "channels: none configured")
+    still_disabled = False
     for name, channel in config.channels.items():
-        state = f"DISABLED: {disabled[name]}" if name in disabled else "enabled"
+        state = "enabled"
+        if name in found.disabled:
+            reason, fingerprint = found.disabled[name]
+            if fingerprint == channel_fingerprint(channel):
+                state, still_disabled = f"DISABLED: {reason}", True
+            else:
+                state = "disabled, but its configuration changed: enabled again at the next start"
+        if found.held.get(name):
+            state += f"; {found.held[name]} deliveries held"
         print(f"  {name:<12} {channel.type:<8} {state}")
+    orphaned = {n: count for n, count in found.waiting.items() if n not in config.channels}
+    if orphaned:
+        print("deliveries held for channels not in the configuration (add one back to send them):")
+        for name, count in sorted(orphaned.items()):
+            print(f"  {name:<12} {count}")
     failed = False
     if args.send_test:
         failed = send_tests(config)
-    return 1 if failed or any(name in disabled for name in config.channels) else 0
+    return 1 if failed or still_disabled else 0
 
 
 def make_test_event(now: float) -> Event:
@@ -298,18 +331,39 @@ async def _send_tests(config: Config) -> dict[str, str | None]:
     return dict(zip(channels, failures, strict=True))
 
 
-def disabled_channels(database: Path) -> dict[str, str]:
-    """Channels the outbox disabled because their destination is gone."""
+@dataclass
+class StoredChannels:
+    """What the database says of the channels: those the outbox disabled because their
+    destination is gone (name -> reason, configuration fingerprint), held deliveries, and
+    deliveries waiting to be sent or held (pending or held), by channel."""
+
+    disabled: dict[str, tuple[str, str]] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
+    waiting: dict[str, int] = field(default_factory=dict)
+
+
+def stored_channels(database: Path) -> StoredChannels:
+    found = StoredChannels()
     if not database.exists():
-        return {}
+        return found
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT name, reason FROM channel_states").fetchall()
+        for name, reason, fingerprint in conn.execute(
+            "SELECT name, reason, config_fingerprint FROM channel_states"
+        ):
+            found.disabled[name] = (reason, fingerprint)
+        for channel, status, count in conn.execute(
+            "SELECT channel, status, count(*) FROM deliveries"
+            " WHERE status IN ('pending', 'held') GROUP BY 1, 2"
+        ):
+            found.waiting[channel] = found.waiting.get(channel, 0) + count
+            if status == "held":
+                found.held[channel] = count
     except sqlite3.Error:
-        return {}
+        return StoredChannels()
     finally:
         conn.close()
-    return {name: reason for name, reason in rows}
+    return found
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -383,10 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(func=cmd_cancel)
 
     deliveries = commands.add_parser("deliveries", help="list notification deliveries")
-    deliveries.add_argument("--status", choices=["pending", "delivered", "dead"])
+    deliveries.add_argument("--status", choices=["pending", "delivered", "dead", "held"])
     actions = deliveries.add_subparsers(dest="action")
-    retry = actions.add_parser("retry", help="queue a dead delivery again")
-    retry.add_argument("delivery_id")
+    retry = actions.add_parser(
+        "retry", help="queue a dead or held delivery again, or (--all) every one"
+    )
+    retry.add_argument("delivery_id", nargs="?")
+    retry.add_argument("--all", action="store_true", help="every dead delivery, and every held one")
+    retry.add_argument("--channel", help="with --all: only this channel's")
     add_client_options(retry)
     add_client_options(deliveries)
     deliveries.set_defaults(func=cmd_deliveries)

@@ -30,6 +30,7 @@ _TIMING: dict[str, float] = {
     "reconcile_after": 600.0,  # webhook providers: poll anyway if no callback ended the job
     "reconcile_interval": 60.0,  # and then at this slow cadence
     "deadline": 3600.0,  # a job not finished by then fails with "timed out"
+    "submit_max_age": 600.0,  # a submission refused for now is retried this long, then fails
 }
 PROVIDER_TYPES: dict[str, dict[str, Any]] = {
     "vidu": {"base_url": "https://api.vidu.com", "default_model": "viduq2"},
@@ -202,6 +203,7 @@ class ProviderConfig:
     reconcile_after: float = 600.0
     reconcile_interval: float = 60.0
     deadline: float = 3600.0
+    submit_max_age: float = 600.0
     requests_per_second: float | None = None
     max_concurrency: int = 8
 

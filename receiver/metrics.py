@@ -98,6 +98,11 @@ class _DatabaseCollector:
             "provider", self.providers, snap.polls_due,
         )  # fmt: skip
         yield self._per(
+            "vidhook_submissions_waiting",
+            "Jobs whose provider refused the submission for now, waiting to be sent again.",
+            "provider", self.providers, snap.submissions_waiting,
+        )  # fmt: skip
+        yield self._per(
             "vidhook_outbox_backlog", "Deliveries waiting to be sent (pending).", "channel",
             self.channels, snap.pending,
         )  # fmt: skip
@@ -109,6 +114,11 @@ class _DatabaseCollector:
         yield self._per(
             "vidhook_outbox_dead", "Deliveries given up on (dead), until retried.", "channel",
             self.channels, snap.dead,
+        )  # fmt: skip
+        yield self._per(
+            "vidhook_outbox_held",
+            "Deliveries held while their channel is disabled, sent once it is enabled again.",
+            "channel", self.channels, snap.held,
         )  # fmt: skip
         disabled = {name: 1 for name in snap.disabled}
         yield self._per(

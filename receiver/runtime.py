@@ -9,7 +9,6 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Literal
 
 import httpx
@@ -20,17 +19,17 @@ from receiver.config import Config
 from receiver.metrics import Metrics
 from receiver.notify.base import Channel
 from receiver.notify.outbox import Outbox
-from receiver.poller import Poller, first_poll_delay
+from receiver.poller import Poller
 from receiver.providers.base import (
     CancelUnsupported,
     JobRef,
-    Observation,
     Provider,
     ProviderError,
     SubmitRequest,
 )
 from receiver.states import Status
 from receiver.store import NewJob, Store
+from receiver.submitter import Outcome, Pending, Submitter
 
 log = logging.getLogger("vidhook")
 
@@ -107,6 +106,7 @@ class Runtime:
             channels=self.channels,
         )
         self.poller = Poller(self.store, self.providers, on_poll=self.metrics.count_poll)
+        self.submitter = Submitter(self.store, self.providers, on_submitted=self.poller.wake)
         self.outbox = Outbox(
             self.store, config.notify, self.channels, on_attempt=self.metrics.count_attempt
         )
@@ -115,6 +115,7 @@ class Runtime:
     async def start(self) -> None:
         await asyncio.to_thread(self.store.open)
         self.poller.start()
+        self.submitter.start()
         self.outbox.start()
         log.info(
             "vidhook ready: database %s, providers %s",
@@ -123,6 +124,7 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        await self.submitter.stop()
         await self.poller.stop()
         await self.outbox.stop()
         await self.client.aclose()
@@ -130,19 +132,27 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.store.writer.running and self.poller.running and self.outbox.running
+        workers = (self.poller, self.submitter, self.outbox)
+        return self.store.writer.running and all(worker.running for worker in workers)
 
     def count_callback(self, provider: str, outcome: str, reason: str | None = None) -> None:
         self.metrics.count_callback(provider, outcome, reason)
 
     async def submit(
         self, provider_name: str, request: SubmitRequest, notify: list[str] | None
-    ) -> str:
-        """Record the job, then submit it; the job is stored whatever the provider says."""
+    ) -> tuple[str, Outcome]:
+        """Record the job, then make the first attempt to submit it.
+
+        The job is stored whatever the provider says; the outcome says what it said:
+        accepted, refused, pending (refused for now: the submitter sends it again) or
+        unknown (sent, and no answer came: the job failed, saying so).
+        """
         provider = self.providers[provider_name]
         job_id = new_job_id()
         token = new_callback_token() if provider.supports_callbacks else None
         callback_url = self.config.callback_url(provider_name, token) if token else None
+        created_at = self.store.clock()
+        deadline_at = created_at + provider.config.deadline
         await self.store.insert_job(
             NewJob(
                 id=job_id,
@@ -160,24 +170,11 @@ class Runtime:
                 # response can already be verified.
                 key_fingerprint=provider.config.api_key.fingerprint,
                 notify=notify,
-                deadline_at=self.store.clock() + provider.config.deadline,
+                deadline_at=deadline_at,
             )
         )
-        try:
-            submission = await provider.submit(replace(request, job_id=job_id), callback_url)
-        except ProviderError as exc:
-            log.warning("job %s: %s refused the submission: %s", job_id, provider_name, exc)
-            failed = Observation(status=Status.FAILED, error=str(exc))
-            await self.store.apply(job_id, failed, "submit", {"error": str(exc)})
-            return job_id
-        # Webhook providers are still polled if their callback is late (reconciliation).
-        delay = first_poll_delay(provider.config, provider.supports_callbacks)
-        await self.store.record_submission(
-            job_id, submission, next_poll_at=self.store.clock() + delay
-        )
-        self.poller.wake()
-        log.info("job %s submitted to %s as %s", job_id, provider_name, submission.provider_job_id)
-        return job_id
+        job = Pending(job_id, provider_name, request, callback_url, created_at, deadline_at)
+        return job_id, await self.submitter.attempt(job, 1)
 
     async def cancel(self, job_id: str) -> Literal["canceled", "requested"]:
         """Ask the job's provider to stop it.

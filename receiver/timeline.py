@@ -36,6 +36,12 @@ def format_job(job: dict[str, Any]) -> list[str]:
         lines.append(f"  result:   {job['result_url']}")
     if job.get("error"):
         lines.append(f"  error:    {job['error']}")
+    submission = job.get("submission")
+    if submission and submission.get("pending"):
+        lines.append(
+            f"  submission: attempt {submission['attempts']} refused "
+            f"({submission['last_error']}); next at {submission['next_attempt_at']}"
+        )
     for anomaly in job.get("anomalies") or []:
         lines.append(f"  anomaly:  {anomaly.get('note')}")
     lines.append("  timeline:")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from receiver.responses import iso
+from receiver.states import TERMINAL
 
 
 def redact_callback_url(url: str | None, token: str | None) -> str | None:
@@ -26,6 +27,7 @@ def render_job(job: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("created_at", "updated_at", "finished_at", "last_callback_at", "next_poll_at"):
         out[key] = iso(job.get(key))
     out["callback_url"] = redact_callback_url(job.get("callback_url"), job.get("callback_token"))
+    out["submission"] = render_submission(job)
     if "transitions" in job:
         out["transitions"] = [{**t, "at": iso(t["at"])} for t in job["transitions"]]
         out["deliveries"] = [render_delivery(d) for d in job["deliveries"]]
@@ -36,6 +38,21 @@ def render_job(job: Mapping[str, Any]) -> dict[str, Any]:
             for c in job["callbacks"]
         ]  # fmt: skip
     return out
+
+
+def render_submission(job: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Where handing the job to its provider stands; None when it went through at once."""
+    attempts = int(job.get("submit_attempts") or 0)
+    under_way = job.get("next_submit_at") is not None or job.get("submitting_at") is not None
+    pending = under_way and job.get("status") not in TERMINAL
+    if not pending and attempts <= 1:
+        return None
+    return {
+        "pending": pending,
+        "attempts": attempts,
+        "next_attempt_at": iso(job.get("next_submit_at")) if pending else None,
+        "last_error": job.get("submit_error"),
+    }
 
 
 _DELIVERY_TIMES = ("next_attempt_at", "created_at", "updated_at", "delivered_at", "requeued_at")

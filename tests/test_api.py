@@ -277,10 +277,27 @@ def test_a_field_of_the_wrong_type_is_reported_as_such(service):
     assert err["fields"]["images"] == "must be a list of image URLs or data: URIs"
 
 
-@pytest.mark.parametrize(
-    ("marker", "provider_message"),
-    [("[429]", "too many requests"), ("[policy]", "prompt policy violation")],
-)
+def test_a_submission_refused_for_now_is_202_with_the_job_queued(fresh):
+    service = fresh  # its own: the 429s pause the provider for every job of the service
+    before = service.counts()
+
+    response = service.api.post("/api/jobs", json={"provider": "vidu", "prompt": "Soon [429]"})
+
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/api/jobs/{job['id']}"
+    assert (job["status"], job["provider_job_id"], job["error"]) == ("queued", None, None)
+    assert job["submission"]["pending"] is True
+    assert job["submission"]["attempts"] == 1
+    assert job["submission"]["last_error"] == "vidu HTTP 429 TooManyRequests: too many requests"
+    assert job["submission"]["next_attempt_at"] is not None
+    assert transitions(job) == [(None, "queued", "api")]
+    assert service.counts()["jobs"] == before["jobs"] + 1
+    ((next_submit_at,),) = service.rows("SELECT next_submit_at FROM jobs WHERE id=?", job["id"])
+    assert next_submit_at is not None
+
+
+@pytest.mark.parametrize(("marker", "provider_message"), [("[policy]", "prompt policy violation")])
 def test_refused_submission_is_502_and_the_job_is_recorded_failed(
     service, sandbox, marker, provider_message
 ):

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from receiver.cli import main
+from receiver.config import load_config
 from receiver.demo import SAMPLES
+from receiver.notify.outbox import channel_fingerprint
 from receiver.store import migrate
 from tests.conftest import ADMIN_TOKEN, free_port
 from tests.test_restart import REPO
@@ -107,6 +109,22 @@ def test_submit_wait_of_a_failing_job_returns_1_and_prints_the_error(
     assert timeline(out) == expected_timeline(job)
     assert timeline(out)[-1] == ("failed", "poll")
     assert out[-1] == f"failed: {sandbox.settings.fail_err_code}"
+
+
+def test_submit_refused_for_now_says_when_it_is_sent_again_and_waits(
+    service, sandbox, cli_env, capsys
+):
+    sandbox.settings.rate_limit_submits = 1
+    argv = ["submit", "vidu", "--prompt", "Geese in a V", "--wait", "--url", service.url]
+    rc = main(argv)
+    out = capsys.readouterr().out.splitlines()
+    job_id, status = out[0].split(" ")
+    assert (rc, status) == (0, "queued")
+    assert out[1].startswith("  vidu refused it for now (vidu HTTP 429 TooManyRequests: ")
+    assert "vidhook sends it again at 20" in out[1]
+    job = service.job(job_id)
+    assert job["status"] == "completed" and job["submission"]["attempts"] == 2
+    assert out[-1] == f"result: {job['result_url']}"
 
 
 def test_submit_refused_by_the_provider_exits_with_its_reason(service, cli_env, capsys):
@@ -261,10 +279,13 @@ def test_check_prints_callback_urls_and_disabled_channels(tmp_path, monkeypatch,
     assert "secret" not in out
 
     migrate(tmp_path / "check.db")
+    # Disabled with the configuration it has now: it stays disabled at the next start.
+    fingerprint = channel_fingerprint(load_config(path).channels["team"])
     conn = sqlite3.connect(tmp_path / "check.db")
     with conn:
         conn.execute(
-            "INSERT INTO channel_states VALUES ('team', 0, 'Slack answered HTTP 410', 'x')"
+            "INSERT INTO channel_states VALUES ('team', 0, 'Slack answered HTTP 410', ?)",
+            (fingerprint,),
         )
     conn.close()
     assert main(["check", "--config", str(path)]) == 1

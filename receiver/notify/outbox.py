@@ -19,6 +19,11 @@ message), and when the drain ends or the worker stops. Sends in flight across al
 channels are bounded (``send_limit``), so that hundreds of channels do not make the
 HTTP client's connection pool thrash.
 
+A channel whose destination is gone (HTTP 403, 404, 410, an archived Slack channel) is
+disabled: its deliveries are held, neither sent nor given up on, until its configuration
+changes or a retry enables it again, and are then sent in their original order. The
+deliveries of a channel that is no longer in the configuration are held too.
+
 A delivery is marked delivered only after its channel accepted it: a crash in between
 sends it again on restart, the one case where a receiver may see a message twice. As a
 record may still be committing while the next message is sent, a crash can leave up to
@@ -33,7 +38,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from typing import Any
 
 from receiver.config import ChannelConfig, NotifyConfig
@@ -164,27 +169,47 @@ class Outbox(Worker):
         return wait
 
     async def prepare(self) -> None:
-        for state in await self.store.channel_states():
-            name = state["name"]
-            channel = self.channels.get(name)
-            if channel is None:
-                continue
-            if state["config_fingerprint"] == channel_fingerprint(channel.config):
-                self.disabled[name] = state["reason"]
-                log.error("channel %s is disabled: %s", name, state["reason"])
-            else:
-                await self.store.enable_channel(name)
-                log.info("channel %s changed since it was disabled; trying it again", name)
+        configured = {name: channel_fingerprint(c.config) for name, c in self.channels.items()}
+        found = await self.store.settle_channels(configured)
+        self.disabled.update(found.disabled)
+        for name, reason in found.disabled.items():
+            log.error(
+                "channel %s is disabled: %s; its deliveries are held until its configuration"
+                " changes or one of them is retried", name, reason,
+            )  # fmt: skip
+        for name in found.changed:
+            log.info("channel %s changed since it was disabled; trying it again", name)
+        for name, count in found.released.items():
+            log.info("channel %s: %d held deliveries queued again, in order", name, count)
+        for name, count in found.orphaned.items():
+            log.warning(
+                "channel %s is not in the configuration: its %d pending deliveries are held"
+                " (add it back to send them)", name, count,
+            )  # fmt: skip
         self._prepared = True
+
+    def enabled(self, names: Iterable[str]) -> None:
+        """These channels were enabled again (a retry, whose write released their held
+        deliveries): send to them."""
+        for name in names:
+            self.disabled.pop(name, None)
+        self.wake()
 
     async def _drain(self, name: str) -> None:
         try:
             while True:
                 self._queued.discard(name)
+                if name in self.disabled:
+                    # Queued since the channel was disabled: held with the others.
+                    await self._recorded(name)
+                    await self.store.hold_deliveries(name)
+                    break
                 batch = await self.store.due_deliveries_with_sources(name, BATCH)
                 if not batch:
                     break
                 for delivery in batch:
+                    if name in self.disabled:
+                        break  # disabling it held the rest of the batch
                     await self._deliver(self.channels[name], delivery)
                 # Before the next read: a delivery whose record is still on its way would
                 # be read as due and sent again.
@@ -223,12 +248,6 @@ class Outbox(Worker):
     async def _deliver(self, channel: Channel, delivery: Mapping[str, Any]) -> None:
         name, delivery_id = channel.name, int(delivery["id"])
         now = self.store.clock()
-        if name in self.disabled:
-            await self._recorded(name)
-            await self._finish(
-                delivery, DEAD, "disabled", f"channel disabled: {self.disabled[name]}"
-            )
-            return
         started_at = delivery.get("requeued_at") or delivery["created_at"]
         if now - started_at > self.config.max_age:
             await self._recorded(name)
@@ -293,10 +312,19 @@ class Outbox(Worker):
         attempts = int(delivery["attempts"]) + 1
         if failure.kind == "gone":
             reason = failure.message
-            log.error("channel %s disabled: %s", name, reason)
+            log.error(
+                "channel %s disabled: %s; its deliveries are held until its configuration"
+                " changes or one of them is retried", name, reason,
+            )  # fmt: skip
             self.disabled[name] = reason
-            await self.store.disable_channel(name, reason, channel_fingerprint(channel.config))
-            await self._finish(delivery, DEAD, "disabled", reason, failure, duration)
+            # This delivery is held, and the channel's others: sent in order once it is
+            # enabled again.
+            await self.store.disable_channel(
+                int(delivery["id"]), reason, channel_fingerprint(channel.config),
+                status_code=failure.status_code, duration_ms=duration,
+            )  # fmt: skip
+            if self.on_attempt:
+                self.on_attempt(name, "disabled", None)
         elif failure.kind == "permanent" or attempts >= self.config.max_attempts:
             log.warning("delivery %s to %s is dead: %s", delivery["id"], name, failure.message)
             await self._finish(delivery, DEAD, "dead", failure.message, failure, duration)

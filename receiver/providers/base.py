@@ -91,6 +91,8 @@ class ProviderError(Exception):
 
     ``transient`` says whether asking again later may succeed (network, timeout, 429,
     5xx) or not (400, 401, 403, 404). ``retry_after`` is the provider's own hint.
+    ``sent`` is False only when the request certainly never reached the provider (the
+    connection was refused or never made, or the provider's Gate held it back).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class ProviderError(Exception):
         status_code: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message)
         self.provider = provider
@@ -110,6 +113,14 @@ class ProviderError(Exception):
         self.status_code = status_code
         self.code = code
         self.retry_after = retry_after
+        self.sent = sent
+
+    @property
+    def may_have_acted(self) -> bool:
+        """Whether the provider may have carried the request out: it was sent, and no
+        error status came back (a timeout or a dropped connection after sending, or a
+        success answer vidhook could not use)."""
+        return self.sent and (self.status_code is None or self.status_code < 400)
 
     def __str__(self) -> str:
         parts = [f"{self.provider}"]
@@ -140,6 +151,10 @@ class Provider(ABC):
     # receiver.callbacks keeps nothing else of it (Observation.evidence).
     signs_callback_body: bool = False
     supports_cancel: bool = False
+    # Whether the provider deduplicates submissions on SubmitRequest.job_id (as Kling does
+    # on external_task_id): only then is a submission whose outcome is unknown (sent, and
+    # no answer came) sent again, since that cannot start a second generation.
+    idempotent_submit: bool = False
 
     def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         self.config = config
@@ -214,6 +229,12 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+# Failures that happen before a single byte of the request is written: the provider
+# cannot have seen it. Every other transport failure (a read timeout, a connection
+# dropped or reset while writing or reading) may come after the provider got it all.
+UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
 def is_transient_status(status_code: int) -> bool:
     return status_code in (408, 425, 429) or status_code >= 500
 
@@ -268,6 +289,14 @@ class HTTPProvider(Provider):
                 f"the provider asked for a pause; {closed.wait:.0f} s to go",
                 transient=True,
                 retry_after=closed.wait,
+                sent=False,
+            ) from None
+        except UNSENT as exc:
+            raise ProviderError(
+                self.name,
+                f"could not connect to the provider ({exc.__class__.__name__})",
+                transient=True,
+                sent=False,
             ) from None
         except httpx.TimeoutException:
             raise ProviderError(

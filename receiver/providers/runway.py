@@ -178,7 +178,14 @@ class Runway(HTTPProvider):
                 {"uri": uri, "position": at} for uri, at in zip(images, positions, strict=True)
             ]
         key = self.config.api_key
-        answer = await self.request_json("POST", f"/v1/{mode_for(request)}", key=key, json=body)
+        try:
+            answer = await self.request_json("POST", f"/v1/{mode_for(request)}", key=key, json=body)
+        except ProviderError as exc:
+            # Runway has no per-minute limit: a 429 on create without Retry-After is the
+            # daily generation limit, which asking again today cannot lift.
+            if exc.status_code == 429 and exc.retry_after is None:
+                exc.transient = False
+            raise
         task_id = answer.get("id") if isinstance(answer, Mapping) else None
         if not isinstance(task_id, str) or not task_id:
             # Not transient: asking again would create (and bill) a second task.

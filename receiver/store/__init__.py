@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from receiver.providers.base import Observation, Submission
-from receiver.store import jobs, outbox, queries
+from receiver.store import jobs, outbox, queries, submissions
 from receiver.store.jobs import (
     AdmittedCallback,
     Applied,
@@ -173,6 +173,31 @@ class Store:
             lambda conn: jobs.spread_overdue(conn, provider, now, window, min_step)
         )
 
+    # -- submissions the provider has not taken yet --
+
+    async def start_submission(self, job_id: str) -> int | None:
+        now = self.clock()
+        return await self.write(lambda conn: submissions.start(conn, job_id, now))
+
+    async def schedule_submission(self, job_id: str, at: float, error: str) -> bool:
+        now = self.clock()
+        return await self.write(lambda conn: submissions.schedule(conn, job_id, at, error, now))
+
+    async def fail_submission(self, job_id: str, error: str, detail: Mapping[str, Any]) -> Applied:
+        return await self._op(submissions.fail, job_id, error, detail)
+
+    async def due_submissions(
+        self, room: Mapping[str, int], skip: list[str]
+    ) -> tuple[dict[str, list[dict[str, Any]]], float | None]:
+        return await self.read(submissions.due, self.clock(), room, skip)
+
+    async def interrupted_submissions(self, before: float) -> list[dict[str, Any]]:
+        return await self.read(submissions.interrupted, before)
+
+    async def resume_submission(self, job_id: str) -> bool:
+        now = self.clock()
+        return await self.write(lambda conn: submissions.resume(conn, job_id, now))
+
     async def purge_nonces(self) -> int:
         now = self.clock()
         return await self.write(lambda conn: jobs.purge_nonces(conn, now))
@@ -203,15 +228,35 @@ class Store:
             lambda conn: outbox.record_attempt(conn, delivery_id, now=now, **fields)
         )
 
-    async def disable_channel(self, name: str, reason: str, fingerprint: str) -> None:
+    async def disable_channel(
+        self, delivery_id: int, reason: str, fingerprint: str, **attempt: Any
+    ) -> int:
+        """The delivery's attempt found its destination gone: recorded, the delivery held,
+        and its channel disabled with its other pending deliveries held, in one write."""
         now = self.clock()
-        await self.write(lambda conn: outbox.disable_channel(conn, name, reason, fingerprint, now))
 
-    async def enable_channel(self, name: str) -> bool:
-        return await self.write(lambda conn: outbox.enable_channel(conn, name))
+        def run(conn: sqlite3.Connection) -> int:
+            channel = outbox.record_held_attempt(conn, delivery_id, reason, now=now, **attempt)
+            return outbox.disable_channel(conn, channel, reason, fingerprint, now)
 
-    async def channel_states(self) -> list[dict[str, Any]]:
-        return await self.read(outbox.channel_states)
+        return await self.write(run)
+
+    async def hold_deliveries(self, channel: str) -> int:
+        now = self.clock()
+        return await self.write(lambda conn: outbox.hold_if_disabled(conn, channel, now))
+
+    async def settle_channels(self, configured: Mapping[str, str]) -> outbox.ChannelsAtStart:
+        """Disabled channels and held deliveries brought in line with the configured
+        channels (name -> configuration fingerprint); written only if something changes."""
+        found = await self.read(outbox.settled_channels, configured)
+        if found is not None:
+            return found
+        now = self.clock()
+        return await self.write(lambda conn: outbox.settle_channels(conn, configured, now))
+
+    async def requeue_deliveries(self, channels: list[str]) -> outbox.Requeued:
+        now = self.clock()
+        return await self.write(lambda conn: outbox.requeue_all(conn, channels, now))
 
     async def requeue_delivery(self, delivery_id: int) -> dict[str, Any] | None:
         now = self.clock()

@@ -81,10 +81,11 @@ dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Route) -> None:
+    # Inserted with its first submission attempt under way (receiver.submitter).
     conn.execute(
         "INSERT INTO jobs (id, provider, status, model, prompt, request, callback_token,"
-        " callback_url, key_fingerprint, notify, deadline_at, created_at, updated_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " callback_url, key_fingerprint, notify, deadline_at, created_at, updated_at,"
+        " submit_attempts, submitting_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,1,?)",
         (
             job.id,
             job.provider,
@@ -97,6 +98,7 @@ def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Rout
             job.key_fingerprint,
             None if job.notify is None else dumps(job.notify),
             job.deadline_at,
+            now,
             now,
             now,
         ),
@@ -209,7 +211,8 @@ def record_submission(
     route: Route,
 ) -> Applied:
     conn.execute(
-        "UPDATE jobs SET provider_job_id = ?, key_fingerprint = ?, next_poll_at = ? WHERE id = ?",
+        "UPDATE jobs SET provider_job_id = ?, key_fingerprint = ?, next_poll_at = ?,"
+        " submitting_at = NULL, next_submit_at = NULL WHERE id = ?",
         (submission.provider_job_id, submission.key_fingerprint, next_poll_at, job_id),
     )
     return apply(conn, job_id, submission.observation, "submit", now=now, route=route)
@@ -358,12 +361,16 @@ def schedule_poll(conn: sqlite3.Connection, job_id: str, at: float) -> bool:
 
 
 def defer_provider(conn: sqlite3.Connection, provider: str, until: float) -> int:
-    """Move every poll of a provider that asked for a pause to the end of the pause."""
-    return conn.execute(
-        "UPDATE jobs SET next_poll_at = ? WHERE provider = ? AND next_poll_at < ?"
-        f" AND status NOT IN {TERMINAL_SQL}",
-        (until, provider, until),
-    ).rowcount
+    """Move every poll and waiting submission of a provider that asked for a pause to
+    the end of the pause."""
+    moved = 0
+    for column in ("next_poll_at", "next_submit_at"):
+        moved += conn.execute(
+            f"UPDATE jobs SET {column} = ? WHERE provider = ? AND {column} < ?"
+            f" AND status NOT IN {TERMINAL_SQL}",
+            (until, provider, until),
+        ).rowcount
+    return moved
 
 
 def spread_overdue(

@@ -154,3 +154,24 @@ def m004_callback_received_url(db: Database) -> None:
     # The URL as this service saw it (scheme and host after the proxy), token cut out:
     # what to look at when a proxy does not forward the scheme or the host.
     db.table("callbacks").add_column("received_url", str)
+
+
+@migrations()
+def m005_submission_queue(db: Database) -> None:
+    jobs = db.table("jobs")
+    # A submission the provider refused for now (429, 5xx, unreachable) is sent again at
+    # next_submit_at; submitting_at marks an attempt under way, so that one a crash cut
+    # short is known after the restart (the provider may or may not have taken it).
+    jobs.add_column("submit_attempts", int, not_null_default=0)
+    jobs.add_column("next_submit_at", float)
+    jobs.add_column("submitting_at", float)
+    jobs.add_column("submit_error", str)
+    # Partial: nearly every job has neither, and the workers only look for those that do.
+    db.execute(
+        "CREATE INDEX idx_jobs_next_submit_at ON jobs (next_submit_at)"
+        " WHERE next_submit_at IS NOT NULL"
+    )
+    db.execute(
+        "CREATE INDEX idx_jobs_submitting_at ON jobs (submitting_at)"
+        " WHERE submitting_at IS NOT NULL"
+    )

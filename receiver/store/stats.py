@@ -18,8 +18,10 @@ class Snapshot:
     active_jobs: dict[tuple[str, str], int] = field(default_factory=dict)
     polls_scheduled: dict[str, int] = field(default_factory=dict)
     polls_due: dict[str, int] = field(default_factory=dict)
+    submissions_waiting: dict[str, int] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
     dead: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
     oldest_pending_age: dict[str, float] = field(default_factory=dict)
     disabled: set[str] = field(default_factory=set)
 
@@ -50,15 +52,23 @@ def read_snapshot(conn: sqlite3.Connection, now: float, previous: Snapshot) -> S
         ):
             snap.polls_scheduled[provider] = scheduled
             snap.polls_due[provider] = due or 0
+        for provider, count in conn.execute(
+            "SELECT provider, count(*) FROM jobs WHERE next_submit_at IS NOT NULL"
+            " AND status IN (?, ?) GROUP BY 1",
+            _ACTIVE,
+        ):
+            snap.submissions_waiting[provider] = count
         for channel, status, count, oldest in conn.execute(
             "SELECT channel, status, count(*), min(coalesce(requeued_at, created_at))"
-            " FROM deliveries WHERE status IN ('pending', 'dead') GROUP BY 1, 2"
+            " FROM deliveries WHERE status IN ('pending', 'dead', 'held') GROUP BY 1, 2"
         ):
             if status == "pending":
                 snap.pending[channel] = count
                 snap.oldest_pending_age[channel] = max(0.0, now - oldest)
-            else:
+            elif status == "dead":
                 snap.dead[channel] = count
+            else:
+                snap.held[channel] = count
         snap.disabled = {name for (name,) in conn.execute("SELECT name FROM channel_states")}
     finally:
         conn.execute("COMMIT")

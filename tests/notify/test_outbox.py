@@ -97,37 +97,13 @@ def test_three_500s_then_200_end_in_exactly_one_message(service, slack):
     assert outcomes == [("retry", 500)] * 3 + [("delivered", None)]
 
 
-def test_410_ends_dead_with_the_channel_disabled_until_a_retry(service, slack):
-    slack.answer(SlackAnswer(status=410, error="channel_is_archived"))
-    first = service.submit("Falling leaves")
-    wait_for(lambda: settled(service, first["id"]), what="the first delivery")
-    (dead,) = deliveries(service, first["id"])
-    assert dead["status"] == "dead" and "410" in dead["last_error"]
-    assert service.rows("SELECT name FROM channel_states") == [("team",)]
-
-    second = service.submit("Falling snow")
-    wait_for(lambda: settled(service, second["id"]), what="the second delivery")
-    (skipped,) = deliveries(service, second["id"])
-    assert skipped["status"] == "dead" and skipped["last_error"].startswith("channel disabled")
-    assert len(slack.requests) == 1  # nothing more was sent to a destination that is gone
-
-    listed = service.api.get("/api/deliveries", params={"status": "dead"}).json()
-    assert {d["id"] for d in listed["deliveries"]} == {dead["id"], skipped["id"]}
-    retried = service.api.post(f"/api/deliveries/{dead['id']}/retry")
-    assert retried.status_code == 200 and retried.json()["status"] == "pending"
-    wait_for(lambda: len(slack.messages) == 1, what="the retried delivery")
-    assert service.rows("SELECT name FROM channel_states") == []
-    again = service.api.post(f"/api/deliveries/{dead['id']}/retry")
-    assert again.status_code == 409
-
-
 def test_a_removed_webhook_disables_the_channel(service, slack):
     slack.settings.removed_webhooks.append("T000/B000/XXXX")
     job = service.submit("Paper boats")
     wait_for(lambda: settled(service, job["id"]), what="the delivery")
-    (dead,) = deliveries(service, job["id"])
-    assert dead["status"] == "dead" and dead["last_error"].endswith("no_service_id")
-    assert attempts(service, dead["id"]) == [("disabled", 400)]
+    (held,) = deliveries(service, job["id"])
+    assert held["status"] == "held" and held["last_error"].endswith("no_service_id")
+    assert attempts(service, held["id"]) == [("disabled", 400)]
     assert service.rows("SELECT name FROM channel_states") == [("team",)]
 
 

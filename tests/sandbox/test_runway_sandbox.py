@@ -231,7 +231,7 @@ def test_cancel_does_not_delete_a_finished_task(url, fake):
     assert not [r for r in fake.requests if r.method == "DELETE" and r.task_id == task_id]
 
 
-def test_the_daily_limit_is_429(url, fake):
+def test_the_daily_limit_is_429_that_asking_again_today_cannot_lift(url, fake):
     fake.settings.daily_limit = 0
 
     async def call(runway: Runway) -> Any:
@@ -239,7 +239,8 @@ def test_the_daily_limit_is_429(url, fake):
 
     with pytest.raises(ProviderError) as caught:
         run(url, call)
-    assert caught.value.status_code == 429 and caught.value.transient
+    assert caught.value.status_code == 429 and not caught.value.transient
+    assert caught.value.retry_after is None
     assert caught.value.message == DAILY_LIMIT_MESSAGE
 
 

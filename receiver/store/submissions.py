@@ -1,0 +1,124 @@
+"""Submissions the provider has not taken yet: each attempt, its retry, and how it ended.
+
+A job is inserted with its first attempt under way (``submitting_at``). An attempt ends
+in ``jobs.record_submission`` (the provider took it), ``schedule`` (refused for now: sent
+again at ``next_submit_at``) or ``fail``. A row still marked under way after a restart is
+an attempt a crash cut short.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from receiver.providers.base import Observation
+from receiver.states import TERMINAL_SQL, Status
+from receiver.store.jobs import Applied, Route, apply
+from receiver.store.queries import _rows
+
+# What an attempt needs to send the job again, as stored.
+_COLUMNS = (
+    "id, provider, model, prompt, request, callback_url, created_at, deadline_at,"
+    " submit_attempts, next_submit_at, submit_error"
+)
+
+
+def start(conn: sqlite3.Connection, job_id: str, now: float) -> int | None:
+    """Claim a waiting submission for an attempt; its attempt number, or None if it is no
+    longer waiting (it ended meanwhile)."""
+    claimed = conn.execute(
+        "UPDATE jobs SET submitting_at = ?, next_submit_at = NULL,"
+        " submit_attempts = submit_attempts + 1 WHERE id = ? AND next_submit_at IS NOT NULL"
+        f" AND status NOT IN {TERMINAL_SQL}",
+        (now, job_id),
+    ).rowcount
+    if not claimed:
+        return None
+    row = conn.execute("SELECT submit_attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return int(row[0])
+
+
+def schedule(conn: sqlite3.Connection, job_id: str, at: float, error: str, now: float) -> bool:
+    """The attempt was refused for now: send it again at ``at``."""
+    return (
+        conn.execute(
+            "UPDATE jobs SET submitting_at = NULL, next_submit_at = ?, submit_error = ?,"
+            f" updated_at = ? WHERE id = ? AND status NOT IN {TERMINAL_SQL}",
+            (at, error, now, job_id),
+        ).rowcount
+        > 0
+    )
+
+
+def fail(
+    conn: sqlite3.Connection,
+    job_id: str,
+    error: str,
+    detail: Mapping[str, Any],
+    *,
+    now: float,
+    route: Route,
+) -> Applied:
+    """The submission will not be sent again: the job fails with ``error``."""
+    conn.execute(
+        "UPDATE jobs SET submitting_at = NULL, next_submit_at = NULL, submit_error = ?"
+        " WHERE id = ?",
+        (error, job_id),
+    )
+    failed = Observation(status=Status.FAILED, error=error)
+    return apply(conn, job_id, failed, "submit", now=now, route=route, detail=detail)
+
+
+def due(
+    conn: sqlite3.Connection, now: float, room: Mapping[str, int], skip: list[str]
+) -> tuple[dict[str, list[dict[str, Any]]], float | None]:
+    """Each provider's due submissions, oldest first (at most its ``room``), and when the
+    next one of a provider with room left falls due. Jobs in ``skip`` are under way."""
+    marks = ",".join("?" * len(skip))
+    found: dict[str, list[dict[str, Any]]] = {}
+    open_: list[str] = []
+    for provider, limit in room.items():
+        found[provider] = _rows(
+            conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE next_submit_at <= ? AND provider = ?"
+                f" AND status NOT IN {TERMINAL_SQL} AND id NOT IN ({marks})"
+                " ORDER BY next_submit_at LIMIT ?",
+                (now, provider, *skip, limit),
+            )
+        )
+        if len(found[provider]) < limit:
+            open_.append(provider)
+    busy = [*skip, *(row["id"] for rows in found.values() for row in rows)]
+    providers = ",".join("?" * len(open_))
+    upcoming = conn.execute(
+        "SELECT min(next_submit_at) FROM jobs WHERE next_submit_at IS NOT NULL"
+        f" AND status NOT IN {TERMINAL_SQL} AND provider IN ({providers})"
+        f" AND id NOT IN ({','.join('?' * len(busy))})",
+        (*open_, *busy),
+    ).fetchone()[0]
+    return found, upcoming
+
+
+def interrupted(conn: sqlite3.Connection, before: float) -> list[dict[str, Any]]:
+    """Jobs whose submission attempt began before ``before`` and never ended: a crash
+    (or a kill) came while it was under way."""
+    return _rows(
+        conn.execute(
+            f"SELECT {_COLUMNS}, submitting_at FROM jobs WHERE submitting_at < ?"
+            f" AND status NOT IN {TERMINAL_SQL} ORDER BY submitting_at",
+            (before,),
+        )
+    )
+
+
+def resume(conn: sqlite3.Connection, job_id: str, now: float) -> bool:
+    """An interrupted attempt that may be sent again: due at once."""
+    return (
+        conn.execute(
+            "UPDATE jobs SET submitting_at = NULL, next_submit_at = ? WHERE id = ?"
+            f" AND status NOT IN {TERMINAL_SQL}",
+            (now, job_id),
+        ).rowcount
+        > 0
+    )

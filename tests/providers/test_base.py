@@ -1,0 +1,88 @@
+"""HTTPProvider.request_json: how each way a request can fail says whether it was sent."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from receiver.config import ProviderConfig, Secret
+from receiver.providers.base import ProviderError
+from receiver.providers.kvid import Kvid
+
+
+def failure(answer) -> ProviderError:
+    """The ProviderError request_json raises when the transport does ``answer``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def run() -> ProviderError:
+        config = ProviderConfig("kvid", "kvid", "http://provider.test", Secret("key"))
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            with pytest.raises(ProviderError) as raised:
+                await Kvid(config, client).request_json("POST", "/x", key=config.api_key, json={})
+        return raised.value
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [httpx.ConnectError("refused"), httpx.ConnectTimeout("slow"), httpx.PoolTimeout("full")],
+)
+def test_a_connection_never_made_was_not_sent(exc):
+    error = failure(exc)
+    assert error.transient and not error.sent and not error.may_have_acted
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.ReadTimeout("slow"),
+        httpx.WriteTimeout("slow"),
+        httpx.ReadError("reset"),
+        httpx.WriteError("broken pipe"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+    ],
+)
+def test_a_failure_after_connecting_may_have_reached_the_provider(exc):
+    error = failure(exc)
+    assert error.transient and error.sent and error.may_have_acted
+
+
+@pytest.mark.parametrize(("status", "transient"), [(429, True), (503, True), (400, False)])
+def test_an_error_answer_says_the_request_was_not_carried_out(status, transient):
+    error = failure(httpx.Response(status, json={"message": "no"}, headers={"Retry-After": "0"}))
+    assert (error.transient, error.status_code) == (transient, status)
+    assert error.sent and not error.may_have_acted
+
+
+def test_a_success_answer_that_is_not_json_may_have_been_carried_out():
+    error = failure(httpx.Response(200, text="<html>ok</html>"))
+    assert error.transient and error.may_have_acted
+
+
+def test_a_provider_paused_past_the_timeout_is_not_asked_at_all():
+    async def run() -> tuple[ProviderError, int]:
+        calls = 0
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            nonlocal calls
+            calls += 1
+            return httpx.Response(200, json={})
+
+        config = ProviderConfig("kvid", "kvid", "http://provider.test", Secret("key"), timeout=1)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            provider = Kvid(config, client)
+            provider.gate.block_for(30)
+            with pytest.raises(ProviderError) as raised:
+                await provider.request_json("POST", "/x", key=config.api_key, json={})
+        return raised.value, calls
+
+    error, calls = asyncio.run(run())
+    assert calls == 0
+    assert not error.sent and error.retry_after is not None and error.retry_after > 29
