@@ -154,3 +154,9 @@ def m004_callback_received_url(db: Database) -> None:
     # The URL as this service saw it (scheme and host after the proxy), token cut out:
     # what to look at when a proxy does not forward the scheme or the host.
     db.table("callbacks").add_column("received_url", str)
+
+
+@migrations()
+def m005_heartbeat(db: Database) -> None:
+    # One row, rewritten at start and by /readyz: a write that proves writes are possible.
+    db.table("heartbeat").create({"id": int, "at": float}, pk="id", not_null={"at"})
