@@ -76,9 +76,9 @@ def prepare(database: Path, now: float) -> None:
             "or remove the empty file to start with a new, empty database"
         )
     try:
+        _check(database)
         conn = connect(database)
         try:
-            _check(database, conn)
             migrations.apply(Database(conn))
             beat(conn, now)
         finally:
@@ -87,10 +87,21 @@ def prepare(database: Path, now: float) -> None:
         raise unusable(database, exc) from None
 
 
-def _check(database: Path, conn: sqlite3.Connection) -> None:
-    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+def _check(database: Path) -> None:
+    # Read-only: a file that turns out not to be vidhook's is left exactly as it was.
+    conn = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        _check_with(database, conn)
+    finally:
+        conn.close()
+
+
+def _check_with(database: Path, conn: sqlite3.Connection) -> None:
+    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(1)")]
     if problems != ["ok"]:
-        raise DatabaseUnusable(f"{database} is damaged ({'; '.join(problems)}); {RESTORE}")
+        said = problems[0].removeprefix("*** in database main ***")
+        first = " ".join(said.split())[:200]  # one line, whatever SQLite said
+        raise DatabaseUnusable(f"{database} is damaged ({first}); {RESTORE}")
     tables = [
         str(row[0])
         for row in conn.execute(

@@ -72,10 +72,12 @@ def mark(conn: sqlite3.Connection, table: str, key: str | None = None) -> None:
             conn.touched.add(f"{table}:{key}")
 
 
-def connect(path: Path, synchronous: str = "FULL") -> Connection:
+def connect(
+    path: Path, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT
+) -> Connection:
     # isolation_level=None: transactions are begun and ended explicitly, never implicitly.
     conn = Connection(
-        str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
     )
     conn.touched = set()
     conn.row_factory = sqlite3.Row
@@ -95,9 +97,12 @@ class Outage:
 
 
 class Writer:
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: Path, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -110,7 +115,7 @@ class Writer:
         self.committed_at = 0.0
 
     def start(self) -> None:
-        conn = connect(self.path, self.synchronous)
+        conn = connect(self.path, self.synchronous, self.busy_timeout)
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="vidhook-writer", daemon=True
         )
