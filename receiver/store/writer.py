@@ -110,9 +110,8 @@ class Writer:
         # Called on the writer thread after every commit with the tables its requests
         # marked (often none): keep them quick and thread-safe.
         self.listeners: list[Callable[[Set[str]], None]] = []
-        # Set while the database refuses writes; time.monotonic() of the last commit.
+        # Set while the database refuses writes.
         self.outage: Outage | None = None
-        self.committed_at = 0.0
 
     def start(self) -> None:
         conn = connect(self.path, self.synchronous, self.busy_timeout)
@@ -234,7 +233,6 @@ class Writer:
             return failure
         self.batches += 1
         self.requests += len(outcomes)
-        self.committed_at = time.monotonic()
         if self.outage is not None:
             self._recovered(self.outage)
         touched = frozenset(conn.touched)
@@ -260,7 +258,7 @@ class Writer:
     def _recovered(self, outage: Outage) -> None:
         self.outage = None
         log.warning(
-            "database %s takes writes again, after %.1f s; %d writes were refused meanwhile",
+            "database %s takes writes again after %.1f s (%d refused meanwhile)",
             self.path,
             time.monotonic() - outage.since,
             outage.refused,
