@@ -10,6 +10,7 @@ when it ends.
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import sqlite3
 import time
@@ -18,11 +19,17 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from tests.conftest import VIDU_KEY, wait_for
+from receiver.sandbox import ServerThread
+from receiver.sandbox.slack import SlackAnswer, create_slack_sink
+from tests.conftest import VIDU_KEY, running_service, wait_for
 from tests.test_restart import ServiceProcess
 from tests.vidu_signer import vidu_headers
 
 pytestmark = pytest.mark.slow
+
+# Longer than a worker's pause between two looks at a database that refuses writes
+# (worker.IDLE_WAIT, 5 s, plus the 1 s its heartbeat may wait).
+WORKER_PAUSE = 7.0
 
 BEGAN = "cannot take writes"
 ENDED = "takes writes again"
@@ -154,3 +161,73 @@ def test_a_disk_that_takes_no_more_bytes(svc):
     began = log_lines(svc, BEGAN)
     assert began and all("(disk I/O error)" in line for line in began)
     assert "Traceback" not in svc.log()
+
+
+# -- the workers pause: nothing is fetched or sent that could not be recorded ----------
+
+
+def warnings_and_errors(caplog):
+    return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_polls_pause_while_the_database_refuses_writes(sandbox, db_path, caplog):
+    caplog.set_level(logging.INFO)
+    with running_service(sandbox.url, db_path) as svc:
+        runtime = svc.server.app.state.runtime
+        job = svc.api.post(
+            "/api/jobs", json={"provider": "kvid", "prompt": "A kite that never lands [never]"}
+        ).json()
+
+        def fetches():  # of this job's status: the only kvid job here
+            return len(sandbox.kvid.requests_to("status"))
+
+        wait_for(lambda: fetches() >= 2, what="the job being polled")
+        with write_locked(db_path):
+            wait_for(lambda: runtime.store.writer.outage is not None, timeout=15, what="outage")
+            fetched = fetches()
+            time.sleep(WORKER_PAUSE)
+            # The poll whose record was refused is not made again and again meanwhile.
+            assert fetches() == fetched
+        wait_for(lambda: fetches() > fetched + 2, timeout=15, what="polls after the outage")
+        assert svc.job(job["id"])["status"] == "processing"
+
+    lines = [r.getMessage() for r in warnings_and_errors(caplog)]
+    assert [line for line in lines if BEGAN in line or ENDED in line] == lines, lines
+    assert len(lines) == 2
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_notifications_pause_while_the_database_refuses_writes(sandbox, db_path, caplog):
+    caplog.set_level(logging.INFO)
+    app = create_slack_sink()
+    slack = app.state.slack
+    with ServerThread(app) as sink:
+        extra = {
+            "env": {"SLACK_URL": f"{sink.url}/services/T000/B000/XXXX"},
+            "default_channels": ["team"],
+            "channels": {"team": {"type": "slack", "webhook_url_env": "SLACK_URL"}},
+        }
+        with running_service(sandbox.url, db_path, extra=extra) as svc:
+            # The first message is held a moment by Slack: the database is locked before
+            # the service can record that it was delivered.
+            slack.answer(SlackAnswer(delay=1.0))
+            job = svc.api.post(
+                "/api/jobs", json={"provider": "kvid", "prompt": "Snow on a quiet street"}
+            ).json()
+            wait_for(lambda: slack.requests, what="the completed message on its way")
+            with write_locked(db_path):
+                runtime = svc.server.app.state.runtime
+                wait_for(lambda: runtime.store.writer.outage is not None, timeout=15)
+                time.sleep(WORKER_PAUSE)
+                # Sent once; not again every few seconds while it cannot be recorded.
+                assert len(slack.requests) == 1
+            wait_for(
+                lambda: svc.job(job["id"])["deliveries"][0]["status"] == "delivered",
+                timeout=15,
+                what="the delivery to be recorded after the outage",
+            )
+    # The one message whose record the outage refused goes again: at least once, as after
+    # a crash, and only once more.
+    assert len(slack.messages) == 2
+    assert slack.messages[0] == slack.messages[1]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
