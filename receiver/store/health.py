@@ -8,8 +8,8 @@ one line that says what to do:
   half-made file. A file at the path is thus always a whole database, and an empty one
   is somebody's mistake (a failed copy, a truncation): it is refused, never replaced by
   a fresh database that would answer 404 to every callback token;
-- a file there: checked with PRAGMA quick_check (every page read once: about 0.25 s for
-  400 MB from the page cache), which finds a truncated or damaged file before the
+- a file there: checked with PRAGMA quick_check (every page read: about 3 s per GiB from
+  the page cache, bench/startup.py), which finds a truncated or damaged file before the
   service acknowledges anything; then migrated;
 - either way, one heartbeat row is written, proving that the user vidhook runs as can
   write the file, not only read it.
