@@ -166,38 +166,7 @@ def test_a_disk_that_takes_no_more_bytes(svc):
 # -- the workers pause: nothing is fetched or sent that could not be recorded ----------
 
 
-def warnings_and_errors(caplog):
-    return [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-def test_polls_pause_while_the_database_refuses_writes(sandbox, db_path, caplog):
-    caplog.set_level(logging.INFO)
-    with running_service(sandbox.url, db_path) as svc:
-        runtime = svc.server.app.state.runtime
-        job = svc.api.post(
-            "/api/jobs", json={"provider": "kvid", "prompt": "A kite that never lands [never]"}
-        ).json()
-
-        def fetches():  # of this job's status: the only kvid job here
-            return len(sandbox.kvid.requests_to("status"))
-
-        wait_for(lambda: fetches() >= 2, what="the job being polled")
-        with write_locked(db_path):
-            wait_for(lambda: runtime.store.writer.outage is not None, timeout=15, what="outage")
-            fetched = fetches()
-            time.sleep(WORKER_PAUSE)
-            # The poll whose record was refused is not made again and again meanwhile.
-            assert fetches() == fetched
-        wait_for(lambda: fetches() > fetched + 2, timeout=15, what="polls after the outage")
-        assert svc.job(job["id"])["status"] == "processing"
-
-    lines = [r.getMessage() for r in warnings_and_errors(caplog)]
-    assert [line for line in lines if BEGAN in line or ENDED in line] == lines, lines
-    assert len(lines) == 2
-    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
-
-
-def test_notifications_pause_while_the_database_refuses_writes(sandbox, db_path, caplog):
+def test_polls_and_notifications_pause_while_the_database_refuses_writes(sandbox, db_path, caplog):
     caplog.set_level(logging.INFO)
     app = create_slack_sink()
     slack = app.state.slack
@@ -208,26 +177,45 @@ def test_notifications_pause_while_the_database_refuses_writes(sandbox, db_path,
             "channels": {"team": {"type": "slack", "webhook_url_env": "SLACK_URL"}},
         }
         with running_service(sandbox.url, db_path, extra=extra) as svc:
-            # The first message is held a moment by Slack: the database is locked before
-            # the service can record that it was delivered.
+            runtime = svc.server.app.state.runtime
+            polled = svc.api.post(
+                "/api/jobs", json={"provider": "kvid", "prompt": "A kite that never lands [never]"}
+            ).json()
+
+            def fetches():  # of status, by both jobs; the second one ends before the lock
+                return len(sandbox.kvid.requests_to("status"))
+
+            wait_for(lambda: fetches() >= 2, what="the first job being polled")
+            # The second job's message is held a moment by Slack: the database is locked
+            # before the service can record that it was delivered.
             slack.answer(SlackAnswer(delay=1.0))
-            job = svc.api.post(
+            announced = svc.api.post(
                 "/api/jobs", json={"provider": "kvid", "prompt": "Snow on a quiet street"}
             ).json()
             wait_for(lambda: slack.requests, what="the completed message on its way")
+
             with write_locked(db_path):
-                runtime = svc.server.app.state.runtime
                 wait_for(lambda: runtime.store.writer.outage is not None, timeout=15)
+                fetched = fetches()
                 time.sleep(WORKER_PAUSE)
-                # Sent once; not again every few seconds while it cannot be recorded.
+                # The poll whose record was refused is not made again and again, and the
+                # message is not sent again every few seconds while it cannot be recorded.
+                assert fetches() == fetched
                 assert len(slack.requests) == 1
+
+            wait_for(lambda: fetches() > fetched + 2, timeout=15, what="polls after the outage")
             wait_for(
-                lambda: svc.job(job["id"])["deliveries"][0]["status"] == "delivered",
+                lambda: svc.job(announced["id"])["deliveries"][0]["status"] == "delivered",
                 timeout=15,
                 what="the delivery to be recorded after the outage",
             )
+            assert svc.job(polled["id"])["status"] == "processing"
     # The one message whose record the outage refused goes again: at least once, as after
     # a crash, and only once more.
     assert len(slack.messages) == 2
     assert slack.messages[0] == slack.messages[1]
+
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 2, said
+    assert BEGAN in said[0] and ENDED in said[1]
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
