@@ -251,3 +251,13 @@ def test_backup_check_and_restore_beside_a_running_service(svc, tmp_path):
     assert restored.returncode == 0, restored.stderr
     svc.start()
     assert readyz(svc).status_code == 200
+
+
+def test_a_lock_file_left_by_another_user_is_named_with_the_fix(svc):
+    shed = without_permission_override()
+    a_vidhook_database(svc.db_path)
+    lock_file = svc.db_path.with_name("vidhook.db.lock")
+    lock_file.write_text("")
+    lock_file.chmod(0o400)  # as a start by another user (root, say) would have left it
+    line = refused_start(svc, EXIT_DATABASE, preexec=shed)
+    assert line.startswith(f"vidhook: cannot open {lock_file} (Permission denied): give it")

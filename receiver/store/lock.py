@@ -84,12 +84,17 @@ def holder(database: Path) -> str | None:
 
 
 def cannot_write_beside(database: Path, path: Path, exc: OSError) -> str:
-    folder = database.parent
+    folder, uid = database.parent, os.geteuid()
+    if path != folder and path.exists():
+        return (
+            f"cannot open {path} ({exc.strerror or exc}): give it, and the database's other "
+            f"files in {folder}, to the user vidhook runs as (uid {uid}), e.g. with chown"
+        )
     what = f"write in {folder}" if path == folder else f"create {path}"
     return (
         f"cannot {what} ({exc.strerror or exc}): vidhook keeps {database.name} and its "
         f"-wal, -shm and .lock files in {folder}; make that folder writable by the user "
-        f"vidhook runs as (uid {os.geteuid()})"
+        f"vidhook runs as (uid {uid})"
     )
 
 
