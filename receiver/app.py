@@ -23,8 +23,11 @@ from receiver.logs import ACCESS_NOTES
 from receiver.proxy import AllowedHosts, PathPrefix
 from receiver.responses import JSON, error
 from receiver.runtime import Runtime
+from receiver.store import DatabaseUnavailable
 
 log = logging.getLogger("vidhook.http")
+# Seconds /readyz waits for its write; a write takes milliseconds when all is well.
+READY_WAIT = 1.0
 
 
 async def healthz(request: Request) -> Response:
@@ -33,15 +36,28 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    checks = {"workers": runtime.ready, "database": False}
-    if runtime.store.writer.running:
-        try:
-            await runtime.store.ping()
-            checks["database"] = True
-        except Exception as exc:
-            log.error("readiness: database not writable: %s", exc)
+    # A write, not a read: a database that can be read but not written cannot store a
+    # callback. Bounded: a probe behind a lock is answered, never left hanging.
+    problem = await runtime.store.heartbeat(timeout=READY_WAIT)
+    checks = {"workers": runtime.ready, "database": problem is None}
     ok = all(checks.values())
-    return JSON({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+    body: dict[str, object] = {"status": "ok" if ok else "unavailable", "checks": checks}
+    if problem is not None:
+        body["problems"] = {"database": problem}
+    return JSON(body, 200 if ok else 503)
+
+
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """A write the database refused: nothing was stored, and the sender should try again."""
+    assert isinstance(exc, DatabaseUnavailable)
+    response = error(
+        503,
+        "database_unavailable",
+        f"the database cannot take this write right now ({exc.reason}); nothing was "
+        f"stored: send it again in {exc.retry_after} s",
+    )
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
@@ -132,7 +148,12 @@ def create_app(
             Route("/metrics", metrics.endpoint),
             Mount("/api", routes=api.routes),
         ],
-        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+        exception_handlers={
+            404: not_found,
+            405: method_not_allowed,
+            500: server_error,
+            DatabaseUnavailable: database_unavailable,
+        },
         lifespan=lifespan,
     )
     app.state.runtime = runtime

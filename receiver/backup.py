@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from receiver.store.lock import holder, lock_path
+
 log = logging.getLogger("vidhook.backup")
 
 # Files SQLite keeps beside a database; they belong to it and travel with it.
@@ -131,7 +133,8 @@ def restore(backup: Path, database: Path) -> None:
     The backup is copied beside the database and checked before anything else is touched,
     so a damaged backup leaves the database as it was. The previous database and its
     sidecar files are kept as ``<database>.before-restore-<UTC time>`` (plus their
-    suffixes). A database still open elsewhere is refused.
+    suffixes). A database still open elsewhere is refused: a running service holds its
+    lock file, any other program SQLite's shared lock.
     """
     backup, database = Path(backup), Path(database)
     if not backup.is_file():
@@ -140,6 +143,9 @@ def restore(backup: Path, database: Path) -> None:
         database.exists() and os.path.samefile(backup, database)
     ):
         raise BackupError(f"{backup} is the database itself; nothing to restore")
+    running = holder(database)
+    if running is not None:
+        raise BackupError(f"{database} is in use: stop the service ({running}) before restoring")
     wal = sidecar(backup, "-wal")
     # An empty one is what a reader leaves behind; one with frames holds part of the data.
     if wal.exists() and wal.stat().st_size > 0:
@@ -188,6 +194,7 @@ def restore(backup: Path, database: Path) -> None:
 def _refuse_live_target(database: Path, target: Path) -> None:
     live = {database.absolute(), database.resolve()}
     live_files = {sidecar(p, s) for p in live for s in ("", *SIDECARS)}
+    live_files |= {lock_path(p) for p in live}
     if target.resolve() in live_files or (target.exists() and os.path.samefile(target, database)):
         raise BackupError(
             f"{target} is the live database (or one of its files); back up to another path"

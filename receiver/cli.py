@@ -27,6 +27,11 @@ from receiver.states import Status
 from receiver.timeline import format_job, format_timeline
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# Exit codes of `vidhook serve` refusing to start (3 is uvicorn's own startup failure,
+# such as a port already taken). 2 and 4 need a person; 5 may pass once the other stops.
+EXIT_CONFIG = 2
+EXIT_DATABASE = 4  # the database is damaged, empty, not vidhook's, or not writable
+EXIT_IN_USE = 5  # another process has the database
 TERMINAL = ("completed", "failed", "canceled")
 
 
@@ -37,17 +42,23 @@ def setup_logging(level: str, fmt: str = "text", known_secrets: Iterable[str] = 
 def cmd_serve(args: argparse.Namespace) -> int:
     from receiver.app import create_app
     from receiver.server import serve, uvicorn_config
+    from receiver.store import DatabaseInUse, DatabaseUnusable
 
     try:
         config = load_config(config_path(args.config))
         # Before the app exists, so that whatever it logs is formatted and redacted.
         setup_logging(args.log_level, args.log_format, logs.config_secrets(config))
         app = create_app(config)
+        # Before the server: a database it cannot serve ends the start here, in one line.
+        app.state.runtime.open_database()
     except ConfigError as exc:
         print("vidhook: the configuration has problems:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except DatabaseUnusable as exc:
+        print(f"vidhook: {exc}", file=sys.stderr)
+        return EXIT_IN_USE if isinstance(exc, DatabaseInUse) else EXIT_DATABASE
     return serve(
         uvicorn_config(
             app,

@@ -23,7 +23,7 @@ from typing import Any
 from receiver.config import ProviderConfig
 from receiver.providers.base import JobRef, Observation, Provider, ProviderError
 from receiver.states import Status
-from receiver.store import Applied, Store, queries
+from receiver.store import Applied, DatabaseUnavailable, Store, queries
 from receiver.worker import IDLE_WAIT, Worker
 
 log = logging.getLogger("vidhook.poller")
@@ -129,6 +129,8 @@ class Poller(Worker):
         self.lateness: deque[float] = deque(maxlen=10_000)
 
     async def round(self) -> float:
+        if not await self.store.writable():
+            return IDLE_WAIT  # a poll could not be recorded, and would be made again
         now = self.store.clock()
         if now - self._last_housekeeping >= HOUSEKEEPING_EVERY:
             self._last_housekeeping = now
@@ -181,6 +183,8 @@ class Poller(Worker):
     async def _poll(self, provider: str, row: Mapping[str, Any]) -> None:
         try:
             await self.poll(row)
+        except DatabaseUnavailable:
+            self._count(provider, "error")  # the store logs the outage; the next round waits
         except Exception:
             log.exception("poll of job %s failed", row["id"])
             self._count(provider, "error")

@@ -112,8 +112,16 @@ class Runtime:
         )
         self.json_loads: Callable[[str | bytes], Any] = strict_json
 
+    def open_database(self) -> None:
+        """Lock, check and upgrade the database; DatabaseUnusable says what is wrong.
+
+        `vidhook serve` calls it before the server starts, so that a database it cannot
+        serve ends the start with one line; ``start`` calls it otherwise.
+        """
+        self.store.open()
+
     async def start(self) -> None:
-        await asyncio.to_thread(self.store.open)
+        await asyncio.to_thread(self.open_database)
         self.poller.start()
         self.submitter.start()
         self.outbox.start()

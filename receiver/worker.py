@@ -13,6 +13,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from receiver.store.errors import DatabaseUnavailable
+
 log = logging.getLogger("vidhook")
 
 IDLE_WAIT = 5.0
@@ -62,6 +64,8 @@ class Worker:
             self._wake.clear()
             try:
                 wait = await self.round()
+            except DatabaseUnavailable:
+                wait = IDLE_WAIT  # the store logs an outage once; this would only repeat it
             except Exception:
                 log.exception("%s round failed; trying again shortly", self.name)
                 wait = IDLE_WAIT

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -63,6 +64,8 @@ class ServiceProcess:
         self.env = {k: v for k, v in os.environ.items() if k not in _OVERRIDES}
         self.env.update(ENV)
         self.proc: subprocess.Popen[bytes] | None = None
+        # Run in the child before vidhook starts (a resource limit, dropped capabilities).
+        self.preexec: Callable[[], None] | None = None
         self.starts = 0
         self.api = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
@@ -77,7 +80,12 @@ class ServiceProcess:
         with open(self.log_path, "ab") as log:
             # cwd: the repository, so that `-m receiver` finds the package.
             self.proc = subprocess.Popen(
-                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                command,
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec,
             )
         self.starts += 1
         deadline = time.monotonic() + timeout

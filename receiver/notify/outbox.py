@@ -43,7 +43,7 @@ from typing import Any
 
 from receiver.config import ChannelConfig, NotifyConfig
 from receiver.notify.base import Channel, DeliveryError, Event
-from receiver.store import Store
+from receiver.store import DatabaseUnavailable, Store
 from receiver.store.outbox import DEAD, DELIVERED, PENDING
 from receiver.views import render_job
 from receiver.worker import IDLE_WAIT, Worker
@@ -149,6 +149,8 @@ class Outbox(Worker):
             self.spawn(self._drain(name))
 
     async def round(self) -> float:
+        if not await self.store.writable():
+            return IDLE_WAIT  # a message sent now could not be recorded, and would go twice
         for name in list(self._queued):
             if name not in self.channels:
                 self._queued.discard(name)
@@ -218,6 +220,8 @@ class Outbox(Worker):
                     # All that was due is sent, and no commit queued more since the read:
                     # no need to read again (the main loop looks once the drain is over).
                     break
+        except DatabaseUnavailable:
+            pass  # the store logs the outage; the next round waits for its end
         except Exception:
             log.exception("channel %s: sending failed; trying again shortly", name)
             await asyncio.sleep(IDLE_WAIT)

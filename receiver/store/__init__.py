@@ -1,7 +1,8 @@
 """The only part of vidhook that speaks SQL.
 
 Writes go through one writer thread (group commit, see ``writer``); reads run on a small
-pool of reader connections. The event loop never waits on SQLite directly.
+pool of reader connections. The event loop never waits on SQLite directly. An open store
+holds its database's lock (``lock``): one file, one service.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from receiver.providers.base import Observation, Submission
-from receiver.store import jobs, outbox, queries, submissions
+from receiver.store import health, jobs, lock, outbox, queries, submissions
+from receiver.store.errors import (
+    DatabaseInUse,
+    DatabaseUnavailable,
+    DatabaseUnusable,
+    StoreError,
+)
 from receiver.store.jobs import (
     AdmittedCallback,
     Applied,
@@ -39,14 +46,20 @@ __all__ = [
     "Applied",
     "CallbackOutcome",
     "CallbackTarget",
+    "DatabaseInUse",
+    "DatabaseUnavailable",
+    "DatabaseUnusable",
     "JobNotFound",
     "NewJob",
     "Store",
+    "StoreError",
     "UnknownToken",
     "migrate",
 ]
 
 T = TypeVar("T")
+# How long a worker waits for a heartbeat to learn whether an outage is over.
+PROBE_WAIT = 1.0
 
 
 def migrate(path: Path) -> None:
@@ -77,11 +90,27 @@ class Store:
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._database_lock: lock.DatabaseLock | None = None
+        self._beat: asyncio.Future[None] | None = None
 
     def open(self) -> Store:
-        migrate(self.path)
-        self.writer.start()
-        self.probe.start()
+        """Lock, check, upgrade and prove writable the database, then start the writer.
+
+        Raises DatabaseUnusable (DatabaseInUse when another process holds the file) with
+        one line that says what to do. Opening an open store does nothing.
+        """
+        if self._database_lock is not None:
+            return self
+        health.make_folder(self.path)
+        held = lock.hold(self.path)
+        try:
+            health.prepare(self.path, self.clock())
+            self.writer.start()
+            self.probe.start()
+        except BaseException:
+            held.release()
+            raise
+        self._database_lock = held
         return self
 
     def close(self) -> None:
@@ -92,6 +121,9 @@ class Store:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+        if self._database_lock is not None:
+            self._database_lock.release()
+            self._database_lock = None
 
     # -- plumbing --
 
@@ -203,8 +235,38 @@ class Store:
         return await self.write(lambda conn: jobs.purge_nonces(conn, now))
 
     async def ping(self) -> None:
-        """Prove the database takes writes: an empty transaction through the writer."""
+        """An empty commit through the writer: once it returns, every earlier write is in."""
         await self.write(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def writable(self) -> bool:
+        """False while the database refuses writes: after a refusal, until a heartbeat passes."""
+        return self.writer.outage is None or await self.heartbeat(PROBE_WAIT) is None
+
+    async def heartbeat(self, timeout: float) -> str | None:
+        """Prove the database takes writes: None once a write committed, else what is wrong.
+
+        Never waits longer than ``timeout``. Callers at the same moment share one write (and
+        that write shares its commit with whatever else is queued), so a flood of probes
+        keeps at most one heartbeat in the writer's queue.
+        """
+        writer = self.writer
+        if not writer.running:
+            return "the store is closed"
+        if self._beat is None or self._beat.done():
+            now = self.clock()
+            self._beat = writer.enqueue(lambda conn: health.beat(conn, now))
+            # Retrieved here, so that a beat every caller gave up on is not reported unseen.
+            self._beat.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._beat)
+        except TimeoutError:
+            outage = writer.outage
+            why = f" ({outage.reason})" if outage is not None else ""
+            return f"a write waited more than {timeout:g} s{why}"
+        except DatabaseUnavailable as exc:
+            return exc.reason
+        return None
 
     # -- the outbox --
 

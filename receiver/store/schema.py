@@ -175,3 +175,9 @@ def m005_submission_queue(db: Database) -> None:
         "CREATE INDEX idx_jobs_submitting_at ON jobs (submitting_at)"
         " WHERE submitting_at IS NOT NULL"
     )
+
+
+@migrations()
+def m005_heartbeat(db: Database) -> None:
+    # One row, rewritten at start and by /readyz: a write that proves writes are possible.
+    db.table("heartbeat").create({"id": int, "at": float}, pk="id", not_null={"at"})

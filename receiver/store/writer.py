@@ -14,6 +14,12 @@ After each commit the listeners are told which tables the batch's requests marke
 and, where a request said so, which part ("deliveries:team": deliveries for "team").
 A request that marked a table and was then rolled back still counts: a listener may be
 told of a change that did not happen, never left untold of one that did.
+
+When the database itself refuses a batch (locked by another program past the busy
+timeout, read-only, full, failing), nothing of the batch is stored and every request in
+it, and every request that queued while it waited, fails with DatabaseUnavailable: the
+HTTP layer answers 503 with Retry-After, and the provider sends the callback again. The
+log says so once when it begins and once when a commit succeeds again.
 """
 
 from __future__ import annotations
@@ -24,15 +30,28 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Set
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from receiver.store.errors import DatabaseUnavailable, is_busy, is_database_failure
+
 log = logging.getLogger("vidhook.store")
 
 T = TypeVar("T")
 MAX_BATCH = 512
+# How long a statement waits for another connection's write lock. Only a program other
+# than this service ever holds it (the service writes through this one connection; its
+# readers take no write lock in WAL mode), briefly for a checkpoint or a short
+# transaction. Past that, it is stuck, and a callback is better answered 503 at once
+# than after the provider's own timeout (often 10 to 30 s): a 503 says "send it again",
+# a timeout leaves the provider unsure. Requests then wait at most this long.
+BUSY_TIMEOUT = 5.0
+# Retry-After of a refused write: a lock may be gone soon; a full or read-only disk is not.
+RETRY_BUSY = 5
+RETRY_FAILING = 60
 _STOP = object()
 # Whoever waits for a request: a thread (submit) or an event loop (run).
 Waiter = Future[Any] | asyncio.Future[Any]
@@ -53,22 +72,37 @@ def mark(conn: sqlite3.Connection, table: str, key: str | None = None) -> None:
             conn.touched.add(f"{table}:{key}")
 
 
-def connect(path: Path, synchronous: str = "FULL") -> Connection:
+def connect(
+    path: Path, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT
+) -> Connection:
     # isolation_level=None: transactions are begun and ended explicitly, never implicitly.
-    conn = Connection(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn = Connection(
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
+    )
     conn.touched = set()
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
 
+class Outage:
+    """Writes refused since ``since`` (time.monotonic()) for ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.since = time.monotonic()
+        self.refused = 0
+
+
 class Writer:
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: Path, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -76,9 +110,11 @@ class Writer:
         # Called on the writer thread after every commit with the tables its requests
         # marked (often none): keep them quick and thread-safe.
         self.listeners: list[Callable[[Set[str]], None]] = []
+        # Set while the database refuses writes.
+        self.outage: Outage | None = None
 
     def start(self) -> None:
-        conn = connect(self.path, self.synchronous)
+        conn = connect(self.path, self.synchronous, self.busy_timeout)
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="vidhook-writer", daemon=True
         )
@@ -135,13 +171,37 @@ class Writer:
                         stop = True
                         break
                     batch.append(item)
-                self._commit(conn, batch)
+                failure = self._commit(conn, batch)
+                if failure is not None:
+                    # Those that queued meanwhile waited through the attempt that failed.
+                    stop = self._refuse_queued(failure) or stop
                 if stop:
                     return
         finally:
             conn.close()
 
-    def _commit(self, conn: Connection, batch: list[tuple[Any, Waiter]]) -> None:
+    def _refuse_queued(self, failure: DatabaseUnavailable) -> bool:
+        """Fail every request in the queue with ``failure``; True if a stop was queued."""
+        refused: list[tuple[Waiter, bool, Any]] = []
+        stop = False
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                stop = True
+                break
+            refused.append((item[1], False, failure))
+        if self.outage is not None:
+            self.outage.refused += len(refused)
+        _settle(refused)
+        return stop
+
+    def _commit(
+        self, conn: Connection, batch: list[tuple[Any, Waiter]]
+    ) -> DatabaseUnavailable | None:
+        """Run and commit the batch; if the database refused it, the failure handed out."""
         outcomes: list[tuple[Waiter, bool, Any]] = []
         conn.touched.clear()
         try:
@@ -153,6 +213,8 @@ class Writer:
                 try:
                     result = fn(conn)
                 except BaseException as exc:  # handed to the caller, whatever it is
+                    if is_database_failure(exc):
+                        raise  # the whole batch's, not this request's
                     conn.execute("ROLLBACK TO request")
                     conn.execute("RELEASE request")
                     outcomes.append((future, False, exc))
@@ -161,13 +223,18 @@ class Writer:
                     outcomes.append((future, True, result))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            log.error("commit failed: %s", exc)
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            _settle([(future, False, exc) for _fn, future in batch])
-            return
+                # SQLite may have rolled back already after a full disk or an I/O error.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            failure = DatabaseUnavailable(str(exc), RETRY_BUSY if is_busy(exc) else RETRY_FAILING)
+            self._refused(failure, len(batch))
+            _settle([(future, False, failure) for _fn, future in batch])
+            return failure
         self.batches += 1
         self.requests += len(outcomes)
+        if self.outage is not None:
+            self._recovered(self.outage)
         touched = frozenset(conn.touched)
         _settle(outcomes)
         for listener in self.listeners:
@@ -175,6 +242,27 @@ class Writer:
                 listener(touched)
             except Exception:
                 log.exception("a commit listener failed")
+        return None
+
+    def _refused(self, failure: DatabaseUnavailable, requests: int) -> None:
+        if self.outage is None or self.outage.reason != failure.reason:
+            self.outage = Outage(failure.reason)
+            log.error(
+                "database %s cannot take writes (%s): writes are refused, and answered 503 "
+                "with Retry-After, until it can",
+                self.path,
+                failure.reason,
+            )
+        self.outage.refused += requests
+
+    def _recovered(self, outage: Outage) -> None:
+        self.outage = None
+        log.warning(
+            "database %s takes writes again after %.1f s (%d refused meanwhile)",
+            self.path,
+            time.monotonic() - outage.since,
+            outage.refused,
+        )
 
 
 def _claim(future: Waiter) -> bool:

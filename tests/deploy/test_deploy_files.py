@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.cli import build_parser
+from receiver.cli import EXIT_CONFIG, EXIT_DATABASE, build_parser
 from receiver.config import ServerConfig, load_config
 from tests.conftest import free_port, wait_for
 from tests.deploy import (
@@ -334,6 +334,12 @@ def test_the_systemd_unit_is_hardened_and_runs_vidhook_serve_with_a_state_direct
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     # Every connection is a descriptor: room for max_connections and the rest besides.
     assert int(service["LimitNOFILE"]) >= 4 * ServerConfig().max_connections
+    # Restarted on failure, except when only a person can fix the start.
+    assert service["Restart"] == "on-failure"
+    assert {int(code) for code in service["RestartPreventExitStatus"].split()} == {
+        EXIT_CONFIG,
+        EXIT_DATABASE,
+    }
     # The guide's VM config keeps the database in that state directory, the one writable place.
     (vm_config,) = readme_blocks("toml")
     assert Path(tomllib.loads(vm_config)["database"]).parent == Path("/var/lib") / state
