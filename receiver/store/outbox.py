@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from receiver.store import media
 from receiver.store.queries import _row, _rows, newest_first
 from receiver.store.writer import mark
 
@@ -31,6 +32,7 @@ def due_with_sources(
     if batch:
         jobs = _by_id(conn, "jobs", {d["job_id"] for d in batch})
         transitions = _by_id(conn, "transitions", {d["transition_id"] for d in batch})
+        media.attach(conn, jobs.values())
         for delivery in batch:
             delivery["job"] = jobs.get(delivery["job_id"])
             delivery["transition"] = transitions.get(delivery["transition_id"])
@@ -63,6 +65,8 @@ def event_source(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any] |
     delivery["job"] = _row(
         conn.execute("SELECT * FROM jobs WHERE id = ?", (delivery["job_id"],)).fetchone()
     )
+    if delivery["job"] is not None:
+        media.attach(conn, [delivery["job"]])
     delivery["transition"] = _row(
         conn.execute(
             "SELECT * FROM transitions WHERE id = ?", (delivery["transition_id"],)
