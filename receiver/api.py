@@ -14,7 +14,7 @@ from starlette.routing import Route
 from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
 from receiver.responses import JSON, dumps, error
 from receiver.states import Status
-from receiver.views import render_delivery, render_job
+from receiver.views import render_delivery
 
 if TYPE_CHECKING:
     from receiver.runtime import Runtime
@@ -26,12 +26,16 @@ DELIVERY_STATUSES = ("pending", "delivered", "dead")
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Vidu takes base64 images up to 20 MB
 
 
+def has_admin_credentials(request: Request) -> bool:
+    runtime: Runtime = request.app.state.runtime
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = runtime.config.admin_token.reveal().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+
 def admin(handler: Handler) -> Handler:
     async def guarded(request: Request) -> Response:
-        runtime: Runtime = request.app.state.runtime
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        expected = runtime.config.admin_token.reveal().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        if not has_admin_credentials(request):
             response = error(401, "unauthorized", "send Authorization: Bearer <admin token>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="vidhook"'
             return response
@@ -133,9 +137,11 @@ async def create_job(request: Request) -> Response:
             502,
             "provider_refused",
             f"{provider_name} refused the job: {job['error']}",
-            job=render_job(job),
+            job=runtime.render_job(job),
         )
-    return JSON(render_job(job), status_code=201, headers={"Location": f"/api/jobs/{job_id}"})
+    return JSON(
+        runtime.render_job(job), status_code=201, headers={"Location": f"/api/jobs/{job_id}"}
+    )
 
 
 @admin
@@ -161,7 +167,7 @@ async def list_jobs(request: Request) -> Response:
     jobs = jobs[:limit]
     return JSON(
         {
-            "jobs": [render_job(j) for j in jobs],
+            "jobs": [runtime.render_job(j) for j in jobs],
             "next_cursor": jobs[-1]["id"] if more else None,
         }
     )
@@ -173,7 +179,7 @@ async def get_job(request: Request) -> Response:
     job = await runtime.store.job_detail(request.path_params["job_id"])
     if job is None:
         return error(404, "unknown_job", "no job has this id")
-    return JSON(render_job(job))
+    return JSON(runtime.render_job(job))
 
 
 @admin
@@ -190,7 +196,28 @@ async def refresh_job(request: Request) -> Response:
             return error(502, "provider_error", str(exc), transient=exc.transient)
     detail = await runtime.store.job_detail(job_id)
     assert detail is not None
-    return JSON(render_job(detail))
+    return JSON(runtime.render_job(detail))
+
+
+@admin
+async def archive_job(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    job_id = request.path_params["job_id"]
+    job = await runtime.store.get_job(job_id)
+    if job is None:
+        return error(404, "unknown_job", "no job has this id")
+    if not runtime.archive.enabled:
+        return error(
+            409, "archive_off", 'the archive is off; set [archive] store = "local" or "s3"'
+        )
+    if job["status"] != Status.COMPLETED or not job["result_url"]:
+        return error(
+            409, "no_result", f"only a completed job's result is kept; this one is {job['status']}"
+        )
+    await runtime.store.requeue_download(job_id)
+    detail = await runtime.store.job_detail(job_id)
+    assert detail is not None
+    return JSON(runtime.render_job(detail), status_code=202)
 
 
 @admin
@@ -248,6 +275,7 @@ routes = [
     Route("/jobs", list_jobs, methods=["GET"]),
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
+    Route("/jobs/{job_id}/archive", archive_job, methods=["POST"]),
     Route("/deliveries", list_deliveries, methods=["GET"]),
     Route("/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),
 ]

@@ -19,6 +19,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from receiver import api, callbacks, metrics
 from receiver.config import Config
 from receiver.logs import ACCESS_NOTES
+from receiver.media import serve as media
 from receiver.proxy import AllowedHosts, PathPrefix
 from receiver.responses import JSON, error
 from receiver.runtime import Runtime
@@ -130,6 +131,7 @@ def create_app(
             Route("/readyz", readyz),
             Route("/metrics", metrics.endpoint),
             Mount("/api", routes=api.routes),
+            Mount("/media", routes=media.routes),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
         lifespan=lifespan,

@@ -137,6 +137,9 @@ class Provider(ABC):
     # receiver.callbacks keeps nothing else of it (Observation.evidence).
     signs_callback_body: bool = False
     supports_cancel: bool = False
+    # How long the provider's result links keep working, in seconds; None if unknown.
+    # A link that answers 403, 404 or 410 after that has expired (receiver.media).
+    result_lifetime: float | None = None
 
     def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         self.config = config

@@ -80,6 +80,7 @@ def observation(body: Mapping[str, Any]) -> Observation:
 
 class Vidu(HTTPProvider):
     supports_callbacks = True
+    result_lifetime = 24 * 3600.0  # Vidu's result links last 24 hours
 
     def auth_headers(self, key: Secret) -> dict[str, str]:
         return {"Authorization": f"{self.config.auth_scheme} {key.reveal()}"}

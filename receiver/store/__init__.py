@@ -272,9 +272,9 @@ class Store:
     async def download_status(self, job_id: str) -> dict[str, Any] | None:
         return await self.read(media.status, job_id)
 
-    async def defer_delivery(self, delivery_id: int, until: float) -> None:
+    async def defer_delivery(self, delivery_id: int, until: float) -> bool:
         now = self.clock()
-        await self.write(lambda conn: media.defer_delivery(conn, delivery_id, until, now))
+        return await self.write(lambda conn: media.defer_delivery(conn, delivery_id, until, now))
 
     # -- reads --
 

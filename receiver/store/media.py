@@ -141,12 +141,20 @@ def release_deliveries(conn: sqlite3.Connection, job_id: str, now: float) -> Non
         mark(conn, "deliveries", channel)
 
 
-def defer_delivery(conn: sqlite3.Connection, delivery_id: int, until: float, now: float) -> None:
-    """A completed notification waits for the kept copy: no attempt is counted."""
-    conn.execute(
-        "UPDATE deliveries SET next_attempt_at = ?, updated_at = ?"
-        " WHERE id = ? AND status = 'pending'",
-        (until, now, delivery_id),
+def defer_delivery(conn: sqlite3.Connection, delivery_id: int, until: float, now: float) -> bool:
+    """A completed notification waits for the kept copy; no attempt is counted.
+
+    Only while the download is still pending: one that settled since the delivery was
+    read has released its deliveries already, and this one must not wait after that.
+    """
+    return (
+        conn.execute(
+            "UPDATE deliveries SET next_attempt_at = ?, updated_at = ?"
+            " WHERE id = ? AND status = 'pending' AND EXISTS (SELECT 1 FROM downloads d"
+            " WHERE d.job_id = deliveries.job_id AND d.status = 'pending')",
+            (until, now, delivery_id),
+        ).rowcount
+        > 0
     )
 
 
