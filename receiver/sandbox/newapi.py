@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, bearer_key, scenario_of
+from receiver.sandbox.media import file_response
 
 MODELS = ("kling-v1", "kling-v2-master", "jimeng_vgfm_t2v_l20", "jimeng_vgfm_i2v_l20", "viduq1")
 MARKERS = ("fail", "slow", "unknown", "never", "429", "500", "policy")
@@ -255,7 +256,7 @@ class NewApiFake(FakeProvider):
         request.state.task_id = None if task is None else task.task_id
         if task is None or task.status != "SUCCESS" or ext != "mp4":
             return await self._not_found(request)
-        return Response(_MP4, media_type="video/mp4")
+        return file_response(ext, self.settings.files) or Response(status_code=404)
 
     async def _not_found(self, request: Request) -> Response:
         message = f"Invalid URL ({request.method} {request.url.path})"
