@@ -56,7 +56,9 @@ def retry_delay(
 
 
 def _hours(seconds: float) -> str:
-    return f"{seconds / 86400:g} days" if seconds >= 2 * 86400 else f"{seconds / 3600:.0f} h"
+    return (
+        f"{round(seconds / 86400, 1):g} days" if seconds >= 2 * 86400 else f"{seconds / 3600:.0f} h"
+    )
 
 
 class Archiver(Worker):

@@ -33,9 +33,9 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first_text.isdigit() or (last_text and not last_text.isdigit()):
         return None
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    if last_text and int(last_text) < first:
         return None
     if first >= size:
         raise Unsatisfiable
+    last = int(last_text) if last_text else size - 1
     return first, min(last, size - 1)
