@@ -32,6 +32,7 @@ _ERROR_TEXT = 300
 
 class S3Storage(Storage):
     name = "s3"
+    remote = True
 
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings

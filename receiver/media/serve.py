@@ -76,11 +76,11 @@ async def media_file(request: Request) -> Response:
     headers = _headers(row)
     if _unchanged(request, headers["ETag"]):
         return Response(status_code=304, headers=headers)
-    if request.method == "GET":
+    if storage.remote:
+        if request.method == "HEAD":  # a presigned GET cannot answer HEAD: the record does
+            return _ranged(request, None, row["bytes"], row["content_type"], headers)
         target = await storage.redirect(row["location"], REDIRECT_SECONDS)
-        if target is not None:
-            moved = {"Location": target, "Cache-Control": "no-store"}
-            return Response(status_code=307, headers=moved)
+        return Response(status_code=307, headers={"Location": target, "Cache-Control": "no-store"})
     try:
         file = await asyncio.to_thread(open, storage.path(row["location"]), "rb")
     except FileNotFoundError:
@@ -91,14 +91,20 @@ async def media_file(request: Request) -> Response:
 
 
 def _ranged(
-    request: Request, file: IO[bytes], size: int, content_type: str, headers: dict[str, str]
+    request: Request,
+    file: IO[bytes] | None,
+    size: int,
+    content_type: str,
+    headers: dict[str, str],
 ) -> Response:
+    """The answer for the range asked for; ``file`` (None for HEAD only) is closed after."""
     if_range = request.headers.get("if-range")
     asked = request.headers.get("range") if if_range in (None, headers["ETag"]) else None
     try:
         first_last = byte_range(asked, size)
     except Unsatisfiable:
-        file.close()
+        if file is not None:
+            file.close()
         refused = error(416, "range_not_satisfiable", f"the file has {size} bytes")
         refused.headers["Content-Range"] = f"bytes */{size}"
         return refused
@@ -109,8 +115,9 @@ def _ranged(
     if first_last is not None:
         status = 206
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    if request.method == "HEAD":
-        file.close()
+    if request.method == "HEAD" or file is None:
+        if file is not None:
+            file.close()
         return Response(status_code=status, headers=headers, media_type=content_type)
     return StreamingResponse(
         _chunks(file, first, length), status_code=status, headers=headers, media_type=content_type

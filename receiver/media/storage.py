@@ -33,6 +33,7 @@ def file_name(job_id: str, kind: str, content_type: str) -> str:
 
 class Storage(ABC):
     name: str
+    remote = False  # True: readers are redirected to the file (``redirect``), not served it
 
     @abstractmethod
     async def prepare(self) -> None:
@@ -50,9 +51,9 @@ class Storage(ABC):
     async def check(self) -> str:
         """Prove the storage takes files (write and remove a probe); say where it is."""
 
-    async def redirect(self, location: str, seconds: int) -> str | None:
-        """A URL to send readers to instead of serving the bytes, or None to serve them."""
-        return None
+    async def redirect(self, location: str, seconds: int) -> str:
+        """A short-lived URL that serves the file itself, for remote storage."""
+        raise StorageError(f"{self.name} storage serves its files itself")
 
     def path(self, location: str) -> Path:
         raise StorageError(f"{self.name} storage has no local files")
