@@ -221,6 +221,34 @@ async def archive_job(request: Request) -> Response:
 
 
 @admin
+async def archive_summary(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    return JSON({"store": runtime.config.archive.store, **await runtime.store.archive_summary()})
+
+
+@admin
+async def archive_backfill(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.archive.enabled:
+        return error(
+            409, "archive_off", 'the archive is off; set [archive] store = "local" or "s3"'
+        )
+    lifetimes = {name: p.result_lifetime for name, p in runtime.providers.items()}
+    queued = await runtime.store.backfill_downloads(lifetimes)
+    return JSON({"queued": queued})
+
+
+@admin
+async def archive_prune(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.archive.enabled:
+        return error(
+            409, "archive_off", 'the archive is off; set [archive] store = "local" or "s3"'
+        )
+    return JSON({"pruned": await runtime.archive.worker.prune()})
+
+
+@admin
 async def list_deliveries(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     params = request.query_params
@@ -276,6 +304,9 @@ routes = [
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
     Route("/jobs/{job_id}/archive", archive_job, methods=["POST"]),
+    Route("/archive", archive_summary, methods=["GET"]),
+    Route("/archive/backfill", archive_backfill, methods=["POST"]),
+    Route("/archive/prune", archive_prune, methods=["POST"]),
     Route("/deliveries", list_deliveries, methods=["GET"]),
     Route("/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),
 ]

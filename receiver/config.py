@@ -284,6 +284,26 @@ def database_path(path: str | Path, env: Mapping[str, str] | None = None) -> Pat
     return resolved if resolved.is_absolute() else path.parent / resolved
 
 
+def archive_location(path: str | Path, env: Mapping[str, str] | None = None) -> str | None:
+    """Where kept results are ("folder ..." or "bucket ..."), None with the archive off;
+    read without secrets, as ``database_path`` is."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.__class__.__name__})"]) from None
+    section = data.get("archive", {})
+    section = section if isinstance(section, Mapping) else {}
+    store = section.get("store", "local")
+    if store == "s3":
+        prefix = str(section.get("prefix", "")).strip("/")
+        return f"bucket {section.get('bucket')}" + (f" (prefix {prefix}/)" if prefix else "")
+    if store != "local":
+        return None
+    folder = Path(str(section.get("path", "media")))
+    return f"folder {folder if folder.is_absolute() else database_path(path, env).parent / folder}"
+
+
 def parse_config(
     data: Mapping[str, Any],
     env: Mapping[str, str] | None = None,

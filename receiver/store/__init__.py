@@ -269,6 +269,9 @@ class Store:
     async def kept_file(self, job_id: str, kind: str) -> dict[str, Any] | None:
         return await self.read(media.file, job_id, kind)
 
+    async def archive_summary(self) -> dict[str, Any]:
+        return await self.read(media.summary)
+
     async def download_status(self, job_id: str) -> dict[str, Any] | None:
         return await self.read(media.status, job_id)
 

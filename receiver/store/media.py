@@ -242,3 +242,12 @@ def attach(conn: sqlite3.Connection, jobs: Iterable[dict[str, Any]]) -> None:
 
 def status(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
     return _row(conn.execute("SELECT * FROM downloads WHERE job_id = ?", (job_id,)).fetchone())
+
+
+def summary(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Downloads by status, and the files kept now with their bytes."""
+    counts = dict(conn.execute("SELECT status, count(*) FROM downloads GROUP BY status"))
+    files, size = conn.execute(
+        "SELECT count(*), coalesce(sum(bytes), 0) FROM media WHERE pruned_at IS NULL"
+    ).fetchone()
+    return {"downloads": counts, "files": files, "bytes": size}
