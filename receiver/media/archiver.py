@@ -43,6 +43,7 @@ RETRY_BASE = 10.0  # seconds before the first retry; each further one waits twic
 RETRY_MAX = 3600.0
 PRUNE_EVERY = 3600.0
 PRUNE_BATCH = 500
+OFF_WAIT = 3600.0
 # (outcome, seconds the attempt took) per attempt; (bytes) per file kept.
 OnDownload = Callable[[str, float], None]
 OnStored = Callable[[int], None]
@@ -116,7 +117,7 @@ class Archiver(Worker):
             switched = await self.store.switch_off_downloads()
             if switched:
                 log.info("archive is off: %d completed jobs' results are not kept", switched)
-            return IDLE_WAIT
+            return OFF_WAIT  # a completion's commit wakes the loop; nothing else to do
         if self.config.keep_days > 0 and time.monotonic() - self._last_prune >= PRUNE_EVERY:
             self._last_prune = time.monotonic()
             await self.prune()
