@@ -8,8 +8,12 @@ import time
 import httpx
 import pytest
 
+from receiver.providers import ADAPTERS
+from receiver.providers.base import Download
+from receiver.providers.kvid import Kvid
+from receiver.sandbox import ServerThread, create_sandbox_app
 from receiver.sandbox.media import sample_cover, sample_video
-from tests.conftest import ADMIN_TOKEN, running_service, settings_restored
+from tests.conftest import ADMIN_TOKEN, VIDU_KEY, fake_settings, running_service, settings_restored
 from tests.media.helpers import (
     Clock,
     archive_extra,
@@ -220,3 +224,29 @@ def test_with_the_archive_off_nothing_is_kept_and_links_are_the_providers(sandbo
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "archive_off"
     assert downloads == [("off",)]
     assert not (db_path.parent / "media").exists()
+
+
+class KeyedKvid(Kvid):
+    """kvid as if its results needed its key, as a new-api gateway's content route does."""
+
+    def download(self, job, url):
+        return Download(url, {"Authorization": f"Bearer {self.key_for(job).reveal()}"})
+
+
+def test_a_result_that_needs_the_providers_key_is_fetched_with_it(db_path, monkeypatch):
+    monkeypatch.setitem(ADAPTERS, "kvid", KeyedKvid)
+    seen = []
+    fakes = create_sandbox_app(kvid=fake_settings())
+
+    async def recording(scope, receive, send):
+        if scope["type"] == "http" and "/files/" in scope["path"]:
+            seen.append(dict(scope["headers"]).get(b"authorization"))
+        await fakes(scope, receive, send)
+
+    with (
+        ServerThread(recording) as server,
+        running_service(server.url, db_path, extra=archive_extra()) as service,
+    ):
+        job = wait_media(service, service.submit("A key", provider="kvid")["id"])
+    assert job["media"]["video"]["sha256"] == sha256(sample_video())
+    assert seen == [f"Bearer {VIDU_KEY}".encode()]
