@@ -180,3 +180,13 @@ def test_a_name_resolving_to_any_private_address_is_refused(addresses):
         asyncio.run(backend.connect_tcp("cdn.example", 443))
     assert refused.value.host == "cdn.example"
     assert not is_public(refused.value.address)
+
+
+def test_retries_back_off_and_never_come_before_retry_after():
+    from receiver.media.archiver import RETRY_BASE, RETRY_MAX, retry_delay
+
+    assert retry_delay(1, None, rng=lambda: 1.0) == RETRY_BASE
+    assert retry_delay(4, None, rng=lambda: 1.0) == RETRY_BASE * 8
+    assert retry_delay(4, None, rng=lambda: 0.0) == RETRY_BASE * 4  # jitter: half to whole
+    assert retry_delay(30, None, rng=lambda: 1.0) == RETRY_MAX
+    assert retry_delay(1, 120.0, rng=lambda: 1.0) == 120.0
