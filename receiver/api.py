@@ -17,7 +17,7 @@ from receiver.responses import JSON, dumps, error
 from receiver.runtime import CannotCancel
 from receiver.states import Status
 from receiver.store.outbox import DEAD, HELD, STATUSES
-from receiver.views import render_delivery, render_job
+from receiver.views import render_delivery
 
 if TYPE_CHECKING:
     from receiver.runtime import Runtime
@@ -29,12 +29,16 @@ DELIVERY_STATUSES = STATUSES
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Vidu takes base64 images up to 20 MB
 
 
+def has_admin_credentials(request: Request) -> bool:
+    runtime: Runtime = request.app.state.runtime
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = runtime.config.admin_token.reveal().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+
 def admin(handler: Handler) -> Handler:
     async def guarded(request: Request) -> Response:
-        runtime: Runtime = request.app.state.runtime
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        expected = runtime.config.admin_token.reveal().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        if not has_admin_credentials(request):
             response = error(401, "unauthorized", "send Authorization: Bearer <admin token>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="vidhook"'
             return response
@@ -139,14 +143,16 @@ async def create_job(request: Request) -> Response:
             502,
             "provider_refused",
             f"{provider_name} refused the job: {job['error']}",
-            job=render_job(job),
+            job=runtime.render_job(job),
         )
     if outcome == "unknown":
-        return error(502, "submission_outcome_unknown", job["error"], job=render_job(job))
+        return error(502, "submission_outcome_unknown", job["error"], job=runtime.render_job(job))
     # pending: refused for now; the job's "submission" says when it is sent again.
     status_code = 202 if outcome == "pending" else 201
     return JSON(
-        render_job(job), status_code=status_code, headers={"Location": f"/api/jobs/{job_id}"}
+        runtime.render_job(job),
+        status_code=status_code,
+        headers={"Location": f"/api/jobs/{job_id}"},
     )
 
 
@@ -173,7 +179,7 @@ async def list_jobs(request: Request) -> Response:
     jobs = jobs[:limit]
     return JSON(
         {
-            "jobs": [render_job(j) for j in jobs],
+            "jobs": [runtime.render_job(j) for j in jobs],
             "next_cursor": jobs[-1]["id"] if more else None,
         }
     )
@@ -185,7 +191,7 @@ async def get_job(request: Request) -> Response:
     job = await runtime.store.job_detail(request.path_params["job_id"])
     if job is None:
         return error(404, "unknown_job", "no job has this id")
-    return JSON(render_job(job))
+    return JSON(runtime.render_job(job))
 
 
 @admin
@@ -202,7 +208,56 @@ async def refresh_job(request: Request) -> Response:
             return error(502, "provider_error", str(exc), transient=exc.transient)
     detail = await runtime.store.job_detail(job_id)
     assert detail is not None
-    return JSON(render_job(detail))
+    return JSON(runtime.render_job(detail))
+
+
+@admin
+async def archive_job(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    job_id = request.path_params["job_id"]
+    job = await runtime.store.get_job(job_id)
+    if job is None:
+        return error(404, "unknown_job", "no job has this id")
+    if not runtime.archive.enabled:
+        return error(
+            409, "archive_off", 'the archive is off; set [archive] store = "local" or "s3"'
+        )
+    if job["status"] != Status.COMPLETED or not job["result_url"]:
+        return error(
+            409, "no_result", f"only a completed job's result is kept; this one is {job['status']}"
+        )
+    await runtime.store.requeue_download(job_id)
+    detail = await runtime.store.job_detail(job_id)
+    assert detail is not None
+    return JSON(runtime.render_job(detail), status_code=202)
+
+
+@admin
+async def archive_summary(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    return JSON({"store": runtime.config.archive.store, **await runtime.store.archive_summary()})
+
+
+@admin
+async def archive_backfill(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.archive.enabled:
+        return error(
+            409, "archive_off", 'the archive is off; set [archive] store = "local" or "s3"'
+        )
+    lifetimes = {name: p.result_lifetime for name, p in runtime.providers.items()}
+    queued = await runtime.store.backfill_downloads(lifetimes)
+    return JSON({"queued": queued})
+
+
+@admin
+async def archive_prune(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.archive.enabled:
+        return error(
+            409, "archive_off", 'the archive is off; set [archive] store = "local" or "s3"'
+        )
+    return JSON({"pruned": await runtime.archive.worker.prune()})
 
 
 @admin
@@ -220,7 +275,7 @@ async def cancel_job(request: Request) -> Response:
         return error(502, "provider_refused", message, transient=exc.transient)
     job = await runtime.store.job_detail(job_id)
     assert job is not None
-    return JSON(render_job(job), status_code=200 if outcome == "canceled" else 202)
+    return JSON(runtime.render_job(job), status_code=200 if outcome == "canceled" else 202)
 
 
 @admin
@@ -307,6 +362,10 @@ routes = [
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
     Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/jobs/{job_id}/archive", archive_job, methods=["POST"]),
+    Route("/archive", archive_summary, methods=["GET"]),
+    Route("/archive/backfill", archive_backfill, methods=["POST"]),
+    Route("/archive/prune", archive_prune, methods=["POST"]),
     Route("/deliveries", list_deliveries, methods=["GET"]),
     Route("/deliveries/retry", retry_deliveries, methods=["POST"]),
     Route("/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),

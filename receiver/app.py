@@ -20,6 +20,7 @@ from receiver import api, callbacks, metrics
 from receiver.bodies import BodyBudget
 from receiver.config import Config
 from receiver.logs import ACCESS_NOTES
+from receiver.media import serve as media
 from receiver.proxy import AllowedHosts, PathPrefix
 from receiver.responses import JSON, error
 from receiver.runtime import Runtime
@@ -147,6 +148,7 @@ def create_app(
             Route("/readyz", readyz),
             Route("/metrics", metrics.endpoint),
             Mount("/api", routes=api.routes),
+            Mount("/media", routes=media.routes),
         ],
         exception_handlers={
             404: not_found,

@@ -17,7 +17,14 @@ from typing import Any
 import httpx
 
 from receiver import logs
-from receiver.config import Config, ConfigError, config_path, database_path, load_config
+from receiver.config import (
+    Config,
+    ConfigError,
+    archive_location,
+    config_path,
+    database_path,
+    load_config,
+)
 from receiver.notify import build_all as build_channels
 from receiver.notify.base import DeliveryError, Event
 from receiver.notify.outbox import channel_fingerprint
@@ -225,6 +232,21 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    client = Client(args)
+    if args.backfill:
+        queued = client.call("POST", "/api/archive/backfill")["queued"]
+        print(f"queued {queued} completed jobs whose results are not kept yet")
+    if args.prune:
+        pruned = client.call("POST", "/api/archive/prune")["pruned"]
+        print(f"removed {pruned} files kept longer than keep_days")
+    summary = client.call("GET", "/api/archive")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["downloads"].items()))
+    print(f"archive: {summary['store']}; downloads: {counts or 'none'}")
+    print(f"kept now: {summary['files']} files, {summary['bytes']} bytes")
+    return 0
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from receiver.backup import BackupError
     from receiver.backup import backup as take_backup
@@ -235,6 +257,16 @@ def cmd_backup(args: argparse.Namespace) -> int:
         print(f"vidhook: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     print(report.summary())
+    try:
+        kept = archive_location(config_path(args.config))
+    except ConfigError:
+        kept = None
+    if kept is not None:
+        print(
+            f"kept results are not in this backup: they are in the {kept}; back that up "
+            "separately (a copy of the folder, e.g. rsync -a, or the bucket's own "
+            "versioning or replication)"
+        )
     return 0
 
 
@@ -287,10 +319,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("deliveries held for channels not in the configuration (add one back to send them):")
         for name, count in sorted(orphaned.items()):
             print(f"  {name:<12} {count}")
-    failed = False
+    failed = not check_archive(config)
     if args.send_test:
-        failed = send_tests(config)
+        failed = send_tests(config) or failed
     return 1 if failed or still_disabled else 0
+
+
+def check_archive(config: Config) -> bool:
+    """Print where results are kept, after writing a probe there; False if that failed."""
+    from receiver.media.storage import StorageError, build_storage
+
+    storage = build_storage(config.archive)
+    if storage is None:
+        print("archive: off (results are not kept; notifications give the providers' links)")
+        return True
+    try:
+        where = asyncio.run(storage.check())
+    except StorageError as exc:
+        print(f"archive: {config.archive.store}: FAILED {exc}")
+        return False
+    print(f"archive: {config.archive.store}, {where}")
+    if config.archive.allow_private_hosts:
+        print("  allow_private_hosts = true: results may be fetched from private addresses")
+    return True
 
 
 def make_test_event(now: float) -> Event:
@@ -459,6 +510,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_options(retry)
     add_client_options(deliveries)
     deliveries.set_defaults(func=cmd_deliveries)
+
+    archive = commands.add_parser(
+        "archive", help="the kept results: queue what is missing, drop what is too old"
+    )
+    archive.add_argument(
+        "--backfill",
+        action="store_true",
+        help="download the results of completed jobs not kept yet (whose links may still work)",
+    )
+    archive.add_argument(
+        "--prune", action="store_true", help="remove the files kept longer than keep_days now"
+    )
+    add_client_options(archive)
+    archive.set_defaults(func=cmd_archive)
 
     check = commands.add_parser("check", help="validate the config and show callback URLs")
     check.add_argument("--config", help="path to vidhook.toml (default: $VIDHOOK_CONFIG)")

@@ -187,6 +187,38 @@ class NotifyConfig:
     retry_max: float = 3600.0
 
 
+ARCHIVE_STORES = ("local", "s3", "off")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None  # None: AWS itself
+    region: str = "us-east-1"
+    access_key_id: Secret | None = None  # None: the usual AWS sources (role, profile)
+    secret_access_key: Secret | None = None
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """[archive]: keeping every result. ``path`` is resolved beside the database."""
+
+    store: str = "local"
+    path: Path = Path("media")
+    max_bytes: int = 2 * 1024**3
+    keep_days: float = 0.0  # 0: forever
+    link_ttl: float = 7 * 86400.0
+    notify_wait: float = 120.0
+    allow_private_hosts: bool = False
+    concurrency: int = 4  # downloads at once
+    s3: S3Settings | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.store != "off"
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     name: str
@@ -239,6 +271,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     callbacks: CallbackConfig = field(default_factory=CallbackConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     source: str = "<memory>"
 
     @property
@@ -301,6 +334,26 @@ def database_path(path: str | Path, env: Mapping[str, str] | None = None) -> Pat
     return resolved if resolved.is_absolute() else path.parent / resolved
 
 
+def archive_location(path: str | Path, env: Mapping[str, str] | None = None) -> str | None:
+    """Where kept results are ("folder ..." or "bucket ..."), None with the archive off;
+    read without secrets, as ``database_path`` is."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.__class__.__name__})"]) from None
+    section = data.get("archive", {})
+    section = section if isinstance(section, Mapping) else {}
+    store = section.get("store", "local")
+    if store == "s3":
+        prefix = str(section.get("prefix", "")).strip("/")
+        return f"bucket {section.get('bucket')}" + (f" (prefix {prefix}/)" if prefix else "")
+    if store != "local":
+        return None
+    folder = Path(str(section.get("path", "media")))
+    return f"folder {folder if folder.is_absolute() else database_path(path, env).parent / folder}"
+
+
 def parse_config(
     data: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
@@ -327,7 +380,7 @@ class _Reader:
     def read(self, data: Mapping[str, Any], base_dir: Path) -> Config | None:
         known = {
             "public_url", "database", "admin_token_env", "default_channels",
-            "providers", "channels", "server", "callbacks", "notify",
+            "providers", "channels", "server", "callbacks", "notify", "archive",
         }  # fmt: skip
         self.unknown_keys(data, known, "")
         public_url = self.public_url(self.env.get("VIDHOOK_PUBLIC_URL") or data.get("public_url"))
@@ -355,12 +408,14 @@ class _Reader:
         server = self.server(data.get("server", {}))
         callbacks = self.callbacks(data.get("callbacks", {}))
         notify = self.notify(data.get("notify", {}))
+        db_path = Path(database)
+        db_path = db_path if db_path.is_absolute() else base_dir / db_path
+        archive = self.archive(data.get("archive", {}), db_path.parent)
         if public_url is None or admin_token is None or self.problems:
             return None
-        db_path = Path(database)
         return Config(
             public_url=public_url,
-            database=db_path if db_path.is_absolute() else base_dir / db_path,
+            database=db_path,
             admin_token=admin_token,
             providers=providers,
             channels=channels,
@@ -368,6 +423,7 @@ class _Reader:
             server=server,
             callbacks=callbacks,
             notify=notify,
+            archive=archive,
             source=self.source,
         )
 
@@ -587,6 +643,81 @@ class _Reader:
             max_age=self.seconds(section, "max_age", 86400.0, "notify"),
             retry_base=self.seconds(section, "retry_base", 5.0, "notify"),
             retry_max=self.seconds(section, "retry_max", 3600.0, "notify"),
+        )
+
+    def archive(self, section: Any, beside: Path) -> ArchiveConfig:
+        if not isinstance(section, Mapping):
+            self.problem("archive", "must be a table")
+            return ArchiveConfig(path=beside / "media")
+        s3_keys = {"bucket", "prefix", "endpoint_url", "region", "access_key_id_env",
+                   "secret_access_key_env"}  # fmt: skip
+        known = {"store", "path", "max_bytes", "keep_days", "link_ttl", "notify_wait",
+                 "allow_private_hosts", "concurrency", *s3_keys}  # fmt: skip
+        self.unknown_keys(section, known, "archive")
+        store = self.typed(section, "store", str, "local", "archive")
+        if store not in ARCHIVE_STORES:
+            self.problem("archive.store", f"must be one of {', '.join(ARCHIVE_STORES)}")
+            store = "off"
+        path = Path(self.typed(section, "path", str, "media", "archive"))
+        max_bytes = self.typed(section, "max_bytes", int, ArchiveConfig.max_bytes, "archive")
+        if max_bytes < 1:
+            self.problem("archive.max_bytes", "must be a positive number of bytes")
+        keep_days = section.get("keep_days", 0)
+        if isinstance(keep_days, bool) or not isinstance(keep_days, int | float) or keep_days < 0:
+            self.problem("archive.keep_days", "must be 0 (keep forever) or a number of days")
+            keep_days = 0
+        private = self.typed(section, "allow_private_hosts", bool, False, "archive")
+        concurrency = self.typed(section, "concurrency", int, 4, "archive")
+        if concurrency < 1:
+            self.problem("archive.concurrency", "must be at least 1")
+        notify_wait = section.get("notify_wait", ArchiveConfig.notify_wait)
+        if (
+            isinstance(notify_wait, bool)
+            or not isinstance(notify_wait, int | float)
+            or (notify_wait < 0)
+        ):
+            self.problem("archive.notify_wait", "must be 0 (do not wait) or a number of seconds")
+            notify_wait = 0
+        s3 = None
+        if store == "s3":
+            s3 = self.s3(section)
+        else:
+            for name in sorted(s3_keys & set(section)):
+                self.problem(f"archive.{name}", 'only used with store = "s3"')
+        return ArchiveConfig(
+            store=store,
+            path=path if path.is_absolute() else beside / path,
+            max_bytes=max_bytes,
+            keep_days=float(keep_days),
+            link_ttl=self.seconds(section, "link_ttl", ArchiveConfig.link_ttl, "archive"),
+            notify_wait=float(notify_wait),
+            allow_private_hosts=private,
+            concurrency=concurrency,
+            s3=s3,
+        )
+
+    def s3(self, section: Mapping[str, Any]) -> S3Settings | None:
+        bucket = self.typed(section, "bucket", str, "", "archive")
+        if not bucket:
+            self.problem("archive.bucket", 'missing; store = "s3" needs the bucket\'s name')
+        endpoint = section.get("endpoint_url")
+        if endpoint is not None and (
+            not isinstance(endpoint, str) or urlsplit(endpoint).scheme not in ("http", "https")
+        ):
+            self.problem("archive.endpoint_url", "must be an http(s) URL, or left out for AWS")
+            endpoint = None
+        key_id = secret = None
+        if "access_key_id_env" in section or "secret_access_key_env" in section:
+            key_id = self.secret(section, "access_key_id_env", "archive")
+            secret = self.secret(section, "secret_access_key_env", "archive")
+        prefix = self.typed(section, "prefix", str, "", "archive").strip("/")
+        return S3Settings(
+            bucket=bucket,
+            prefix=prefix,
+            endpoint_url=endpoint,
+            region=self.typed(section, "region", str, "us-east-1", "archive"),
+            access_key_id=key_id,
+            secret_access_key=secret,
         )
 
     # -- typed accessors: each reports its own problem and returns a usable default --

@@ -19,6 +19,7 @@ import httpx
 
 from receiver.app import create_app
 from receiver.config import KEY_PAIR_TYPES, parse_config
+from receiver.notify.links import human_size
 from receiver.sandbox import (
     PREFIXES,
     ApimodelsFakeSettings,
@@ -106,6 +107,8 @@ def demo_config(public_url: str, sandbox_url: str, database: Path, env: dict[str
             # Events as they happen, one line each, while the jobs run.
             "default_channels": ["console"],
             "channels": {"console": {"type": "console", "events": ["completed", "failed"]}},
+            # The sandbox is on loopback, where a real service never downloads from.
+            "archive": {"allow_private_hosts": True},
             "providers": {
                 name: {
                     "base_url": f"{sandbox_url}/{name}",
@@ -177,23 +180,29 @@ def _run(url: str, admin_token: str, timeout: float) -> int:
             time.sleep(0.2)
     ok = True
     for sample, job in zip(SAMPLES, jobs, strict=True):
-        reached = job["status"] == sample.expected and _settled(job)
+        kept = job["media"]["status"] == "kept" or sample.expected != "completed"
+        reached = job["status"] == sample.expected and _settled(job) and kept
         ok = ok and reached
         mark = "ok" if reached else f"EXPECTED {sample.expected}"
         print(f"\n{sample.title}\n  {job['id']}: {job['status']} [{mark}]")
         for line in format_timeline(job):
             print(line)
-        if job.get("result_url"):
-            print(f"  result: {job['result_url']}")
         if job.get("error"):
             print(f"  error:  {job['error']}")
         for anomaly in job.get("anomalies") or []:
             print(f"  ignored: {anomaly['note']} (from {anomaly['source']})")
+        video = job["media"]["video"]
+        if video is not None:
+            print(f"  kept:   {video['url']}")
+            print(f"          {human_size(video['bytes'])} {video['content_type']}, "
+                  f"sha256 {video['sha256'][:16]}…")  # fmt: skip
+        elif job.get("result_url"):
+            print(f"  result: {job['result_url']} (not kept: {job['media']['error']})")
     print("\ndemo " + ("passed: every job reached its expected end" if ok else "FAILED"))
     return 0 if ok else 1
 
 
 def _settled(job: dict[str, Any]) -> bool:
-    """Ended, and its notifications sent."""
-    ended = Status(job["status"]).terminal
+    """Ended, its copy kept or given up on, and its notifications sent."""
+    ended = Status(job["status"]).terminal and job["media"]["status"] != "pending"
     return ended and all(d["status"] == "delivered" for d in job["deliveries"])

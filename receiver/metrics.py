@@ -33,6 +33,7 @@ __all__ = [
     "CANCEL_OUTCOMES",
     "DELAY_BUCKETS",
     "DELIVERY_OUTCOMES",
+    "DOWNLOAD_OUTCOMES",
     "POLL_OUTCOMES",
     "Metrics",
     "Snapshot",
@@ -51,6 +52,11 @@ DELIVERY_OUTCOMES = ("delivered", "retry", "dead", "disabled")
 # canceled: stopped and stored; requested: the provider took it, a poll tells the end;
 # refused: the provider said no or could not be reached; unsupported: it has no cancel.
 CANCEL_OUTCOMES = ("canceled", "requested", "refused", "unsupported")
+# What became of each download attempt (receiver.media.archiver).
+DOWNLOAD_OUTCOMES = ("kept", "retry", "failed", "expired")
+# A download's attempt: a fraction of a second for a small file nearby, minutes for
+# gigabytes from a slow CDN.
+DOWNLOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 # From a state change to its delivery: tens of milliseconds when all is well, then
 # minutes to a day while a destination is down and the outbox retries.
 DELAY_BUCKETS = (
@@ -120,6 +126,19 @@ class _DatabaseCollector:
             "Deliveries held while their channel is disabled, sent once it is enabled again.",
             "channel", self.channels, snap.held,
         )  # fmt: skip
+        backlog = GaugeMetricFamily(
+            "vidhook_archive_backlog", "Downloads of results waiting to be kept (pending)."
+        )
+        backlog.add_metric([], snap.downloads_pending)
+        yield backlog
+        used = GaugeMetricFamily(
+            "vidhook_archive_stored_bytes", "Bytes of kept files (videos and covers) in storage."
+        )
+        used.add_metric([], snap.media_bytes)
+        yield used
+        files = GaugeMetricFamily("vidhook_archive_stored_files", "Kept files in storage.")
+        files.add_metric([], snap.media_files)
+        yield files
         disabled = {name: 1 for name in snap.disabled}
         yield self._per(
             "vidhook_channel_disabled", "1 if the channel was disabled: its destination is gone.",
@@ -178,6 +197,20 @@ class Metrics:
             "Seconds from a job's state change to its delivery on a channel.",
             ["channel"], buckets=DELAY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.downloads = Counter(
+            "vidhook_archive_downloads", "Attempts to download a result, by outcome.",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.download_bytes = Counter(
+            "vidhook_archive_downloaded_bytes", "Bytes of results downloaded and kept.",
+            registry=self.registry,
+        )  # fmt: skip
+        self.download_duration = Histogram(
+            "vidhook_archive_download_seconds", "Seconds one attempt to download a result took.",
+            buckets=DOWNLOAD_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        for outcome in DOWNLOAD_OUTCOMES:
+            self.downloads.labels(outcome)
         # Known series start at 0, so that the first event shows as an increase.
         for name in callback_providers:
             for outcome in CALLBACK_OUTCOMES:
@@ -218,6 +251,13 @@ class Metrics:
         self.deliveries.labels(channel, outcome).inc()
         if seconds is not None:
             self.delivery_delay.labels(channel).observe(max(0.0, seconds))
+
+    def count_download(self, outcome: str, seconds: float) -> None:
+        self.downloads.labels(outcome).inc()
+        self.download_duration.observe(max(0.0, seconds))
+
+    def count_stored(self, size: int) -> None:
+        self.download_bytes.inc(size)
 
     # -- exposition --
 

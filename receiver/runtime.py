@@ -16,6 +16,7 @@ import httpx
 from receiver import notify
 from receiver import providers as adapters
 from receiver.config import Config
+from receiver.media import Archive
 from receiver.metrics import Metrics
 from receiver.notify.base import Channel
 from receiver.notify.outbox import Outbox
@@ -30,6 +31,7 @@ from receiver.providers.base import (
 from receiver.states import Status
 from receiver.store import NewJob, Store
 from receiver.submitter import Outcome, Pending, Submitter
+from receiver.views import render_job
 
 log = logging.getLogger("vidhook")
 
@@ -107,9 +109,14 @@ class Runtime:
         )
         self.poller = Poller(self.store, self.providers, on_poll=self.metrics.count_poll)
         self.submitter = Submitter(self.store, self.providers, on_submitted=self.poller.wake)
+        self.archive = Archive(
+            config, self.store, self.providers,
+            on_download=self.metrics.count_download, on_stored=self.metrics.count_stored,
+        )  # fmt: skip
         self.outbox = Outbox(
-            self.store, config.notify, self.channels, on_attempt=self.metrics.count_attempt
-        )
+            self.store, config.notify, self.channels, on_attempt=self.metrics.count_attempt,
+            render=self.render_job, hold=self.archive.hold,
+        )  # fmt: skip
         self.json_loads: Callable[[str | bytes], Any] = strict_json
 
     def open_database(self) -> None:
@@ -125,6 +132,7 @@ class Runtime:
         self.poller.start()
         self.submitter.start()
         self.outbox.start()
+        self.archive.start()
         log.info(
             "vidhook ready: database %s, providers %s",
             self.config.database,
@@ -135,13 +143,18 @@ class Runtime:
         await self.submitter.stop()
         await self.poller.stop()
         await self.outbox.stop()
+        await self.archive.stop()
         await self.client.aclose()
         await asyncio.to_thread(self.store.close)
 
     @property
     def ready(self) -> bool:
-        workers = (self.poller, self.submitter, self.outbox)
+        workers = (self.poller, self.submitter, self.outbox, self.archive.worker)
         return self.store.writer.running and all(worker.running for worker in workers)
+
+    def render_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A job as the API and notifications show it, with its ``media``."""
+        return render_job(job, self.archive.view)
 
     def count_callback(self, provider: str, outcome: str, reason: str | None = None) -> None:
         self.metrics.count_callback(provider, outcome, reason)

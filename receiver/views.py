@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from receiver.responses import iso
 from receiver.states import TERMINAL
+
+
+class MediaRenderer(Protocol):
+    def render(self, job: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+# A job rendered without the archive at hand (a test event): nothing is kept for it.
+NO_MEDIA = {"status": "off", "video": None, "cover": None, "error": None}
 
 
 def redact_callback_url(url: str | None, token: str | None) -> str | None:
@@ -15,7 +23,7 @@ def redact_callback_url(url: str | None, token: str | None) -> str | None:
     return url.replace(token, token[:4] + "…")
 
 
-def render_job(job: Mapping[str, Any]) -> dict[str, Any]:
+def render_job(job: Mapping[str, Any], media: MediaRenderer | None = None) -> dict[str, Any]:
     out = {
         key: job.get(key)
         for key in (
@@ -28,6 +36,7 @@ def render_job(job: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = iso(job.get(key))
     out["callback_url"] = redact_callback_url(job.get("callback_url"), job.get("callback_token"))
     out["submission"] = render_submission(job)
+    out["media"] = media.render(job) if media is not None else dict(NO_MEDIA)
     if "transitions" in job:
         out["transitions"] = [{**t, "at": iso(t["at"])} for t in job["transitions"]]
         out["deliveries"] = [render_delivery(d) for d in job["deliveries"]]

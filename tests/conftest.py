@@ -162,6 +162,8 @@ def service_config(public_url, sandbox_url, db_path, overrides=None, extra=None,
     data = {"public_url": public_url, "database": str(db_path), "providers": providers}
     extra = dict(extra or {})
     env = {**ENV, **extra.pop("env", {})}
+    # The sandbox is on loopback: keep its results as the demo does.
+    extra["archive"] = {"allow_private_hosts": True, **extra.get("archive", {})}
     return parse_config({**data, **extra}, env)
 
 

@@ -74,8 +74,16 @@ def test_demo_runs_every_sample_to_its_expected_end():
     # Its callbacks are lost: reconciliation polling is all that ever hears of it.
     assert by_title[SAMPLES[3].title] == [("queued", "api"), ("completed", "poll")]
     assert "  error:  AuditSubmitIllegal" in sections[SAMPLES[1].title]
-    for title in (SAMPLES[0].title, SAMPLES[2].title, SAMPLES[3].title):
-        assert any(line.startswith("  result: http://127.0.0.1:") for line in sections[title])
+    # Each completed job's timeline ends with the link to vidhook's copy and its size.
+    for sample in SAMPLES:
+        lines = sections[sample.title]
+        if sample.expected != "completed":
+            assert not any(line.startswith("  kept:") for line in lines)
+            continue
+        job_id = lines[1].split(":")[0].strip()
+        kept, size = lines[-2:]
+        assert kept.startswith("  kept:   http://127.0.0.1:") and f"/media/{job_id}/video?" in kept
+        assert re.fullmatch(r" {10}[\d.]+ kB video/mp4, sha256 [0-9a-f]{16}…", size), size
 
 
 # -- client commands against a running service --

@@ -86,7 +86,8 @@ def test_requests_per_second_is_never_exceeded(sandbox, tmp_path):
         jobs = [service.submit(f"Rain {i} [slow]", provider="kvid") for i in range(8)]
         for job in jobs:
             service.wait_status(job["id"], "completed", timeout=20)
-    times = sorted(r.time for r in sandbox.kvid.requests)
+    # The limit is the API's: the result files (kept by the archive) come from elsewhere.
+    times = sorted(r.time for r in sandbox.kvid.requests if "/files/" not in r.path)
     assert len(times) > 30  # enough traffic for the limit to have been tested
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert busiest <= 8

@@ -9,6 +9,7 @@ import httpx
 
 from receiver.config import ChannelConfig
 from receiver.notify.base import Channel, Event
+from receiver.notify.links import human_size, result_links
 from receiver.responses import iso
 
 EXCERPT = 60
@@ -19,7 +20,12 @@ def render(event: Event) -> str:
     prompt = " ".join(str(job.get("prompt") or "").split())
     if len(prompt) > EXCERPT:
         prompt = prompt[: EXCERPT - 1] + "…"
-    tail = job.get("result_url") if event.status == "completed" else job.get("error")
+    tail = job.get("error")
+    if event.status == "completed":
+        links = result_links(job)
+        tail = links.video
+        if links.size is not None:
+            tail = f"{tail} ({human_size(links.size)})"
     parts = [
         f"[vidhook] {iso(event.created_at)}",
         f"{job.get('id')}",

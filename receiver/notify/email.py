@@ -29,6 +29,7 @@ import httpx
 
 from receiver.config import ChannelConfig, Secret
 from receiver.notify.base import Channel, DeliveryError, Event, Kind
+from receiver.notify.links import human_size, result_links
 
 __all__ = ["DEFAULT_PORTS", "EmailChannel", "EmailSettings", "render", "subject_for"]
 
@@ -333,14 +334,17 @@ def render(event: Event, sender: str, recipients: Sequence[str]) -> EmailMessage
 
 def _facts(event: Event) -> list[tuple[str, str]]:
     job = event.job
+    links = result_links(job)
     rows = [
         ("Status", event.status),
         ("Provider", _str(job.get("provider"))),
         ("Model", _str(job.get("model"))),
         ("Elapsed", _elapsed(job, event.created_at)),
         ("Credits", _credits(job.get("credits"))),
-        ("Result", _str(job.get("result_url"))),
-        ("Cover", _str(job.get("cover_url"))),
+        ("Result", _str(links.video)),
+        ("Size", human_size(links.size) if links.size is not None else ""),
+        ("Cover", _str(links.cover)),
+        ("Note", _str(links.note)),
         ("Error", _str(job.get("error"))),
         ("Job", _str(job.get("id"))),
     ]

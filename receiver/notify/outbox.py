@@ -91,12 +91,18 @@ class Outbox(Worker):
         *,
         on_attempt: Callable[[str, str, float | None], None] | None = None,
         send_limit: int = SEND_LIMIT,
+        render: Callable[[dict[str, Any]], dict[str, Any]] = render_job,
+        hold: Callable[[Mapping[str, Any]], float | None] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.channels = channels
         # (channel, outcome, seconds from the state change to delivery when delivered)
         self.on_attempt = on_attempt
+        # How a job is shown in an event, and until when a delivery waits (for the
+        # job's kept copy: receiver.media.view.held_until), None to send it now.
+        self.render = render
+        self.hold = hold
         self.disabled: dict[str, str] = {}
         super().__init__()
         self._busy: set[str] = set()
@@ -262,11 +268,18 @@ class Outbox(Worker):
             await self._recorded(name)
             await self._finish(delivery, DEAD, "dead", "its job or transition no longer exists")
             return
+        until = self.hold(delivery) if self.hold is not None else None
+        if until is not None:
+            # Deferred, or (the copy settled meanwhile) left due: the next read sends it
+            # with the job as it is now.
+            await self._recorded(name)
+            await self.store.defer_delivery(delivery_id, until)
+            return
         event = Event(
             id=delivery.get("event_id") or f"dlv_{delivery_id}",
             type=f"job.{delivery['event']}",
             created_at=transition["at"],
-            job=render_job(job),
+            job=self.render(job),
         )
         await self._pace(channel)
         async with self._sending:

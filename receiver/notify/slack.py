@@ -21,6 +21,7 @@ import httpx
 
 from receiver.config import ChannelConfig
 from receiver.notify.base import Channel, DeliveryError, Event, Kind, http_failure, post
+from receiver.notify.links import result_links
 from receiver.providers.base import retry_after_seconds
 
 __all__ = ["DEFAULT_API_URL", "DEFAULT_MIN_INTERVAL", "DEFAULT_TIMEOUT", "SlackChannel",
@@ -212,11 +213,14 @@ def _section_text(event: Event) -> str:
         reason = str(error) if error else "no reason was given"
         lines.append(f"*Error:* {excerpt(reason, ERROR_LIMIT)}")
     if event.status == "completed":
-        url = _http_url(job.get("result_url"))
+        links = result_links(job)
+        url = _http_url(links.video)
         if url is not None:
             link = _link(url, "Open the video")
             too_long = slack_len(link) > LINK_LIMIT
             lines.append("_The video link is too long to show here._" if too_long else link)
+        if links.note is not None:
+            lines.append(f"_{excerpt(links.note, ERROR_LIMIT)}_")
     # The prompt goes last: it is the only part that can be cut, and any stray mrkdwn in
     # it (an unclosed ``` or *) cannot then swallow the status or the link.
     prompt = job.get("prompt")
@@ -274,7 +278,7 @@ def render(event: Event, *, cover: bool = True) -> dict[str, Any]:
     fields = _fields(event.job)
     if fields:
         section["fields"] = fields
-    cover_url = _http_url(event.job.get("cover_url")) if cover else None
+    cover_url = _http_url(result_links(event.job).cover) if cover else None
     if cover_url is not None and slack_len(cover_url) <= IMAGE_URL_LIMIT:
         section["accessory"] = {"type": "image", "image_url": cover_url,
                                 "alt_text": COVER_ALT_TEXT}  # fmt: skip

@@ -106,6 +106,7 @@ def _url_list_problem(value: Any) -> str | None:
 
 class Apimodels(HTTPProvider):
     supports_callbacks = True
+    result_lifetime = 7 * 86400.0  # apimodels keeps results for 7 days
 
     def validate(self, request: SubmitRequest) -> None:
         problems: dict[str, str] = {}

@@ -155,6 +155,9 @@ class Provider(ABC):
     # on external_task_id): only then is a submission whose outcome is unknown (sent, and
     # no answer came) sent again, since that cannot start a second generation.
     idempotent_submit: bool = False
+    # How long the provider's result links keep working, in seconds; None if unknown.
+    # A link that answers 403, 404 or 410 after that has expired (receiver.media).
+    result_lifetime: float | None = None
 
     def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         self.config = config

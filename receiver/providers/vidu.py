@@ -137,6 +137,7 @@ def subject_problems(request: SubmitRequest, endpoint: str) -> dict[str, str]:
 class Vidu(HTTPProvider):
     supports_callbacks = True
     supports_cancel = True
+    result_lifetime = 24 * 3600.0  # Vidu's result links last 24 hours
 
     def auth_headers(self, key: Secret) -> dict[str, str]:
         return {"Authorization": f"{self.config.auth_scheme} {key.reveal()}"}

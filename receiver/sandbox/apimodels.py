@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, bearer_key, scenario_of
+from receiver.sandbox.media import file_response
 
 PATH = "/api/v1/video/generations"
 # API name -> price in USD per video, from the docs' model table.
@@ -54,7 +55,6 @@ _MOTION_CHOICES: dict[str, tuple[str, ...]] = {
     "character_orientation": ("video", "image"),
 }
 Handler = Callable[[Request], Awaitable[Response]]
-_VIDEO = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -267,7 +267,7 @@ class ApimodelsFake(FakeProvider):
         request.state.task_id = None if task is None else task.task_id
         if task is None or task.status != "completed" or ext != "mp4":
             return Response("Not Found", status_code=404, media_type="text/plain")
-        return Response(_VIDEO, media_type="video/mp4")
+        return file_response(ext, self.settings.files) or Response(status_code=404)
 
     # --- answers ------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from receiver.sandbox.media import FileSettings
+
 MALFORMED_BODY = b'{"status": "processing", "data": {'
 
 
@@ -80,6 +82,7 @@ class FakeSettings:
     api_keys: list[str] = field(default_factory=list)  # empty: any non-empty key
     timing: Timing = field(default_factory=Timing)
     faults: Faults = field(default_factory=Faults)
+    files: FileSettings = field(default_factory=FileSettings)
 
 
 class FakeProvider:

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, scenario_of
+from receiver.sandbox.media import file_response
 
 MODELS = ("v1", "v2", "v3")
 RESOLUTIONS = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
@@ -50,7 +51,6 @@ _ERROR_NAMES = {
 _CREDITS = {"480p": 36, "720p": 54, "1080p": 108}
 _MODEL_FACTOR = {"v1": 0.5, "v2": 1.0, "v3": 2.0}
 Endpoint = Callable[[Request], Awaitable[Response]]
-_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 
 
 class KvidRefusal(Exception):
@@ -265,7 +265,7 @@ class KvidFake(FakeProvider):
         request.state.task_id = None if job is None else job.job_id
         if job is None or job.status != "completed":
             return Response("not found", status_code=404, media_type="text/plain")
-        return Response(_MP4, media_type="video/mp4")
+        return file_response("mp4", self.settings.files) or Response(status_code=404)
 
     @staticmethod
     def _credits(job: KvidJob) -> int:

@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, bearer_key, scenario_of
+from receiver.sandbox.media import file_response
 
 # Channels of these models answer in the Gemini/Vertex shape and have no direct link.
 GEMINI_MODELS = ("veo-3.0-generate-001", "veo-3.1-generate-preview")
@@ -329,7 +330,7 @@ class NewApiFake(FakeProvider):
         request.state.task_id = None if task is None else task.task_id
         if task is None or task.status != "SUCCESS" or ext != "mp4":
             return await self._not_found(request)
-        return Response(_MP4, media_type="video/mp4")
+        return file_response(ext, self.settings.files) or Response(status_code=404)
 
     async def _not_found(self, request: Request) -> Response:
         message = f"Invalid URL ({request.method} {request.url.path})"

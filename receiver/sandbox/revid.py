@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, bearer_key, scenario_of
+from receiver.sandbox.media import file_response
 
 MODELS = (
     "kling-2.5-turbo", "kling-01-video", "kling-3.0", "kling-2.6",
@@ -55,7 +56,6 @@ UNKNOWN_STATUS = "waiting"
 FAIL_MESSAGE = "Video generation failed: the model provider rejected the request"
 POLICY_MESSAGE = "Prompt violates the content policy of the model provider"
 STARTING_BALANCE = 1500
-_VIDEO = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom\x00\x00\x00\x08free"
 
 
 class RevidError(Exception):
@@ -255,7 +255,7 @@ class RevidFake(FakeProvider):
         request.state.task_id = None if task is None else task.job_id
         if task is None or task.status != "completed" or ext != "mp4":
             return self.error_response(404, "File not found")
-        return Response(_VIDEO, media_type="video/mp4")
+        return file_response(ext, self.settings.files) or Response(status_code=404)
 
     # -- behaviour --
 

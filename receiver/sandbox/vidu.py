@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from receiver.sandbox.media import FileSettings, file_response
 from signing import vidu as vidu_signing
 
 MODELS = ("viduq3-turbo", "viduq3-pro", "viduq2", "viduq1")
@@ -61,10 +62,6 @@ _KNOWN_FIELDS = frozenset({*_ECHOED, "bgm", "callback_url", "subjects", *_SUBMIT
 _SUBJECT_FIELDS = frozenset({"name", "images", "voice_id"})
 _MAX_SUBJECT_IMAGES = 3
 _MAX_PROMPT, _MAX_PAYLOAD = 2000, 1_048_576
-_FAKE_FILES = {
-    "mp4": ("video/mp4", b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"),
-    "jpg": ("image/jpeg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\xff\xd9"),
-}
 
 
 def _numeric_id() -> str:
@@ -106,6 +103,7 @@ class ViduSandboxSettings:
     # The next N requests to /ent/v2 answer 400 OperationInProcess ("try again later").
     operation_in_process: int = 0
     file_ttl: float = 86_400.0
+    files: FileSettings = field(default_factory=FileSettings)
 
 
 class RecordedRequest(NamedTuple):
@@ -384,13 +382,13 @@ class ViduSandbox:
         stem, _, ext = request.path_params["name"].rpartition(".")
         task = self.tasks.get(stem.removesuffix("-wm"))
         request.state.vidu_task_id = None if task is None else task.task_id
-        if task is None or task.state != "success" or ext not in _FAKE_FILES:
+        served = file_response(ext, self.settings.files)
+        if task is None or task.state != "success" or served is None:
             return Response("not found", status_code=404, media_type="text/plain")
         expires = request.query_params.get("expires", "")
         if not expires.isdigit() or int(expires) < time.time():
             return Response("link expired", status_code=403, media_type="text/plain")
-        media_type, content = _FAKE_FILES[ext]
-        return Response(content, media_type=media_type)
+        return served
 
     def _status_body(self, task: Task, state_field: str = "state") -> dict[str, Any]:
         creations: list[dict[str, str]] = []
@@ -398,7 +396,7 @@ class ViduSandbox:
             finished = task.state_times["success"] - time.monotonic() + time.time()
             expires = int(finished + self.settings.file_ttl)
             link = f"{task.base_url}/files/{task.task_id}{{}}?expires={expires}"
-            urls = {"url": ".mp4", "cover_url": ".jpg", "watermarked_url": "-wm.mp4"}
+            urls = {"url": ".mp4", "cover_url": ".png", "watermarked_url": "-wm.mp4"}
             creations.append(
                 {"id": task.creation_id} | {k: link.format(v) for k, v in urls.items()}
             )

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from receiver.providers.base import Observation, Submission
-from receiver.store import health, jobs, lock, outbox, queries, submissions
+from receiver.store import health, jobs, lock, media, outbox, queries, submissions
 from receiver.store.errors import (
     DatabaseInUse,
     DatabaseUnavailable,
@@ -332,6 +332,64 @@ class Store:
     async def delivery_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         return await self.read(outbox.attempts, delivery_id)
 
+    # -- the archive --
+
+    async def due_downloads(self, limit: int, skip: list[str]) -> list[dict[str, Any]]:
+        return await self.read(media.due, self.clock(), limit, skip)
+
+    async def next_download_due(self, skip: list[str]) -> float | None:
+        return await self.read(media.next_due, skip)
+
+    async def record_file(self, job_id: str, kind: str, **fields: Any) -> None:
+        now = self.clock()
+        await self.write(lambda conn: media.record_file(conn, job_id, kind, now=now, **fields))
+
+    async def retry_download(self, job_id: str, error: str, next_attempt_at: float) -> None:
+        now = self.clock()
+        await self.write(
+            lambda conn: media.retry(
+                conn, job_id, error=error, next_attempt_at=next_attempt_at, now=now
+            )
+        )
+
+    async def finish_download(self, job_id: str, status: str, error: str | None) -> None:
+        now = self.clock()
+        await self.write(
+            lambda conn: media.finish(conn, job_id, status=status, error=error, now=now)
+        )
+
+    async def requeue_download(self, job_id: str) -> None:
+        now = self.clock()
+        await self.write(lambda conn: media.requeue(conn, job_id, now))
+
+    async def switch_off_downloads(self) -> int:
+        now = self.clock()
+        return await self.write(lambda conn: media.switch_off(conn, now))
+
+    async def backfill_downloads(self, lifetimes: Mapping[str, float | None]) -> int:
+        now = self.clock()
+        return await self.write(lambda conn: media.backfill(conn, now, lifetimes))
+
+    async def prunable_files(self, before: float, limit: int) -> list[dict[str, Any]]:
+        return await self.read(media.prunable, before, limit)
+
+    async def mark_pruned(self, pruned: list[tuple[str, str]], keep_days: float) -> None:
+        now = self.clock()
+        await self.write(lambda conn: media.mark_pruned(conn, pruned, keep_days, now))
+
+    async def kept_file(self, job_id: str, kind: str) -> dict[str, Any] | None:
+        return await self.read(media.file, job_id, kind)
+
+    async def archive_summary(self) -> dict[str, Any]:
+        return await self.read(media.summary)
+
+    async def download_status(self, job_id: str) -> dict[str, Any] | None:
+        return await self.read(media.status, job_id)
+
+    async def defer_delivery(self, delivery_id: int, until: float) -> bool:
+        now = self.clock()
+        return await self.write(lambda conn: media.defer_delivery(conn, delivery_id, until, now))
+
     # -- reads --
 
     async def has_callback_token(self, provider: str, token: str) -> bool:
@@ -342,7 +400,12 @@ class Store:
         return await self.read(queries.get_job, job_id)
 
     async def list_jobs(self, **filters: Any) -> list[dict[str, Any]]:
-        return await self.read(queries.list_jobs, **filters)
+        def page(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = queries.list_jobs(conn, **filters)
+            media.attach(conn, rows)
+            return rows
+
+        return await self.read(page)
 
     async def job_detail(self, job_id: str) -> dict[str, Any] | None:
         def detail(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -351,6 +414,7 @@ class Store:
                 job["transitions"] = queries.transitions(conn, job_id)
                 job["deliveries"] = queries.deliveries(conn, job_id)
                 job["callbacks"] = queries.callbacks(conn, job_id)
+                media.attach(conn, [job])
             return job
 
         return await self.read(detail)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from receiver.providers.base import Observation, Submission
 from receiver.states import TERMINAL_SQL, Status, decide
+from receiver.store.media import queue_download
 from receiver.store.writer import mark
 
 Route = Callable[[Status, "list[str] | None"], "list[str]"]
@@ -167,6 +168,8 @@ def apply(
     notify = None if row["notify"] is None else json.loads(row["notify"])
     info = {"provider_status": obs.provider_status, **(detail or {})}
     tid = _transition(conn, job_id, notify, current, new, source, info, now=now, route=route)
+    if new is Status.COMPLETED:
+        queue_download(conn, job_id, now)
     return Applied(job_id, new, tid)
 
 

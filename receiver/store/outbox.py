@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from receiver.store import media
 from receiver.store.queries import _row, _rows, newest_first
 from receiver.store.writer import mark
 
@@ -41,6 +42,7 @@ def due_with_sources(
     if batch:
         jobs = _by_id(conn, "jobs", {d["job_id"] for d in batch})
         transitions = _by_id(conn, "transitions", {d["transition_id"] for d in batch})
+        media.attach(conn, jobs.values())
         for delivery in batch:
             delivery["job"] = jobs.get(delivery["job_id"])
             delivery["transition"] = transitions.get(delivery["transition_id"])
@@ -73,6 +75,8 @@ def event_source(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any] |
     delivery["job"] = _row(
         conn.execute("SELECT * FROM jobs WHERE id = ?", (delivery["job_id"],)).fetchone()
     )
+    if delivery["job"] is not None:
+        media.attach(conn, [delivery["job"]])
     delivery["transition"] = _row(
         conn.execute(
             "SELECT * FROM transitions WHERE id = ?", (delivery["transition_id"],)

@@ -181,3 +181,44 @@ def m005_submission_queue(db: Database) -> None:
 def m005_heartbeat(db: Database) -> None:
     # One row, rewritten at start and by /readyz: a write that proves writes are possible.
     db.table("heartbeat").create({"id": int, "at": float}, pk="id", not_null={"at"})
+
+
+@migrations()
+def m006_archive(db: Database) -> None:
+    # The durable download queue: one row per job whose result is to be kept, queued in
+    # the transaction that completes the job; its status is the job's media status.
+    db.table("downloads").create(
+        {
+            "job_id": str,
+            "status": str,  # pending | kept | failed | expired | pruned | off
+            "attempts": int,
+            "next_attempt_at": float,
+            "queued_at": float,  # a file stored before this is fetched again
+            "updated_at": float,
+            "finished_at": float,
+            "error": str,
+        },
+        pk="job_id",
+        not_null={"status", "queued_at", "updated_at"},
+        defaults={"attempts": 0},
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db.table("downloads").create_index(["status", "next_attempt_at"])
+    # One row per file kept, written only once the file is whole in its storage.
+    db.table("media").create(
+        {
+            "job_id": str,
+            "kind": str,  # video | cover
+            "store": str,  # local | s3: where location points
+            "location": str,  # the file's name in the folder, or the object's key
+            "bytes": int,
+            "sha256": str,
+            "content_type": str,
+            "stored_at": float,
+            "pruned_at": float,
+        },
+        pk=("job_id", "kind"),
+        not_null={"store", "location", "bytes", "sha256", "content_type", "stored_at"},
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db.table("media").create_index(["stored_at"])

@@ -24,6 +24,9 @@ class Snapshot:
     held: dict[str, int] = field(default_factory=dict)
     oldest_pending_age: dict[str, float] = field(default_factory=dict)
     disabled: set[str] = field(default_factory=set)
+    downloads_pending: int = 0
+    media_bytes: int = 0
+    media_files: int = 0
 
 
 def read_snapshot(conn: sqlite3.Connection, now: float, previous: Snapshot) -> Snapshot:
@@ -70,6 +73,12 @@ def read_snapshot(conn: sqlite3.Connection, now: float, previous: Snapshot) -> S
             else:
                 snap.held[channel] = count
         snap.disabled = {name for (name,) in conn.execute("SELECT name FROM channel_states")}
+        (snap.downloads_pending,) = conn.execute(
+            "SELECT count(*) FROM downloads WHERE status = 'pending'"
+        ).fetchone()
+        snap.media_files, snap.media_bytes = conn.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM media WHERE pruned_at IS NULL"
+        ).fetchone()
     finally:
         conn.execute("COMMIT")
     return snap

@@ -111,7 +111,7 @@ def test_the_final_stage_runs_vidhook_serve_as_a_non_root_user_with_data_in_a_vo
     assert re.search(rf"useradd .*--uid (\d+) .*{user}( |$)", " ".join(instructions(final, "RUN")))
     assert any(re.search(rf"chown {user}:{user} /data( |$)", r) for r in instructions(final, "RUN"))
     (volume,) = instructions(final, "VOLUME")
-    assert volume in ("/data", '["/data"]')
+    assert "/data" in json.loads(volume) if volume.startswith("[") else volume == "/data"
     # Declared after the chown: a new volume copies the folder's owner from the image.
     words = [name for name, _ in final]
     assert words.index("VOLUME") > words.index("RUN")
@@ -258,15 +258,37 @@ def test_compose_runs_vidhook_and_caddy_with_volumes_and_the_env_file():
     assert vidhook["env_file"] == ".env"  # the secrets, for vidhook alone
     assert "env_file" not in caddy
     config_mount = "./vidhook.toml:/etc/vidhook/vidhook.toml:ro"
-    assert vidhook["volumes"] == ["vidhook-data:/data", config_mount]
+    assert vidhook["volumes"] == ["vidhook-data:/data", "vidhook-media:/data/media", config_mount]
     assert "ports" not in vidhook  # only Caddy reaches it
     assert caddy["image"].startswith("caddy:2")
     assert {"80:80", "443:443"} <= set(caddy["ports"])
     assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in caddy["volumes"]
     assert {"caddy-data:/data", "caddy-config:/config"} <= set(caddy["volumes"])
-    assert set(document["volumes"]) == {"vidhook-data", "caddy-data", "caddy-config"}
+    assert set(document["volumes"]) == {
+        "vidhook-data",
+        "vidhook-media",
+        "caddy-data",
+        "caddy-config",
+    }
     url = vidhook["environment"]["VIDHOOK_PUBLIC_URL"]
     assert url == "https://${VIDHOOK_DOMAIN:?set VIDHOOK_DOMAIN in .env}${VIDHOOK_PATH_PREFIX:-}"
+
+
+def test_the_kept_videos_live_on_their_own_volume_where_the_config_puts_them(tmp_path):
+    env = {"VIDHOOK_ADMIN_TOKEN": "t", "VIDU_API_KEY": "k"}
+    (tmp_path / "vidhook.toml").write_text(read("vidhook.toml"))
+    archive = load_config(tmp_path / "vidhook.toml", env).archive
+    assert archive.store == "local" and archive.path == Path("/data/media")
+    mounts = dict(v.split(":")[1::-1] for v in compose()["services"]["vidhook"]["volumes"])
+    assert mounts[str(archive.path)] == "vidhook-media"
+    # The image makes the folder, owned by the service's user, before declaring the volume,
+    # so that a new volume can be written by that user.
+    final = dockerfile_stages()[-1]
+    (user,) = instructions(final, "USER")
+    runs = " ".join(instructions(final, "RUN"))
+    assert re.search(rf"chown {user}:{user} (\S+ )*/data/media( |$)", runs)
+    (volume,) = instructions(final, "VOLUME")
+    assert str(archive.path) in json.loads(volume)
 
 
 def test_caddys_address_on_the_compose_network_is_a_trusted_proxy():

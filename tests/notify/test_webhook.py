@@ -88,6 +88,7 @@ EXPECTED_BODY = {
         "next_poll_at": None,
         "callback_url": "https://me.example/callbacks/vidu/abcd…",
         "submission": None,
+        "media": {"status": "off", "video": None, "cover": None, "error": None},
     },
 }
 

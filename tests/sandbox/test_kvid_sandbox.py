@@ -18,6 +18,7 @@ from receiver.providers.base import JobRef, Observation, ProviderError, SubmitRe
 from receiver.providers.kvid import Kvid
 from receiver.sandbox.base import FakeSettings, Faults, Timing
 from receiver.sandbox.kvid import FAIL_MESSAGE, POLICY_MESSAGE, KvidFake
+from receiver.sandbox.media import sample_video
 from receiver.sandbox.server import ServerThread
 from receiver.states import Status
 
@@ -119,7 +120,7 @@ def test_a_job_is_submitted_polled_and_completed_with_a_video(fake, base_url):
     assert done.result_url == f"{base_url}/files/{submission.provider_job_id}.mp4"
     video = httpx.get(done.result_url)
     assert (video.status_code, video.headers["content-type"]) == (200, "video/mp4")
-    assert video.content.startswith(b"\x00\x00\x00\x18ftyp")
+    assert video.content == sample_video()
     job_id = submission.provider_job_id
     results = [r for r in fake.requests_to(r"/result$") if r.task_id == job_id]
     statuses = [r for r in fake.requests_to(r"/status$") if r.task_id == job_id]

@@ -349,7 +349,8 @@ def test_status_progresses_to_success_with_a_creation(
     video = httpx.get(creation["url"])
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
     cover = httpx.get(creation["cover_url"])
-    assert cover.status_code == 200 and cover.headers["content-type"] == "image/jpeg"
+    assert cover.status_code == 200 and cover.headers["content-type"] == "image/png"
+    assert cover.content.startswith(b"\x89PNG\r\n\x1a\n")
 
     times = sandbox.tasks[task_id].state_times
     assert list(times) == ["created", "queueing", "processing", "success"]
