@@ -23,6 +23,8 @@ from receiver.sandbox import (
     PREFIXES,
     ApimodelsFakeSettings,
     FakeSettings,
+    LumaFakeSettings,
+    MiniMaxFakeSettings,
     NewApiFakeSettings,
     ServerThread,
     ViduSandboxSettings,
@@ -84,6 +86,16 @@ SAMPLES = (
         {"provider": "newapi", "prompt": "Waves against black rocks", "model": "kling-v1"},
         "completed",
     ),
+    Sample(
+        "Luma: unsigned callbacks on every state, each sent twice; the last one confirmed",
+        {"provider": "luma", "prompt": "A jellyfish drifting through blue light"},
+        "completed",
+    ),
+    Sample(
+        "MiniMax: the callback URL's challenge answered; the video file resolved by a poll",
+        {"provider": "minimax", "prompt": "Rain on a neon street [Pan left]"},
+        "completed",
+    ),
 )
 # Quick schedules for the demo; real defaults are in vidhook.example.toml.
 DEMO_POLLING = {
@@ -127,12 +139,14 @@ def run_demo(timeout: float = 60.0) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="vidhook-demo-") as tmp:
         keys = [env["VIDHOOK_DEMO_KEY"]]
-        fakes = {name: FakeSettings(api_keys=keys) for name in ("kvid", "revid")}
         app = create_sandbox_app(
             ViduSandboxSettings(api_keys=keys),
+            kvid=FakeSettings(api_keys=keys),
+            revid=FakeSettings(api_keys=keys),
             apimodels=ApimodelsFakeSettings(api_keys=keys, callback_retry_delays=(0.5, 1.0)),
             newapi=NewApiFakeSettings(api_keys=keys),
-            **fakes,
+            luma=LumaFakeSettings(api_keys=keys),
+            minimax=MiniMaxFakeSettings(api_keys=keys),
         )
         with ServerThread(app) as sandbox:
             receiver = ServerThread(None)

@@ -18,6 +18,8 @@ from receiver.config import parse_config
 from receiver.sandbox import (
     ApimodelsFakeSettings,
     FakeSettings,
+    LumaFakeSettings,
+    MiniMaxFakeSettings,
     NewApiFakeSettings,
     ServerThread,
     Timing,
@@ -62,6 +64,8 @@ class Sandbox:
     revid: FakeProvider
     apimodels: FakeProvider
     newapi: FakeProvider
+    luma: FakeProvider | None = None
+    minimax: FakeProvider | None = None
 
     @property
     def settings(self) -> ViduSandboxSettings:
@@ -93,10 +97,14 @@ def running_sandbox():
         revid=fake_settings(),
         apimodels=fake_settings(ApimodelsFakeSettings, callback_retry_delays=(0.1, 0.1, 0.1)),
         newapi=fake_settings(NewApiFakeSettings),
+        luma=fake_settings(LumaFakeSettings),
+        minimax=fake_settings(MiniMaxFakeSettings),
     )
     with ServerThread(app) as server:
         fakes = [getattr(app.state, name) for name in ("vidu", "kvid", "revid", "apimodels")]
-        yield Sandbox(server.url, *fakes, app.state.newapi)
+        sandbox = Sandbox(server.url, *fakes, app.state.newapi)
+        sandbox.luma, sandbox.minimax = app.state.luma, app.state.minimax
+        yield sandbox
 
 
 # Quick schedules, so that tests see many polls in little time.
@@ -121,6 +129,9 @@ def service_config(public_url, sandbox_url, db_path, overrides=None, extra=None,
         for name in PROVIDERS
     }
     providers["newapi"]["default_model"] = "kling-v1"
+    for name in ("luma", "minimax"):
+        providers[name] = {"base_url": f"{sandbox_url}/{name}", "api_key_env": "VIDU_API_KEY"}
+        providers[name].update(FAST_POLLING)
     providers["vidu"].update({"poll_interval": 0.2, "timeout": 5, **vidu})
     for name, settings in (overrides or {}).items():
         providers[name].update(settings)

@@ -8,6 +8,8 @@ from receiver.config import ProviderConfig
 from receiver.providers.apimodels import Apimodels
 from receiver.providers.base import Provider
 from receiver.providers.kvid import Kvid
+from receiver.providers.luma import Luma
+from receiver.providers.minimax import MiniMax
 from receiver.providers.newapi import NewApi
 from receiver.providers.revid import Revid
 from receiver.providers.vidu import Vidu
@@ -18,6 +20,8 @@ ADAPTERS: dict[str, type[Provider]] = {
     "revid": Revid,
     "apimodels": Apimodels,
     "newapi": NewApi,
+    "luma": Luma,
+    "minimax": MiniMax,
 }
 
 

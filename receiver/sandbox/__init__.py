@@ -15,6 +15,8 @@ from starlette.routing import Mount
 from receiver.sandbox.apimodels import ApimodelsFake, ApimodelsFakeSettings
 from receiver.sandbox.base import FakeProvider, FakeSettings, Faults, Timing
 from receiver.sandbox.kvid import KvidFake
+from receiver.sandbox.luma import LumaFake, LumaFakeSettings
+from receiver.sandbox.minimax import MiniMaxFake, MiniMaxFakeSettings
 from receiver.sandbox.newapi import NewApiFake, NewApiFakeSettings
 from receiver.sandbox.revid import RevidFake
 from receiver.sandbox.server import ServerThread
@@ -25,6 +27,8 @@ __all__ = [
     "ApimodelsFakeSettings",
     "FakeSettings",
     "Faults",
+    "LumaFakeSettings",
+    "MiniMaxFakeSettings",
     "NewApiFakeSettings",
     "ServerThread",
     "Timing",
@@ -33,7 +37,7 @@ __all__ = [
     "create_sandbox_app",
 ]
 
-PREFIXES = ("vidu", "kvid", "revid", "apimodels", "newapi")
+PREFIXES = ("vidu", "kvid", "revid", "apimodels", "newapi", "luma", "minimax")
 
 
 def create_sandbox_app(
@@ -43,6 +47,8 @@ def create_sandbox_app(
     revid: FakeSettings | None = None,
     apimodels: ApimodelsFakeSettings | None = None,
     newapi: NewApiFakeSettings | None = None,
+    luma: LumaFakeSettings | None = None,
+    minimax: MiniMaxFakeSettings | None = None,
 ) -> Starlette:
     """All fake providers in one app; ``app.state.<prefix>`` is each provider's fake."""
     fakes: dict[str, ViduSandbox | FakeProvider] = {
@@ -51,6 +57,8 @@ def create_sandbox_app(
         "revid": RevidFake(revid),
         "apimodels": ApimodelsFake(apimodels),
         "newapi": NewApiFake(newapi),
+        "luma": LumaFake(luma),
+        "minimax": MiniMaxFake(minimax),
     }
     mounts = [Mount(f"/{name}", app=fake.app, name=name) for name, fake in fakes.items()]
     app = Starlette(routes=mounts, lifespan=_mounted_lifespans(mounts))
