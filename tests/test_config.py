@@ -34,8 +34,12 @@ def test_minimal_config_fills_defaults(tmp_path):
 
 def test_example_file_documents_a_loadable_config():
     keys = ("KVID_API_KEY", "REVID_API_KEY", "APIMODELS_API_KEY", "GATEWAY_API_KEY")
+    keys += ("LUMA_API_KEY", "MINIMAX_API_KEY")
     config = load_config(ROOT / "vidhook.example.toml", {**ENV, **dict.fromkeys(keys, "k")})
-    assert set(config.providers) == {"vidu", "kvid", "revid", "apimodels", "gateway"}
+    known = {"vidu", "kvid", "revid", "apimodels", "gateway", "luma", "minimax"}
+    assert set(config.providers) == known
+    assert config.providers["luma"].base_url == "https://api.lumalabs.ai/dream-machine/v1"
+    assert config.providers["minimax"].reconcile_after == 300
     assert config.providers["gateway"].type == "newapi"
     assert config.providers["revid"].initial_delay == 45
 
