@@ -148,6 +148,8 @@ def test_the_challenge_is_answered_for_a_known_token_only_and_writes_nothing(ser
     refusal(service.http.post(unknown, json={"challenge": "x"}), 404, "unknown_token")
     assert service.counts() == before
     assert service.job(job["id"])["callbacks"] == []
+    metrics = service.http.get("/metrics").text
+    assert 'vidhook_callbacks_total{outcome="handshake",provider="minimax"}' in metrics
 
 
 def test_another_provider_does_not_answer_a_challenge(service):
