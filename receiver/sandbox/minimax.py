@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -325,7 +326,8 @@ class MiniMaxFake(FakeProvider):
         request.state.task_id = None if task is None else task.task_id
         if task is None or task.key != bearer_key(request):
             raise MiniMaxError(INVALID_PARAMS, "invalid params, file not found")
-        expires = int(time.time() + self.settings.download_ttl)
+        # Whole seconds, as in a signed URL; rounded up, so that it lives the whole ttl.
+        expires = math.ceil(time.time() + self.settings.download_ttl)
         file: dict[str, Any] = {
             "file_id": int(file_id),
             "bytes": len(_VIDEO),

@@ -152,12 +152,12 @@ def test_the_backup_url_is_used_when_no_main_one_is_given(url: str, fake: MiniMa
 
 
 def test_download_urls_expire_and_cannot_be_forged(url: str, fake: MiniMaxFake) -> None:
-    fake.settings.download_ttl = 0.5
+    fake.settings.download_ttl = 1.0
     done = lifecycle(url, "a fox")[1][-1]
     link = done.result_url or ""
     assert httpx.get(link).status_code == 200
     assert httpx.get(link.replace("Signature=", "Signature=0")).status_code == 403
-    time.sleep(1.1)
+    time.sleep(2.1)
     assert httpx.get(link).status_code == 403
 
 
