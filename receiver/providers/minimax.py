@@ -309,8 +309,9 @@ class MiniMax(HTTPProvider):
         report = unsigned.payload(body)
         if report is None:
             return unsigned.body_nonce(job, body)
-        word = status_word(report.get("status"))
-        return unsigned.nonce(job, task_id_of(report), word.lower() if word else None)
+        # Without case, and the query's "Fail" is the callbacks' "failed".
+        word = (status_word(report.get("status")) or "").lower()
+        return unsigned.nonce(job, task_id_of(report), "failed" if word == "fail" else word)
 
     def parse_callback(self, payload: Mapping[str, Any]) -> Observation:
         return observation(payload)

@@ -355,6 +355,8 @@ def verify(job, body):
 
 def test_a_status_has_one_nonce_however_it_is_spelled():
     assert verify(JOB, report("success")) == verify(JOB, report("Success", file_id=FILE))
+    assert verify(JOB, report("failed")) == verify(JOB, report("Fail"))
+    assert verify(JOB, report("Preparing")) != verify(JOB, report("Queueing"))
     assert verify(JOB, report("processing")) != verify(JOB, report("success"))
     assert verify(JOB, {**report("processing"), "task_id": int(TASK)}) == verify(
         JOB, report("processing")
