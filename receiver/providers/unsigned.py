@@ -41,11 +41,11 @@ def nonce(job: JobRef, task_id: str | None, status: str | None) -> str:
     task is not the job's."""
     if task_id is None:
         raise signing.SignatureError(
-            "missing_task", "the callback names no task, so it cannot be matched to this job"
+            "wrong_task", "the callback names no task, so it cannot be matched to this job"
         )
     if job.provider_job_id is not None and task_id != job.provider_job_id:
         raise signing.SignatureError(
-            "task_mismatch",
+            "wrong_task",
             "the callback names another task than the one this callback URL belongs to",
         )
     # Hashed: the body chooses these, and a nonce is a key of its table.

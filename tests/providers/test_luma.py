@@ -323,14 +323,14 @@ def test_each_generation_state_has_one_nonce_of_its_job():
 def test_a_callback_naming_another_generation_is_refused():
     with pytest.raises(signing.SignatureError) as caught:
         verify(JOB, generation("completed", id="9c1e0000-0000-0000-0000-000000000000"))
-    assert caught.value.reason == "task_mismatch"
+    assert caught.value.reason == "wrong_task"
 
 
 @pytest.mark.parametrize("body", [{"state": "completed"}, {"id": 42, "state": "completed"}])
 def test_a_callback_naming_no_generation_is_refused(body):
     with pytest.raises(signing.SignatureError) as caught:
         verify(JOB, body)
-    assert caught.value.reason == "missing_task"
+    assert caught.value.reason == "wrong_task"
 
 
 def test_a_callback_before_the_create_answer_is_taken_for_its_job():

@@ -366,8 +366,8 @@ def test_a_status_has_one_nonce_however_it_is_spelled():
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        ({**report("success"), "task_id": "999"}, "task_mismatch"),
-        ({"status": "success"}, "missing_task"),
+        ({**report("success"), "task_id": "999"}, "wrong_task"),
+        ({"status": "success"}, "wrong_task"),
     ],
 )
 def test_a_callback_not_about_this_task_is_refused(body, reason):
