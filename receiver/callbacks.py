@@ -59,15 +59,6 @@ class InvalidBody(ValueError):
     """The body of an authenticated callback is not a JSON object; the message says why."""
 
 
-class Handshake(Exception):
-    """The provider is checking a job's callback URL; ``answer`` is the reply. Raised
-    inside the writer's transaction, so that nothing of the request is kept."""
-
-    def __init__(self, answer: Mapping[str, Any]) -> None:
-        super().__init__("callback URL check")
-        self.answer = answer
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     # isascii(): str.isdigit() also takes digits such as "²" that int() refuses.
@@ -88,6 +79,15 @@ def is_json_media(content_type: str | None) -> bool:
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
+
+
+class Handshake(Exception):
+    """The provider is checking a job's callback URL; ``answer`` is the reply. Raised
+    inside the writer's transaction, so that nothing of the request is kept."""
+
+    def __init__(self, answer: Mapping[str, Any]) -> None:
+        super().__init__("callback URL check")
+        self.answer = answer
 
 
 async def receive(request: Request) -> Response:
