@@ -63,6 +63,15 @@ def is_json_media(content_type: str | None) -> bool:
     )
 
 
+class Handshake(Exception):
+    """The provider is checking a job's callback URL; ``answer`` is the reply. Raised
+    inside the writer's transaction, so that nothing of the request is kept."""
+
+    def __init__(self, answer: Mapping[str, Any]) -> None:
+        super().__init__("callback URL check")
+        self.answer = answer
+
+
 async def receive(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     provider_name = request.path_params["provider"]
@@ -113,6 +122,9 @@ async def record(
         # Runs on the writer thread inside the transaction (one trip for the lookup, the
         # checks and the writes); raising refuses the callback with nothing written.
         checked.append(job.id)
+        # Answered for a known token only, and rolled back: a URL check is not news.
+        if (answer := provider.handshake(body)) is not None:
+            raise Handshake(answer)
         ref = JobRef(job.id, job.provider_job_id, job.key_fingerprint, job.callback_url)
         nonce = provider.verify_callback(ref, request.headers, body, tolerance=tolerance)
         try:
@@ -154,6 +166,10 @@ async def record(
     except InvalidBody as exc:
         runtime.count_callback(provider_name, "invalid_json")
         return error(400, "invalid_json", str(exc))
+    except Handshake as shake:
+        runtime.count_callback(provider_name, "handshake")
+        log.info("callback URL of job %s checked by %s", checked[0], provider_name)
+        return Response(dumps(shake.answer), media_type=JSON.media_type)
     obs, confirm = admitted.obs, admitted.confirm
 
     runtime.count_callback(provider_name, outcome)

@@ -55,6 +55,14 @@ PROVIDER_TYPES: dict[str, dict[str, Any]] = {
     "runway": {"base_url": "https://api.dev.runwayml.com", "default_model": "gen4.5",
                "initial_delay": 15.0, "poll_interval": 5.0, "poll_max_interval": 30.0,
                "deadline": 7200.0},
+    # Luma calls back on every state; a generation takes one to a few minutes, so a
+    # silence of five minutes is worth a look.
+    "luma": {"base_url": "https://api.lumalabs.ai/dream-machine/v1", "default_model": "ray-2",
+             "poll_interval": 5.0, "poll_max_interval": 30.0, "reconcile_after": 300.0},
+    # MiniMax calls back too; Hailuo takes minutes per video, and its download URL lasts
+    # 9 hours from the poll that sees Success.
+    "minimax": {"base_url": "https://api.minimax.io", "default_model": "MiniMax-Hailuo-02",
+                "poll_interval": 10.0, "reconcile_after": 300.0},
 }  # fmt: skip
 # The keys each channel type takes besides `type` and `events`; *_env keys hold secrets.
 CHANNEL_KEYS: dict[str, frozenset[str]] = {

@@ -25,6 +25,8 @@ from receiver.sandbox import (
     ApimodelsFakeSettings,
     FakeSettings,
     KlingFakeSettings,
+    LumaFakeSettings,
+    MiniMaxFakeSettings,
     NewApiFakeSettings,
     RunwayFakeSettings,
     ServerThread,
@@ -87,6 +89,16 @@ SAMPLES = (
         {"provider": "newapi", "prompt": "Waves against black rocks", "model": "kling-v1"},
         "completed",
     ),
+    Sample(
+        "Luma: unsigned callbacks on every state, each sent twice; the last one confirmed",
+        {"provider": "luma", "prompt": "A jellyfish drifting through blue light"},
+        "completed",
+    ),
+    Sample(
+        "MiniMax: the callback URL's challenge answered; the video file resolved by a poll",
+        {"provider": "minimax", "prompt": "Rain on a neon street [Pan left]"},
+        "completed",
+    ),
 )
 # Quick schedules for the demo; real defaults are in vidhook.example.toml.
 DEMO_POLLING = {
@@ -142,12 +154,14 @@ def run_demo(timeout: float = 60.0) -> int:
         pair = {env["VIDHOOK_DEMO_ACCESS_KEY"]: env["VIDHOOK_DEMO_KEY"]}
         app = create_sandbox_app(
             ViduSandboxSettings(api_keys=keys),
-            apimodels=ApimodelsFakeSettings(api_keys=keys, callback_retry_delays=(0.5, 1.0)),
-            newapi=NewApiFakeSettings(api_keys=keys),
             kvid=FakeSettings(api_keys=keys),
             revid=FakeSettings(api_keys=keys),
+            apimodels=ApimodelsFakeSettings(api_keys=keys, callback_retry_delays=(0.5, 1.0)),
+            newapi=NewApiFakeSettings(api_keys=keys),
             kling=KlingFakeSettings(key_pairs=pair, callback_retry_delays=(0.5, 1.0)),
             runway=RunwayFakeSettings(api_keys=keys),
+            luma=LumaFakeSettings(api_keys=keys),
+            minimax=MiniMaxFakeSettings(api_keys=keys),
         )
         with ServerThread(app) as sandbox:
             receiver = ServerThread(None)

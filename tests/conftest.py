@@ -19,6 +19,8 @@ from receiver.sandbox import (
     ApimodelsFakeSettings,
     FakeSettings,
     KlingFakeSettings,
+    LumaFakeSettings,
+    MiniMaxFakeSettings,
     NewApiFakeSettings,
     RunwayFakeSettings,
     ServerThread,
@@ -76,6 +78,8 @@ class Sandbox:
     newapi: FakeProvider
     kling: FakeProvider | None = None
     runway: FakeProvider | None = None
+    luma: FakeProvider | None = None
+    minimax: FakeProvider | None = None
 
     @property
     def settings(self) -> ViduSandboxSettings:
@@ -116,10 +120,12 @@ def running_sandbox():
             callback_retry_delays=(0.1, 0.1),
         ),
         runway=fake_settings(RunwayFakeSettings),
+        luma=fake_settings(LumaFakeSettings),
+        minimax=fake_settings(MiniMaxFakeSettings),
     )
     with ServerThread(app) as server:
         fakes = [getattr(app.state, name) for name in ("vidu", "kvid", "revid", "apimodels")]
-        mine = {name: getattr(app.state, name) for name in ("kling", "runway")}
+        mine = {name: getattr(app.state, name) for name in ("kling", "runway", "luma", "minimax")}
         yield Sandbox(server.url, *fakes, app.state.newapi, **mine)
 
 
@@ -156,6 +162,9 @@ def service_config(public_url, sandbox_url, db_path, overrides=None, extra=None,
         "api_key_env": "VIDU_API_KEY",
         **FAST_POLLING,
     }
+    for name in ("luma", "minimax"):
+        providers[name] = {"base_url": f"{sandbox_url}/{name}", "api_key_env": "VIDU_API_KEY"}
+        providers[name].update(FAST_POLLING)
     providers["vidu"].update({"poll_interval": 0.2, "timeout": 5, **vidu})
     for name, settings in (overrides or {}).items():
         providers[name].update(settings)

@@ -42,11 +42,18 @@ def test_minimal_config_fills_defaults(tmp_path):
 
 def test_example_file_documents_a_loadable_config():
     keys = ("KVID_API_KEY", "REVID_API_KEY", "APIMODELS_API_KEY", "GATEWAY_API_KEY")
-    keys += ("KLING_ACCESS_KEY", "KLING_SECRET_KEY", "RUNWAY_API_KEY")
+    keys += (
+        "KLING_ACCESS_KEY",
+        "KLING_SECRET_KEY",
+        "RUNWAY_API_KEY",
+        "LUMA_API_KEY",
+        "MINIMAX_API_KEY",
+    )
     config = load_config(ROOT / "vidhook.example.toml", {**ENV, **dict.fromkeys(keys, "k")})
-    assert set(config.providers) == {
-        "vidu", "kvid", "revid", "apimodels", "gateway", "kling", "runway",
-    }  # fmt: skip
+    known = {"vidu", "kvid", "revid", "apimodels", "gateway", "kling", "runway", "luma", "minimax"}
+    assert set(config.providers) == known
+    assert config.providers["luma"].base_url == "https://api.lumalabs.ai/dream-machine/v1"
+    assert config.providers["minimax"].reconcile_after == 300
     assert config.providers["gateway"].type == "newapi"
     assert config.providers["revid"].initial_delay == 45
 

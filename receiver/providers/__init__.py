@@ -9,6 +9,8 @@ from receiver.providers.apimodels import Apimodels
 from receiver.providers.base import Provider
 from receiver.providers.kling import Kling
 from receiver.providers.kvid import Kvid
+from receiver.providers.luma import Luma
+from receiver.providers.minimax import MiniMax
 from receiver.providers.newapi import NewApi
 from receiver.providers.revid import Revid
 from receiver.providers.runway import Runway
@@ -22,6 +24,8 @@ ADAPTERS: dict[str, type[Provider]] = {
     "newapi": NewApi,
     "kling": Kling,
     "runway": Runway,
+    "luma": Luma,
+    "minimax": MiniMax,
 }
 
 

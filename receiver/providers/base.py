@@ -196,6 +196,11 @@ class Provider(ABC):
     def parse_callback(self, payload: Mapping[str, Any]) -> Observation:
         raise NotImplementedError(f"{self.name} does not send callbacks")
 
+    def handshake(self, body: bytes) -> Mapping[str, Any] | None:
+        """The answer to a request that checks the callback URL rather than reports on the
+        job (MiniMax's challenge), or None for a callback. Nothing of it is stored."""
+        return None
+
     def needs_confirmation(self, observation: Observation) -> bool:
         """Whether a callback must be confirmed by fetching the status before it applies."""
         return observation.status.terminal

@@ -16,6 +16,8 @@ from receiver.sandbox.apimodels import ApimodelsFake, ApimodelsFakeSettings
 from receiver.sandbox.base import FakeProvider, FakeSettings, Faults, Timing
 from receiver.sandbox.kling import KlingFake, KlingFakeSettings
 from receiver.sandbox.kvid import KvidFake
+from receiver.sandbox.luma import LumaFake, LumaFakeSettings
+from receiver.sandbox.minimax import MiniMaxFake, MiniMaxFakeSettings
 from receiver.sandbox.newapi import NewApiFake, NewApiFakeSettings
 from receiver.sandbox.revid import RevidFake
 from receiver.sandbox.runway import RunwayFake, RunwayFakeSettings
@@ -28,6 +30,8 @@ __all__ = [
     "FakeSettings",
     "Faults",
     "KlingFakeSettings",
+    "LumaFakeSettings",
+    "MiniMaxFakeSettings",
     "NewApiFakeSettings",
     "RunwayFakeSettings",
     "ServerThread",
@@ -37,7 +41,9 @@ __all__ = [
     "create_sandbox_app",
 ]
 
-PREFIXES = ("vidu", "kvid", "revid", "apimodels", "newapi", "kling", "runway")
+PREFIXES = (
+    "vidu", "kvid", "revid", "apimodels", "newapi", "kling", "runway", "luma", "minimax",
+)  # fmt: skip
 
 
 def create_sandbox_app(
@@ -49,6 +55,8 @@ def create_sandbox_app(
     newapi: NewApiFakeSettings | None = None,
     kling: KlingFakeSettings | None = None,
     runway: RunwayFakeSettings | None = None,
+    luma: LumaFakeSettings | None = None,
+    minimax: MiniMaxFakeSettings | None = None,
 ) -> Starlette:
     """All fake providers in one app; ``app.state.<prefix>`` is each provider's fake."""
     fakes: dict[str, ViduSandbox | FakeProvider] = {
@@ -59,6 +67,8 @@ def create_sandbox_app(
         "newapi": NewApiFake(newapi),
         "kling": KlingFake(kling),
         "runway": RunwayFake(runway),
+        "luma": LumaFake(luma),
+        "minimax": MiniMaxFake(minimax),
     }
     mounts = [Mount(f"/{name}", app=fake.app, name=name) for name, fake in fakes.items()]
     app = Starlette(routes=mounts, lifespan=_mounted_lifespans(mounts))

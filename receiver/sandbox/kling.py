@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, scenario_of
+from receiver.sandbox.media import file_response
 
 KINDS = ("text2video", "image2video")
 MODELS = (
@@ -58,7 +59,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "duration": ("5", "10"),
     "sound": ("off", "on"),
 }
-_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -378,7 +378,9 @@ class KlingFake(FakeProvider):
         request.state.task_id = None if task is None else task.task_id
         if task is None or task.status != "succeed":
             return Response("not found", status_code=404, media_type="text/plain")
-        return Response(_MP4, media_type="video/mp4")
+        served = file_response("mp4", self.settings.files)
+        assert served is not None
+        return served
 
     # --- bodies -------------------------------------------------------------
 

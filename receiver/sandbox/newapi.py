@@ -66,7 +66,6 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }  # fmt: skip
 _POSITIVE = ("fps", "height", "width", "n")
 _SIZE = re.compile(r"\d+x\d+")
-_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -322,7 +321,9 @@ class NewApiFake(FakeProvider):
             raise TaskNotExist()  # the gateway finds tasks per user: another's is unknown
         if task.status != "SUCCESS":
             raise GatewayError(400, "the task has not succeeded", code="task_not_completed")
-        return Response(_MP4, media_type="video/mp4")
+        served = file_response("mp4", self.settings.files)
+        assert served is not None
+        return served
 
     async def _file(self, request: Request) -> Response:
         stem, _, ext = str(request.path_params["name"]).rpartition(".")

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, bearer_key, scenario_of
+from receiver.sandbox.media import file_response
 
 API_VERSION = "2024-11-06"
 # model -> (ratios, durations or None for "an integer from 2 to 10", prompt required)
@@ -57,7 +58,6 @@ DAILY_LIMIT_MESSAGE = "You have exceeded the daily generation limit for this mod
 MAX_PROMPT = 1000  # UTF-16 code units
 MAX_DATA_URI = 5_242_880
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
-_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -265,7 +265,9 @@ class RunwayFake(FakeProvider):
         request.state.task_id = None if task is None else task.id
         if task is None or task.status != "SUCCEEDED":
             return Response("not found", status_code=404, media_type="text/plain")
-        return Response(_MP4, media_type="video/mp4")
+        served = file_response("mp4", self.settings.files)
+        assert served is not None
+        return served
 
     # --- bodies -------------------------------------------------------------
 
