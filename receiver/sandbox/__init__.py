@@ -14,9 +14,11 @@ from starlette.routing import Mount
 
 from receiver.sandbox.apimodels import ApimodelsFake, ApimodelsFakeSettings
 from receiver.sandbox.base import FakeProvider, FakeSettings, Faults, Timing
+from receiver.sandbox.fal import FalFake, FalFakeSettings
 from receiver.sandbox.kling import KlingFake, KlingFakeSettings
 from receiver.sandbox.kvid import KvidFake
 from receiver.sandbox.newapi import NewApiFake, NewApiFakeSettings
+from receiver.sandbox.replicate import ReplicateFake, ReplicateFakeSettings
 from receiver.sandbox.revid import RevidFake
 from receiver.sandbox.runway import RunwayFake, RunwayFakeSettings
 from receiver.sandbox.server import ServerThread
@@ -26,9 +28,11 @@ __all__ = [
     "PREFIXES",
     "ApimodelsFakeSettings",
     "FakeSettings",
+    "FalFakeSettings",
     "Faults",
     "KlingFakeSettings",
     "NewApiFakeSettings",
+    "ReplicateFakeSettings",
     "RunwayFakeSettings",
     "ServerThread",
     "Timing",
@@ -37,7 +41,9 @@ __all__ = [
     "create_sandbox_app",
 ]
 
-PREFIXES = ("vidu", "kvid", "revid", "apimodels", "newapi", "kling", "runway")
+PREFIXES = (
+    "vidu", "kvid", "revid", "apimodels", "newapi", "kling", "runway", "replicate", "fal",
+)  # fmt: skip
 
 
 def create_sandbox_app(
@@ -49,6 +55,8 @@ def create_sandbox_app(
     newapi: NewApiFakeSettings | None = None,
     kling: KlingFakeSettings | None = None,
     runway: RunwayFakeSettings | None = None,
+    replicate: ReplicateFakeSettings | None = None,
+    fal: FalFakeSettings | None = None,
 ) -> Starlette:
     """All fake providers in one app; ``app.state.<prefix>`` is each provider's fake."""
     fakes: dict[str, ViduSandbox | FakeProvider] = {
@@ -59,6 +67,8 @@ def create_sandbox_app(
         "newapi": NewApiFake(newapi),
         "kling": KlingFake(kling),
         "runway": RunwayFake(runway),
+        "replicate": ReplicateFake(replicate),
+        "fal": FalFake(fal),
     }
     mounts = [Mount(f"/{name}", app=fake.app, name=name) for name, fake in fakes.items()]
     app = Starlette(routes=mounts, lifespan=_mounted_lifespans(mounts))
