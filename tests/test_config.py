@@ -43,9 +43,10 @@ def test_minimal_config_fills_defaults(tmp_path):
 def test_example_file_documents_a_loadable_config():
     keys = ("KVID_API_KEY", "REVID_API_KEY", "APIMODELS_API_KEY", "GATEWAY_API_KEY")
     keys += ("KLING_ACCESS_KEY", "KLING_SECRET_KEY", "RUNWAY_API_KEY")
+    keys += ("REPLICATE_API_TOKEN", "REPLICATE_WEBHOOK_SECRET", "FAL_KEY")
     config = load_config(ROOT / "vidhook.example.toml", {**ENV, **dict.fromkeys(keys, "k")})
     assert set(config.providers) == {
-        "vidu", "kvid", "revid", "apimodels", "gateway", "kling", "runway",
+        "vidu", "kvid", "revid", "apimodels", "gateway", "kling", "runway", "replicate", "fal",
     }  # fmt: skip
     assert config.providers["gateway"].type == "newapi"
     assert config.providers["revid"].initial_delay == 45
