@@ -20,13 +20,10 @@ webhook (fal rotated them), at most once a minute.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import math
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,10 +41,9 @@ from receiver.providers.base import (
     SubmitRequest,
 )
 from receiver.providers.fields import first_message, is_http_url, text
+from receiver.providers.jwks import WebhookKeys
 from receiver.states import Status
 from signing import fal as fal_signing
-
-log = logging.getLogger("vidhook.providers.fal")
 
 STATES = {"IN_QUEUE": Status.QUEUED, "IN_PROGRESS": Status.PROCESSING}
 COMPLETED = "COMPLETED"
@@ -56,9 +52,6 @@ ALREADY_COMPLETED, NOT_FOUND = "ALREADY_COMPLETED", "NOT_FOUND"
 # Model ids under these are one segment longer before the subpath (workflows/owner/app).
 NAMESPACES = frozenset({"workflows", "comfy"})
 RESERVED = frozenset({"prompt", "image_url"})
-KEYS_MAX_AGE = 86400.0  # a fetched JWKS is trusted this long at most
-KEYS_MIN_INTERVAL = 60.0  # and fetched no more often than this
-KEYS_TIMEOUT = 10.0  # a webhook waits on the fetch: fal wants an answer within seconds
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _MODEL = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+")
 _REQUEST_PATH = re.compile(rf"(?P<app>{_SEGMENT}(?:/{_SEGMENT})*)/requests/(?P<id>{_SEGMENT})")
@@ -140,50 +133,6 @@ def is_request_failure(exc: ProviderError) -> bool:
     if code is None or code in (401, 403, 408, 429):
         return False
     return code < 500 or exc.code is not None
-
-
-class WebhookKeys:
-    """fal's public webhook keys, fetched from the JWKS URL and trusted for a day at most."""
-
-    def __init__(
-        self,
-        url: str,
-        client: httpx.AsyncClient,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.url = url
-        self.client = client
-        self.clock = clock
-        self._keys: tuple[fal_signing.PublicKey, ...] = ()
-        self._fetched_at = -math.inf
-        self._tried_at = -math.inf
-        self._fetching = asyncio.Lock()  # webhooks that find the keys wanting share one fetch
-
-    @property
-    def usable(self) -> tuple[fal_signing.PublicKey, ...]:
-        return () if self.expired else self._keys
-
-    @property
-    def expired(self) -> bool:
-        return self.clock() - self._fetched_at > KEYS_MAX_AGE
-
-    async def refresh(self) -> None:
-        """Fetch the JWKS again, unless it was tried less than a minute ago."""
-        async with self._fetching:
-            now = self.clock()
-            if now - self._tried_at < KEYS_MIN_INTERVAL:
-                return  # a webhook waiting with this one had it fetched, or it failed
-            self._tried_at = now
-            try:
-                response = await self.client.get(self.url, timeout=KEYS_TIMEOUT)
-                if response.status_code != 200:
-                    raise ValueError(f"HTTP {response.status_code}")
-                keys = fal_signing.load_jwks(response.content)
-            except (httpx.HTTPError, ValueError) as exc:
-                why = str(exc) if isinstance(exc, ValueError) else exc.__class__.__name__
-                log.warning("fal's webhook keys could not be fetched from %s: %s", self.url, why)
-                return
-            self._keys, self._fetched_at = keys, now
 
 
 class Fal(HTTPProvider):

@@ -12,14 +12,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 import signing
 from receiver.config import ProviderConfig, Secret
 from receiver.providers.base import InvalidRequest, JobRef, ProviderError, SubmitRequest
-from receiver.providers.fal import (
-    KEYS_MAX_AGE,
-    KEYS_MIN_INTERVAL,
-    Fal,
-    app_of,
-    request_path,
-    video_url,
-)
+from receiver.providers.fal import Fal, app_of, request_path, video_url
+from receiver.providers.jwks import KEYS_MAX_AGE, KEYS_MIN_INTERVAL
 from receiver.states import Status
 
 KEY = Secret("fal-key-id:fal-key-secret-0123456789")
