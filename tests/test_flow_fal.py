@@ -140,10 +140,12 @@ def test_retry_after_is_honoured(sandbox, tmp_path):
     assert [r for r in requests if refused.time < r.time < refused.time + 1.0] == []
 
 
-def test_a_throttled_submit_fails_the_job(service):
-    answer = service.api.post("/api/jobs", json={"provider": "fal", "prompt": "A [429]"})
+def test_a_refused_submit_fails_the_job_with_fal_s_words(service):
+    job = {"provider": "fal", "prompt": "A heron", "options": {"duration": "7"}}
+    answer = service.api.post("/api/jobs", json=job)
     assert answer.status_code == 502
-    assert "HTTP 429" in answer.json()["error"]["message"]
+    message = answer.json()["error"]["message"]
+    assert "HTTP 422" in message and "duration: Input should be '5' or '10'" in message
 
 
 def test_a_request_can_be_canceled(service, sandbox):

@@ -121,11 +121,12 @@ def test_an_unknown_status_is_kept_raw_from_a_webhook_and_from_a_poll(sandbox, t
         assert done["result_url"]
 
 
-def test_a_throttled_create_fails_the_job_with_replicate_s_words(service):
-    answer = service.api.post("/api/jobs", json={"provider": "replicate", "prompt": "A [429]"})
+def test_a_refused_create_fails_the_job_with_replicate_s_words(service):
+    job = {"provider": "replicate", "prompt": "A heron", "model": "nobody/nothing"}
+    answer = service.api.post("/api/jobs", json=job)
     assert answer.status_code == 502
     message = answer.json()["error"]["message"]
-    assert "HTTP 429" in message and replicate_fake.THROTTLED in message
+    assert "HTTP 404" in message and "could not be found" in message
 
 
 def test_retry_after_is_honoured(sandbox, tmp_path):

@@ -49,6 +49,8 @@ MARKERS = ("fail", "slow", "unknown", "never", "lost", "duplicate", "badjson", "
 # What [unknown] requests report between the queue and the run: not a documented status.
 UNDOCUMENTED_STATUS = "IN_BUFFER"
 NAMESPACES = ("workflows", "comfy")
+# The durations an app's models take, where the fake checks them (as their schemas do).
+DURATIONS = {"fal-ai/kling-video": ("5", "10")}
 POLICY_MESSAGE = (
     "The content could not be processed because it contained material flagged by a content checker."
 )
@@ -231,6 +233,11 @@ class FalFake(FakeProvider):
         prompt = body.get("prompt")
         if not isinstance(prompt, str) and not isinstance(body.get("image_url"), str):
             raise FalRefusal(422, [_error(["body", "prompt"], "Field required", "missing")])
+        durations = DURATIONS.get(app_of(model_id))
+        if durations and "duration" in body and body["duration"] not in durations:
+            allowed = " or ".join(f"'{d}'" for d in durations)
+            said = f"Input should be {allowed}"
+            raise FalRefusal(422, [_error(["body", "duration"], said, "literal_error")])
         webhook = request.query_params.get("fal_webhook")
         if webhook is not None and not webhook.startswith(("http://", "https://")):
             raise FalRefusal(422, [_error(["query", "fal_webhook"], "Invalid URL", "url_parsing")])

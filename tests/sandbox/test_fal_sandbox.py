@@ -185,6 +185,7 @@ def test_a_request_is_found_under_its_app_only(url):
         ({"Authorization": f"Bearer {KEY}"}, {"prompt": "x"}, 401),
         ({"Authorization": "Key wrong"}, {"prompt": "x"}, 401),
         (HEADERS, {"seed": 1}, 422),
+        (HEADERS, {"prompt": "x", "duration": "7"}, 422),
         (HEADERS, ["x"], 422),
     ],
 )
