@@ -384,3 +384,28 @@ def test_the_adapter_finds_the_request_whatever_the_submit_answer_holds(url, fak
     seen = run(url, call)
     assert seen.status is Status.FAILED
     assert seen.error == f"prompt: {POLICY_MESSAGE} ({POLICY_TYPE})"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"status_carries_error": True},
+        {"detail_as_list": False},
+        {"failed_result_status": 500},
+        {"failed_result_status": 400, "detail_as_list": False},
+    ],
+)
+def test_the_adapter_reads_every_shape_of_a_failed_request(url, fake, settings):
+    for name, value in settings.items():
+        setattr(fake.settings, name, value)
+
+    async def call(fal: Fal) -> Any:
+        submitted = await fal.submit(SubmitRequest(prompt="A heron [fail]"), None)
+        ref = JobRef("job", submitted.provider_job_id, fal.config.api_key.fingerprint)
+        while not (seen := await fal.fetch(ref)).status.terminal:
+            await asyncio.sleep(0.01)
+        return seen
+
+    seen = run(url, call)
+    assert seen.status is Status.FAILED
+    assert POLICY_MESSAGE in seen.error and POLICY_TYPE in seen.error

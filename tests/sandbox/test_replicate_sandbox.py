@@ -349,3 +349,27 @@ def test_the_adapter_reads_a_throttled_create(url):
         run(url, call)
     assert caught.value.status_code == 429 and caught.value.retry_after == 1
     assert caught.value.message == THROTTLED
+
+
+@pytest.mark.parametrize(
+    "settings", [{"create_status": 200}, {"output_list": True}, {"problem_json": False}]
+)
+def test_the_adapter_reads_either_reading_of_what_the_docs_leave_open(url, fake, settings):
+    for name, value in settings.items():
+        setattr(fake.settings, name, value)
+
+    async def call(replicate: Replicate) -> Any:
+        submitted = await replicate.submit(SubmitRequest(prompt="A heron"), None)
+        ref = JobRef("job", submitted.provider_job_id, replicate.config.api_key.fingerprint)
+        while not (seen := await replicate.fetch(ref)).status.terminal:
+            await asyncio.sleep(0.01)
+        try:
+            await replicate.fetch(JobRef("job", "nosuchprediction", None))
+        except ProviderError as exc:
+            return submitted, seen, exc
+        raise AssertionError("an unknown prediction was found")
+
+    submitted, seen, refused = run(url, call)
+    assert seen.result_url == f"{url}/files/{submitted.provider_job_id}/output.mp4"
+    assert (refused.status_code, refused.transient) == (404, False)
+    assert refused.message == "The requested resource could not be found."
