@@ -17,7 +17,7 @@ from starlette.responses import Response
 import signing
 from receiver.bodies import BodyTooLarge, OverBudget, closing, hold_body, over_budget
 from receiver.logs import access_note
-from receiver.providers.base import JobRef, Provider
+from receiver.providers.base import JobRef, Provider, ProviderError
 from receiver.responses import JSON, dumps, error
 from receiver.store import AdmittedCallback, CallbackTarget, UnknownToken
 
@@ -31,6 +31,9 @@ _UNSTORED_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "x-hmac-signature", "x-api-key"}
 )
 
+
+# Seconds a sender is asked to wait when what verifying needs (fal's keys) is unreachable.
+VERIFY_RETRY_AFTER = 60
 
 # The two answers to a stored callback, made once.
 _ACCEPTED = dumps({"ok": True, "duplicate": False})
@@ -115,6 +118,15 @@ async def record(
 ) -> Response:
     """Check the callback and store it, in one trip to the writer."""
     provider_name = request.path_params["provider"]
+    try:
+        await provider.prepare_callback(request.headers, body)
+    except ProviderError as exc:
+        runtime.count_callback(provider_name, "unverifiable")
+        log.warning("callback for %s cannot be verified now: %s", provider_name, exc)
+        refused = error(503, "cannot_verify", f"cannot verify the callback now: {exc.message}")
+        refused.headers["Retry-After"] = str(VERIFY_RETRY_AFTER)
+        return refused
+
     tolerance = runtime.config.callbacks.date_tolerance
     checked: list[str] = []  # the job's id once found, for the refusal's log line
 

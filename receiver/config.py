@@ -63,7 +63,18 @@ PROVIDER_TYPES: dict[str, dict[str, Any]] = {
     # 9 hours from the poll that sees Success.
     "minimax": {"base_url": "https://api.minimax.io", "default_model": "MiniMax-Hailuo-02",
                 "poll_interval": 10.0, "reconcile_after": 300.0},
+    # Replicate signs its webhooks with the account's secret (no default: it must be set).
+    "replicate": {"base_url": "https://api.replicate.com", "default_model": "google/veo-3.1-fast",
+                  "webhook_secret_env": None},
+    # fal: the queue API; webhooks signed with keys published as a JWKS. Requests past
+    # the account's concurrency wait in fal's queue, so give them longer than an hour.
+    "fal": {"base_url": "https://queue.fal.run",
+            "default_model": "fal-ai/kling-video/v2.5-turbo/pro/text-to-video",
+            "jwks_url": "https://rest.alpha.fal.ai/.well-known/jwks.json", "deadline": 7200.0},
 }  # fmt: skip
+# Keys only some types take: a type takes one when its PROVIDER_TYPES entry names it,
+# with its default (None: no default, the key must be set).
+TYPE_KEYS = ("webhook_secret_env", "jwks_url")
 # The keys each channel type takes besides `type` and `events`; *_env keys hold secrets.
 CHANNEL_KEYS: dict[str, frozenset[str]] = {
     # An incoming webhook (webhook_url_env), or a bot token (bot_token_env) and a channel.
@@ -246,6 +257,8 @@ class ProviderConfig:
     submit_max_age: float = 600.0
     requests_per_second: float | None = None
     max_concurrency: int = 8
+    webhook_secret: Secret | None = None  # the account's webhook signing secret
+    jwks_url: str | None = None  # where the provider publishes its webhook keys
 
     @property
     def keys(self) -> tuple[Secret, ...]:
@@ -464,7 +477,8 @@ class _Reader:
             "type", "base_url", "api_key_env", "previous_api_key_envs", "auth_scheme",
             "default_model", "requests_per_second", "max_concurrency", *_TIMING, *_PAIR_KEYS,
         }  # fmt: skip
-        self.unknown_keys(section, known, key)
+        self.type_keys(section, key, kind)
+        self.unknown_keys(section, known | set(TYPE_KEYS), key)
         base_url = self.typed(section, "base_url", str, defaults["base_url"] or "", key)
         base_url = base_url.rstrip("/")
         if urlsplit(base_url).scheme not in ("http", "https"):
@@ -488,6 +502,16 @@ class _Reader:
         concurrency = self.typed(section, "max_concurrency", int, 8, key)
         if concurrency < 1:
             self.problem(f"{key}.max_concurrency", "must be at least 1")
+        webhook_secret = None
+        if "webhook_secret_env" in defaults:
+            webhook_secret = self.secret(
+                section, "webhook_secret_env", key, default=defaults["webhook_secret_env"]
+            )
+        jwks_url = None
+        if "jwks_url" in defaults:
+            jwks_url = self.typed(section, "jwks_url", str, defaults["jwks_url"], key)
+            if urlsplit(jwks_url).scheme not in ("http", "https"):
+                self.problem(f"{key}.jwks_url", "must be an http(s) URL")
         if api_key is None:
             return None
         return ProviderConfig(
@@ -500,8 +524,20 @@ class _Reader:
             default_model=model if isinstance(model, str) else None,
             requests_per_second=rps,
             max_concurrency=concurrency,
+            webhook_secret=webhook_secret,
+            jwks_url=jwks_url,
             **timing,
         )
+
+    def type_keys(self, section: Mapping[str, Any], prefix: str, kind: str) -> None:
+        """Refuse a key that only other provider types take, naming those types."""
+        for name in TYPE_KEYS:
+            takers = sorted(t for t, d in PROVIDER_TYPES.items() if name in d)
+            if name in section and kind not in takers:
+                self.problem(
+                    f"{prefix}.{name}",
+                    f"a {kind} provider does not take {name}; only {', '.join(takers)} do",
+                )
 
     def api_keys(
         self, section: Mapping[str, Any], prefix: str, kind: str

@@ -24,10 +24,12 @@ from receiver.sandbox import (
     PREFIXES,
     ApimodelsFakeSettings,
     FakeSettings,
+    FalFakeSettings,
     KlingFakeSettings,
     LumaFakeSettings,
     MiniMaxFakeSettings,
     NewApiFakeSettings,
+    ReplicateFakeSettings,
     RunwayFakeSettings,
     ServerThread,
     ViduSandboxSettings,
@@ -35,6 +37,7 @@ from receiver.sandbox import (
 )
 from receiver.states import Status
 from receiver.timeline import format_timeline
+from signing import standard
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ def demo_config(public_url: str, sandbox_url: str, database: Path, env: dict[str
                 name: {
                     "base_url": f"{sandbox_url}/{name}",
                     **demo_keys(name),
+                    **demo_extras(name, sandbox_url),
                     **DEMO_POLLING,
                 }
                 for name in PREFIXES
@@ -141,6 +145,15 @@ def demo_keys(provider: str) -> dict[str, str]:
     return {"api_key_env": "VIDHOOK_DEMO_KEY"}
 
 
+def demo_extras(provider: str, sandbox_url: str) -> dict[str, str]:
+    """What a provider type needs beyond its key: where the fake keeps its webhook keys."""
+    if provider == "replicate":
+        return {"webhook_secret_env": "VIDHOOK_DEMO_WEBHOOK_SECRET"}
+    if provider == "fal":
+        return {"jwks_url": f"{sandbox_url}/fal/.well-known/jwks.json"}
+    return {}
+
+
 def run_demo(timeout: float = 60.0) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -148,6 +161,7 @@ def run_demo(timeout: float = 60.0) -> int:
         "VIDHOOK_DEMO_ADMIN_TOKEN": secrets.token_urlsafe(24),
         "VIDHOOK_DEMO_KEY": "demo-" + secrets.token_hex(16),
         "VIDHOOK_DEMO_ACCESS_KEY": "demo-access-" + secrets.token_hex(8),
+        "VIDHOOK_DEMO_WEBHOOK_SECRET": standard.new_secret(),
     }
     with tempfile.TemporaryDirectory(prefix="vidhook-demo-") as tmp:
         keys = [env["VIDHOOK_DEMO_KEY"]]
@@ -162,6 +176,12 @@ def run_demo(timeout: float = 60.0) -> int:
             runway=RunwayFakeSettings(api_keys=keys),
             luma=LumaFakeSettings(api_keys=keys),
             minimax=MiniMaxFakeSettings(api_keys=keys),
+            replicate=ReplicateFakeSettings(
+                api_keys=keys,
+                webhook_secret=env["VIDHOOK_DEMO_WEBHOOK_SECRET"],
+                webhook_retry_delays=(0.5, 1.0),
+            ),
+            fal=FalFakeSettings(api_keys=keys, webhook_retry_delays=(0.5, 1.0)),
         )
         with ServerThread(app) as sandbox:
             receiver = ServerThread(None)

@@ -125,6 +125,8 @@ def config_secrets(config: Config) -> list[str]:
     found: list[Secret] = [config.admin_token]
     for provider in config.providers.values():
         found.extend(part for key in provider.keys for part in key.parts)
+        if provider.webhook_secret is not None:
+            found.append(provider.webhook_secret)
     for channel in config.channels.values():
         found.extend(channel.secrets.values())
     return [secret.reveal() for secret in found]

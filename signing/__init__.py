@@ -2,6 +2,10 @@
 
 A pure library: the standard library and cryptography only. Every way a signature can be
 wrong ends in :class:`SignatureError`, whose ``reason`` names the check that failed.
+
+One module per scheme: :mod:`signing.vidu` (HMAC over the request line and headers),
+:mod:`signing.standard` (Standard Webhooks: Replicate's, and vidhook's own outgoing
+webhooks) and :mod:`signing.fal` (Ed25519 against fal's published keys).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ class SignatureError(Exception):
     """A signature did not verify; ``reason`` is a short machine-readable code.
 
     Reasons: ``missing_header``, ``malformed_header``, ``unsupported_algorithm``,
-    ``malformed_date``, ``stale_date``, ``bad_signature``.
+    ``malformed_date``, ``stale_date``, ``bad_signature``; and ``wrong_task``, raised by
+    receivers when a genuine callback is about another job than the one it was sent to.
     The message never contains a secret or an expected signature.
     """
 

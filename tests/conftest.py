@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import socket
 import sqlite3
@@ -18,10 +19,12 @@ from receiver.config import parse_config
 from receiver.sandbox import (
     ApimodelsFakeSettings,
     FakeSettings,
+    FalFakeSettings,
     KlingFakeSettings,
     LumaFakeSettings,
     MiniMaxFakeSettings,
     NewApiFakeSettings,
+    ReplicateFakeSettings,
     RunwayFakeSettings,
     ServerThread,
     Timing,
@@ -45,6 +48,8 @@ ENV |= {
     "OLD_KLING_ACCESS_KEY": OLD_KLING_ACCESS_KEY,
     "OLD_KLING_SECRET_KEY": OLD_KLING_SECRET_KEY,
 }
+REPLICATE_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"replicate-test-secret-0123456789").decode()
+ENV |= {"REPLICATE_WEBHOOK_SECRET": REPLICATE_WEBHOOK_SECRET}
 
 
 POLL_ONLY = ("kvid", "revid", "newapi")
@@ -80,6 +85,8 @@ class Sandbox:
     runway: FakeProvider | None = None
     luma: FakeProvider | None = None
     minimax: FakeProvider | None = None
+    replicate: FakeProvider | None = None
+    fal: FakeProvider | None = None
 
     @property
     def settings(self) -> ViduSandboxSettings:
@@ -122,10 +129,17 @@ def running_sandbox():
         runway=fake_settings(RunwayFakeSettings),
         luma=fake_settings(LumaFakeSettings),
         minimax=fake_settings(MiniMaxFakeSettings),
+        replicate=fake_settings(
+            ReplicateFakeSettings,
+            webhook_secret=REPLICATE_WEBHOOK_SECRET,
+            webhook_retry_delays=(0.1, 0.2),
+        ),
+        fal=fake_settings(FalFakeSettings, webhook_retry_delays=(0.1, 0.2)),
     )
     with ServerThread(app) as server:
         fakes = [getattr(app.state, name) for name in ("vidu", "kvid", "revid", "apimodels")]
         mine = {name: getattr(app.state, name) for name in ("kling", "runway", "luma", "minimax")}
+        mine |= {name: getattr(app.state, name) for name in ("replicate", "fal")}
         yield Sandbox(server.url, *fakes, app.state.newapi, **mine)
 
 
@@ -165,6 +179,18 @@ def service_config(public_url, sandbox_url, db_path, overrides=None, extra=None,
     for name in ("luma", "minimax"):
         providers[name] = {"base_url": f"{sandbox_url}/{name}", "api_key_env": "VIDU_API_KEY"}
         providers[name].update(FAST_POLLING)
+    providers["replicate"] = {
+        "base_url": f"{sandbox_url}/replicate",
+        "api_key_env": "VIDU_API_KEY",
+        "webhook_secret_env": "REPLICATE_WEBHOOK_SECRET",
+        **FAST_POLLING,
+    }
+    providers["fal"] = {
+        "base_url": f"{sandbox_url}/fal",
+        "api_key_env": "VIDU_API_KEY",
+        "jwks_url": f"{sandbox_url}/fal/.well-known/jwks.json",
+        **FAST_POLLING,
+    }
     providers["vidu"].update({"poll_interval": 0.2, "timeout": 5, **vidu})
     for name, settings in (overrides or {}).items():
         providers[name].update(settings)

@@ -48,9 +48,13 @@ def test_example_file_documents_a_loadable_config():
         "RUNWAY_API_KEY",
         "LUMA_API_KEY",
         "MINIMAX_API_KEY",
+        "REPLICATE_API_TOKEN",
+        "REPLICATE_WEBHOOK_SECRET",
+        "FAL_KEY",
     )
     config = load_config(ROOT / "vidhook.example.toml", {**ENV, **dict.fromkeys(keys, "k")})
-    known = {"vidu", "kvid", "revid", "apimodels", "gateway", "kling", "runway", "luma", "minimax"}
+    known = {"vidu", "kvid", "revid", "apimodels", "gateway", "kling", "runway", "luma", "minimax",
+             "replicate", "fal"}  # fmt: skip
     assert set(config.providers) == known
     assert config.providers["luma"].base_url == "https://api.lumalabs.ai/dream-machine/v1"
     assert config.providers["minimax"].reconcile_after == 300

@@ -7,11 +7,13 @@ import httpx
 from receiver.config import ProviderConfig
 from receiver.providers.apimodels import Apimodels
 from receiver.providers.base import Provider
+from receiver.providers.fal import Fal
 from receiver.providers.kling import Kling
 from receiver.providers.kvid import Kvid
 from receiver.providers.luma import Luma
 from receiver.providers.minimax import MiniMax
 from receiver.providers.newapi import NewApi
+from receiver.providers.replicate import Replicate
 from receiver.providers.revid import Revid
 from receiver.providers.runway import Runway
 from receiver.providers.vidu import Vidu
@@ -26,6 +28,8 @@ ADAPTERS: dict[str, type[Provider]] = {
     "runway": Runway,
     "luma": Luma,
     "minimax": MiniMax,
+    "replicate": Replicate,
+    "fal": Fal,
 }
 
 

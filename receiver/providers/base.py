@@ -179,6 +179,16 @@ class Provider(ABC):
     @abstractmethod
     async def fetch(self, job: JobRef) -> Observation: ...
 
+    async def prepare_callback(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Fetch whatever verifying this callback needs, before verify_callback runs.
+
+        verify_callback runs on the store's writer thread, inside a transaction, where it
+        must not wait on the network: an adapter whose check needs something fetched
+        (fal's public keys) fetches it here, on the event loop. Raises ProviderError when
+        that cannot be had now; the callback is then refused with 503 and nothing stored.
+        """
+        return None
+
     def verify_callback(
         self, job: JobRef, headers: Mapping[str, str], body: bytes, *, tolerance: float
     ) -> str:

@@ -14,11 +14,13 @@ from starlette.routing import Mount
 
 from receiver.sandbox.apimodels import ApimodelsFake, ApimodelsFakeSettings
 from receiver.sandbox.base import FakeProvider, FakeSettings, Faults, Timing
+from receiver.sandbox.fal import FalFake, FalFakeSettings
 from receiver.sandbox.kling import KlingFake, KlingFakeSettings
 from receiver.sandbox.kvid import KvidFake
 from receiver.sandbox.luma import LumaFake, LumaFakeSettings
 from receiver.sandbox.minimax import MiniMaxFake, MiniMaxFakeSettings
 from receiver.sandbox.newapi import NewApiFake, NewApiFakeSettings
+from receiver.sandbox.replicate import ReplicateFake, ReplicateFakeSettings
 from receiver.sandbox.revid import RevidFake
 from receiver.sandbox.runway import RunwayFake, RunwayFakeSettings
 from receiver.sandbox.server import ServerThread
@@ -28,11 +30,13 @@ __all__ = [
     "PREFIXES",
     "ApimodelsFakeSettings",
     "FakeSettings",
+    "FalFakeSettings",
     "Faults",
     "KlingFakeSettings",
     "LumaFakeSettings",
     "MiniMaxFakeSettings",
     "NewApiFakeSettings",
+    "ReplicateFakeSettings",
     "RunwayFakeSettings",
     "ServerThread",
     "Timing",
@@ -43,6 +47,7 @@ __all__ = [
 
 PREFIXES = (
     "vidu", "kvid", "revid", "apimodels", "newapi", "kling", "runway", "luma", "minimax",
+    "replicate", "fal",
 )  # fmt: skip
 
 
@@ -57,6 +62,8 @@ def create_sandbox_app(
     runway: RunwayFakeSettings | None = None,
     luma: LumaFakeSettings | None = None,
     minimax: MiniMaxFakeSettings | None = None,
+    replicate: ReplicateFakeSettings | None = None,
+    fal: FalFakeSettings | None = None,
 ) -> Starlette:
     """All fake providers in one app; ``app.state.<prefix>`` is each provider's fake."""
     fakes: dict[str, ViduSandbox | FakeProvider] = {
@@ -69,6 +76,8 @@ def create_sandbox_app(
         "runway": RunwayFake(runway),
         "luma": LumaFake(luma),
         "minimax": MiniMaxFake(minimax),
+        "replicate": ReplicateFake(replicate),
+        "fal": FalFake(fal),
     }
     mounts = [Mount(f"/{name}", app=fake.app, name=name) for name, fake in fakes.items()]
     app = Starlette(routes=mounts, lifespan=_mounted_lifespans(mounts))
