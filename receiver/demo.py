@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import httpx
 from receiver.app import create_app
 from receiver.config import parse_config
 from receiver.sandbox import (
+    MARKER_MEANINGS,
     PREFIXES,
     ApimodelsFakeSettings,
     FakeSettings,
@@ -28,6 +30,7 @@ from receiver.sandbox import (
     ViduSandboxSettings,
     create_sandbox_app,
 )
+from receiver.sandbox.base import scenario_of
 from receiver.states import Status
 from receiver.timeline import format_timeline
 
@@ -118,32 +121,45 @@ def demo_config(public_url: str, sandbox_url: str, database: Path, env: dict[str
     )
 
 
-def run_demo(timeout: float = 60.0) -> int:
+def run_demo(timeout: float = 60.0, keep: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     env = {
         "VIDHOOK_DEMO_ADMIN_TOKEN": secrets.token_urlsafe(24),
         "VIDHOOK_DEMO_KEY": "demo-" + secrets.token_hex(16),
     }
-    with tempfile.TemporaryDirectory(prefix="vidhook-demo-") as tmp:
-        keys = [env["VIDHOOK_DEMO_KEY"]]
-        fakes = {name: FakeSettings(api_keys=keys) for name in ("kvid", "revid")}
-        app = create_sandbox_app(
-            ViduSandboxSettings(api_keys=keys),
-            apimodels=ApimodelsFakeSettings(api_keys=keys, callback_retry_delays=(0.5, 1.0)),
-            newapi=NewApiFakeSettings(api_keys=keys),
-            **fakes,
-        )
-        with ServerThread(app) as sandbox:
-            receiver = ServerThread(None)
-            receiver.bind()
-            config = demo_config(receiver.url, sandbox.url, Path(tmp) / "demo.db", env)
-            receiver.app = create_app(config)
-            with receiver:
-                print(f"sandbox providers: {sandbox.url}")
-                print(f"vidhook receiver:  {receiver.url} (database in {tmp})")
-                print("\nnotifications (console channel) as they happen:")
-                return _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
+    tmp = tempfile.mkdtemp(prefix="vidhook-demo-")
+    try:
+        code = _serve_and_run(tmp, env, timeout)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if keep:
+        database = Path(tmp) / "demo.db"
+        print(f"\nthe database is kept: {database}")
+        print(f"  sqlite3 {database} 'SELECT * FROM transitions'")
+    return code
+
+
+def _serve_and_run(tmp: str, env: dict[str, str], timeout: float) -> int:
+    keys = [env["VIDHOOK_DEMO_KEY"]]
+    fakes = {name: FakeSettings(api_keys=keys) for name in ("kvid", "revid")}
+    app = create_sandbox_app(
+        ViduSandboxSettings(api_keys=keys),
+        apimodels=ApimodelsFakeSettings(api_keys=keys, callback_retry_delays=(0.5, 1.0)),
+        newapi=NewApiFakeSettings(api_keys=keys),
+        **fakes,
+    )
+    with ServerThread(app) as sandbox:
+        receiver = ServerThread(None)
+        receiver.bind()
+        config = demo_config(receiver.url, sandbox.url, Path(tmp) / "demo.db", env)
+        receiver.app = create_app(config)
+        with receiver:
+            print(f"sandbox providers: {sandbox.url}")
+            print(f"vidhook receiver:  {receiver.url} (database in {tmp})")
+            print("\nnotifications (console channel) as they happen:")
+            return _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
 
 
 def _run(url: str, admin_token: str, timeout: float) -> int:
@@ -169,6 +185,8 @@ def _run(url: str, admin_token: str, timeout: float) -> int:
         ok = ok and reached
         mark = "ok" if reached else f"EXPECTED {sample.expected}"
         print(f"\n{sample.title}\n  {job['id']}: {job['status']} [{mark}]")
+        for marker in scenario_of(sample.payload["prompt"], list(MARKER_MEANINGS)):
+            print(f"  [{marker}] in the prompt: {MARKER_MEANINGS[marker]}")
         for line in format_timeline(job):
             print(line)
         if job.get("result_url"):

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from receiver.cli import main
@@ -168,11 +169,31 @@ def test_a_missing_admin_token_is_named(monkeypatch, capsys):
     assert "OTHER_TOKEN" in str(exc.value.code)
 
 
-def test_a_wrong_admin_token_is_refused_with_the_service_message(service, monkeypatch):
+def test_a_wrong_admin_token_is_said_refused_and_where_the_service_reads_it(
+    service, monkeypatch
+):
     monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", "not-the-admin-token")
     with pytest.raises(SystemExit) as exc:
         main(["jobs", "--url", service.url])
-    assert exc.value.code == "vidhook: send Authorization: Bearer <admin token>"
+    assert str(exc.value.code).splitlines() == [
+        "vidhook: the admin token was refused; this service reads its token from the "
+        "environment variable VIDHOOK_ADMIN_TOKEN (admin_token_env)",
+        "  this command sent the value of VIDHOOK_ADMIN_TOKEN (--token-env names another variable)",
+    ]
+    assert "not-the-admin-token" not in str(exc.value.code)
+    # Without any token, the request is told how to send one.
+    response = httpx.get(f"{service.url}/api/jobs")
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "send Authorization: Bearer <admin token>"
+
+
+def test_an_empty_admin_token_variable_is_said_empty(monkeypatch):
+    monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", "")
+    with pytest.raises(SystemExit) as exc:
+        main(["jobs", "--url", "http://vidhook.invalid"])
+    assert exc.value.code == (
+        "vidhook: VIDHOOK_ADMIN_TOKEN is set but empty; set it to the admin token"
+    )
 
 
 def test_a_url_that_is_not_vidhook_gives_a_message_not_a_traceback(sandbox, cli_env):

@@ -137,6 +137,8 @@ class Provider(ABC):
     # receiver.callbacks keeps nothing else of it (Observation.evidence).
     signs_callback_body: bool = False
     supports_cancel: bool = False
+    # Whether images may be sent inline as data: URIs (a local file), besides URLs.
+    accepts_image_data: bool = False
 
     def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         self.config = config

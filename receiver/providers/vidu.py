@@ -80,6 +80,8 @@ def observation(body: Mapping[str, Any]) -> Observation:
 
 class Vidu(HTTPProvider):
     supports_callbacks = True
+    # Vidu reads data:image/...;base64, URIs (the request body may reach 20 MB).
+    accepts_image_data = True
 
     def auth_headers(self, key: Secret) -> dict[str, str]:
         return {"Authorization": f"{self.config.auth_scheme} {key.reveal()}"}

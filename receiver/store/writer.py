@@ -14,6 +14,10 @@ After each commit the listeners are told which tables the batch's requests marke
 and, where a request said so, which part ("deliveries:team": deliveries for "team").
 A request that marked a table and was then rolled back still counts: a listener may be
 told of a change that did not happen, never left untold of one that did.
+
+What must happen only for what was really stored (a log line saying a job finished) is
+handed to ``on_commit``: it runs after the COMMIT, and is dropped with its request if
+that request is rolled back.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ Waiter = Future[Any] | asyncio.Future[Any]
 
 
 class Connection(sqlite3.Connection):
-    """A connection that notes which tables the current batch marked as written."""
+    """A connection that notes which tables the current batch marked as written, and
+    what its requests asked to run once it is committed."""
 
     touched: set[str]
+    committed: list[Callable[[], None]]
 
 
 def mark(conn: sqlite3.Connection, table: str, key: str | None = None) -> None:
@@ -53,10 +59,18 @@ def mark(conn: sqlite3.Connection, table: str, key: str | None = None) -> None:
             conn.touched.add(f"{table}:{key}")
 
 
+def on_commit(conn: sqlite3.Connection, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on the writer thread once this request's writes are committed; never if
+    they are rolled back. Keep it quick: the next batch waits for it."""
+    if isinstance(conn, Connection):
+        conn.committed.append(fn)
+
+
 def connect(path: Path, synchronous: str = "FULL") -> Connection:
     # isolation_level=None: transactions are begun and ended explicitly, never implicitly.
     conn = Connection(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     conn.touched = set()
+    conn.committed = []
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -144,17 +158,20 @@ class Writer:
     def _commit(self, conn: Connection, batch: list[tuple[Any, Waiter]]) -> None:
         outcomes: list[tuple[Waiter, bool, Any]] = []
         conn.touched.clear()
+        conn.committed.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, future in batch:
                 if not _claim(future):
                     continue  # its caller gave up before it ran
                 conn.execute("SAVEPOINT request")
+                asked = len(conn.committed)
                 try:
                     result = fn(conn)
                 except BaseException as exc:  # handed to the caller, whatever it is
                     conn.execute("ROLLBACK TO request")
                     conn.execute("RELEASE request")
+                    del conn.committed[asked:]
                     outcomes.append((future, False, exc))
                 else:
                     conn.execute("RELEASE request")
@@ -170,6 +187,12 @@ class Writer:
         self.requests += len(outcomes)
         touched = frozenset(conn.touched)
         _settle(outcomes)
+        for fn in conn.committed:
+            try:
+                fn()
+            except Exception:
+                log.exception("an after-commit action failed")
+        conn.committed.clear()
         for listener in self.listeners:
             try:
                 listener(touched)
