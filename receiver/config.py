@@ -359,7 +359,7 @@ class _Reader:
         defaults = PROVIDER_TYPES.get(kind)
         if defaults is None:
             what = f"unknown provider type {kind!r}"
-            close = difflib.get_close_matches(kind, list(PROVIDER_TYPES), n=1, cutoff=0.75)
+            close = difflib.get_close_matches(kind, list(PROVIDER_TYPES), n=1, cutoff=0.6)
             hint = (
                 f"did you mean {close[0]}?"
                 if close
@@ -430,7 +430,7 @@ class _Reader:
         for option, value in section.items():
             if option in ("type", "events"):
                 continue
-            if option not in CHANNEL_KEYS[kind] and not any(w in option for w in _SECRET_WORDS):
+            if option not in CHANNEL_KEYS[kind]:
                 known = {*CHANNEL_KEYS[kind], "type", "events"}
                 what = f"unknown key for a {kind} channel"
                 self.problem(f"{key}.{option}", unknown_key(option, known, what))
@@ -438,12 +438,6 @@ class _Reader:
                 secret = self.secret(section, option, key)
                 if secret is not None:
                     secrets[option.removesuffix("_env")] = secret
-            elif any(word in option for word in _SECRET_WORDS):
-                self.problem(
-                    f"{key}.{option}",
-                    f"secrets do not go in the file; put it in an environment variable "
-                    f"and name that variable with {option}_env",
-                )
             else:
                 options[option] = value
         for needed, hint in _CHANNEL_NEEDS.get(kind, ()):
@@ -570,23 +564,24 @@ class _Reader:
 
     def unknown_keys(self, section: Mapping[str, Any], known: set[str], prefix: str) -> None:
         for name in section:
-            if name in known:
-                continue
-            if name.removesuffix("_env") != name or not any(w in name for w in _SECRET_WORDS):
+            if name not in known:
                 self.problem(_join(prefix, name), unknown_key(name, known))
-            else:
-                self.problem(
-                    _join(prefix, name),
-                    f"secrets do not go in the file; put it in an environment variable "
-                    f"and name that variable with {name}_env",
-                )
 
 
 def unknown_key(name: str, known: Collection[str], what: str = "unknown key") -> str:
-    """What to say of a key nobody reads: the likeliest intended key, or the known ones."""
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    """What to say of a key nobody reads: that a secret was written in the file, or the
+    likeliest intended key, or the known ones."""
+    secret_advice = (
+        "secrets do not go in the file; put it in an environment variable "
+        f"and name that variable with {name}_env"
+    )
+    if f"{name}_env" in known:
+        return secret_advice
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     if close:
         return f"{what}; did you mean {close[0]}?"
+    if not name.endswith("_env") and any(word in name for word in _SECRET_WORDS):
+        return secret_advice
     return f"{what}; known keys: {', '.join(sorted(known)) or 'none'}"
 
 

@@ -28,13 +28,6 @@ def expected_timeline(job):
     return [(t["to_status"], t["source"]) for t in job["transitions"]]
 
 
-@pytest.fixture
-def cli_env(monkeypatch):
-    monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
-    for name in ("VIDHOOK_URL", "VIDHOOK_CONFIG", "VIDHOOK_PUBLIC_URL", "VIDHOOK_DATABASE"):
-        monkeypatch.delenv(name, raising=False)
-
-
 # -- vidhook demo --
 
 
@@ -73,6 +66,12 @@ def test_demo_runs_every_sample_to_its_expected_end():
     # Its callbacks are lost: reconciliation polling is all that ever hears of it.
     assert by_title[SAMPLES[3].title] == [("queued", "api"), ("completed", "poll")]
     assert "  error:  AuditSubmitIllegal" in sections[SAMPLES[1].title]
+    # Each marker a sample's prompt carries is explained beside its job.
+    assert "  [fail] in the prompt: the provider fails the job" in sections[SAMPLES[1].title]
+    assert (
+        "  [lost] in the prompt: no callback arrives: vidhook learns the end by polling"
+        in sections[SAMPLES[3].title]
+    )
     for title in (SAMPLES[0].title, SAMPLES[2].title, SAMPLES[3].title):
         assert any(line.startswith("  result: http://127.0.0.1:") for line in sections[title])
 
@@ -169,9 +168,7 @@ def test_a_missing_admin_token_is_named(monkeypatch, capsys):
     assert "OTHER_TOKEN" in str(exc.value.code)
 
 
-def test_a_wrong_admin_token_is_said_refused_and_where_the_service_reads_it(
-    service, monkeypatch
-):
+def test_a_wrong_admin_token_is_said_refused_and_where_the_service_reads_it(service, monkeypatch):
     monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", "not-the-admin-token")
     with pytest.raises(SystemExit) as exc:
         main(["jobs", "--url", service.url])
