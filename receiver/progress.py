@@ -165,21 +165,8 @@ class _View:
             self.last_line = time.monotonic()
 
     def status_line(self) -> str:
-        job, now = self.job, self.client.now()
-        parts = [job.get("status", "?")]
-        created = _timestamp(job.get("created_at"))
-        if created is not None:
-            parts.append(f"{duration(now - created)} elapsed")
-        progress = job.get("progress")
-        if progress is not None and progress != "":
-            shown = f"{progress:g}%" if isinstance(progress, int | float) else str(progress)
-            parts.append(f"progress {shown}")
-        next_poll = _timestamp(job.get("next_poll_at"))
-        if next_poll is not None:
-            due = next_poll - now
-            parts.append(f"next poll in {duration(due)}" if due >= 1 else "polling now")
         spinner = _SPINNER[self.frame % len(_SPINNER)] if self.live else ""
-        return f"  {spinner} {'  '.join(parts)}"
+        return f"  {spinner} {status_line(self.job, self.client.now())}"
 
     def poll_overdue(self) -> bool:
         """The job's next poll was due a while ago (and we have not asked lately)."""
@@ -207,6 +194,23 @@ class _View:
             code = 1
         self.out.flush()
         return code
+
+
+def status_line(job: dict[str, Any], now: float) -> str:
+    """Status, elapsed time, the provider's progress, when the next poll is due."""
+    parts = [job.get("status", "?")]
+    created = _timestamp(job.get("created_at"))
+    if created is not None:
+        parts.append(f"{duration(now - created)} elapsed")
+    progress = job.get("progress")
+    if progress is not None and progress != "":
+        shown = f"{progress:g}%" if isinstance(progress, int | float) else str(progress)
+        parts.append(f"progress {shown}")
+    next_poll = _timestamp(job.get("next_poll_at"))
+    if next_poll is not None:
+        due = next_poll - now
+        parts.append(f"next poll in {duration(due)}" if due >= 1 else "polling now")
+    return "  ".join(parts)
 
 
 def duration(seconds: float) -> str:

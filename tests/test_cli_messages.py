@@ -187,3 +187,27 @@ def test_a_busy_port_is_reported_before_anything_says_ready(tmp_path):
     ]
     assert "ready" not in done.stdout + done.stderr
     assert not (tmp_path / "vidhook.db").exists()
+
+
+def test_check_warns_of_an_email_password_sent_without_tls(
+    tmp_path, config_env, monkeypatch, capsys
+):
+    monkeypatch.setenv("SMTP_PASSWORD", "smtp-secret")
+    mail = (
+        '[channels.mail]\ntype = "email"\nhost = "{host}"\nsecurity = "none"\n'
+        'username = "me"\npassword_env = "SMTP_PASSWORD"\nfrom = "a@example.com"\n'
+        'to = ["b@example.com"]\n'
+    )
+    path = tmp_path / "vidhook.toml"
+    path.write_text(GOOD + mail.format(host="smtp.example.com"))
+    assert main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        'warning: channel mail logs in to smtp.example.com without TLS (security = "none"): '
+        'its password crosses the network in clear; use "starttls" or "tls"'
+    ) in out.splitlines()
+    assert "smtp-secret" not in out
+    # A relay on this machine is not the network.
+    path.write_text(GOOD + mail.format(host="127.0.0.1"))
+    assert main(["check", "--config", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().out

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from receiver.cli import main
 from receiver.client import parse_events
-from receiver.progress import duration
+from receiver.progress import duration, status_line
 from receiver.sandbox import ServerThread, ViduSandboxSettings, create_sandbox_app
 from tests.conftest import ADMIN_TOKEN, OLD_VIDU_KEY, VIDU_KEY, running_service
 from tests.test_restart import REPO
@@ -284,3 +284,19 @@ def test_server_sent_events_are_parsed_as_the_standard_says():
 )
 def test_durations_read_as_people_write_them(seconds, shown):
     assert duration(seconds) == shown
+
+
+def test_the_status_line_has_elapsed_time_progress_and_the_next_poll():
+    job = {
+        "status": "processing",
+        "created_at": "2025-01-01T00:00:00.000Z",
+        "next_poll_at": "2025-01-01T00:01:30.000Z",
+    }
+    start = 1735689600.0  # 2025-01-01T00:00:00Z
+    assert status_line(job, start + 75) == "processing  1m 15s elapsed  next poll in 15s"
+    assert status_line({**job, "progress": 30}, start + 5).startswith(
+        "processing  5s elapsed  progress 30%  next poll in"
+    )
+    assert "progress 30%  " in status_line({**job, "progress": "30%"}, start)
+    assert status_line(job, start + 90.5).endswith("polling now")
+    assert status_line({"status": "queued"}, start) == "queued"
