@@ -93,9 +93,9 @@ class Terminal:
 
 @pytest.fixture
 def slow_service(tmp_path):
-    """The service against a sandbox whose Vidu jobs take about six seconds."""
+    """The service against a sandbox whose Vidu jobs take about nine seconds."""
     vidu = ViduSandboxSettings(
-        api_keys=[VIDU_KEY, OLD_VIDU_KEY], queue_delay=0.5, start_delay=0.5, run_time=5.0
+        api_keys=[VIDU_KEY, OLD_VIDU_KEY], queue_delay=0.5, start_delay=0.5, run_time=8.0
     )
     with (
         ServerThread(create_sandbox_app(vidu)) as sandbox,
