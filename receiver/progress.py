@@ -189,8 +189,12 @@ class _View:
         if job["status"] == "completed":
             self.out.write(f"result: {job.get('result_url')}\n")
             code = 0
+        elif job["status"] == "canceled":
+            # Someone asked for it: a reason is shown where the provider gave one.
+            self.out.write("canceled" + (f": {job['error']}" if job.get("error") else "") + "\n")
+            code = 1
         else:
-            self.out.write(f"{job['status']}: {job.get('error') or 'no reason given'}\n")
+            self.out.write(f"failed: {job.get('error') or 'no reason given'}\n")
             code = 1
         self.out.flush()
         return code

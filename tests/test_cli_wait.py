@@ -235,12 +235,22 @@ def test_wait_follows_the_event_stream_and_comes_back_after_a_cut(capsys, monkey
     assert scripted.job_reads == 1 + 2 + 2
 
 
-@pytest.mark.parametrize("status", ["failed", "canceled"])
-def test_wait_exits_1_for_a_job_that_failed_or_was_canceled(status, capsys, monkeypatch):
-    scripted = ScriptedService([("processing", None), (status, "stopped by its owner")])
+@pytest.mark.parametrize(
+    ("status", "error", "last"),
+    [
+        ("failed", "AuditSubmitIllegal", "failed: AuditSubmitIllegal"),
+        ("failed", None, "failed: no reason given"),
+        ("canceled", None, "canceled"),
+        ("canceled", "stopped by its owner", "canceled: stopped by its owner"),
+    ],
+)
+def test_wait_exits_1_for_a_job_that_failed_or_was_canceled(
+    status, error, last, capsys, monkeypatch
+):
+    scripted = ScriptedService([("processing", None), (status, error)])
     code, out = wait_on(scripted, capsys, monkeypatch)
     assert code == 1
-    assert out[-1] == f"{status}: stopped by its owner"
+    assert out[-1] == last
 
 
 def test_wait_polls_a_service_without_an_event_stream(service, cli_env, capsys):
