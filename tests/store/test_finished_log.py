@@ -30,11 +30,11 @@ def finished_log(caplog):
 
 def test_each_source_of_an_end_logs_one_line(sandbox, tmp_path, finished_log):
     caplog = finished_log
-    overrides = {"kvid": {"deadline": 0.5}}
+    overrides = {"revid": {"deadline": 0.5}}  # its [never] job ends by the deadline
     with running_service(sandbox.url, tmp_path / "vidhook.db", overrides) as service:
         done = service.submit("A fox")  # completed, confirmed by a poll
         failed = service.api.post("/api/jobs", json={"provider": "kvid", "prompt": "Storm [fail]"})
-        never = service.api.post("/api/jobs", json={"provider": "kvid", "prompt": "Wait [never]"})
+        never = service.api.post("/api/jobs", json={"provider": "revid", "prompt": "Wait [never]"})
         refused = service.api.post("/api/jobs", json={"provider": "vidu", "prompt": "No [policy]"})
         ids = {
             "done": done["id"],
@@ -59,7 +59,7 @@ def test_each_source_of_an_end_logs_one_line(sandbox, tmp_path, finished_log):
         "safety checker"
     )
     (line,) = by_job[ids["never"]]
-    assert line.endswith("(provider kvid, via deadline): timed out")
+    assert line.endswith("(provider revid, via deadline): timed out")
     (line,) = by_job[ids["refused"]]
     assert "(provider vidu, via submit): vidu HTTP 400 TaskPromptPolicyViolation" in line
 
