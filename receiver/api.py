@@ -39,7 +39,16 @@ def has_admin_credentials(request: Request) -> bool:
 def admin(handler: Handler) -> Handler:
     async def guarded(request: Request) -> Response:
         if not has_admin_credentials(request):
-            response = error(401, "unauthorized", "send Authorization: Bearer <admin token>")
+            runtime: Runtime = request.app.state.runtime
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and given.strip():
+                message = (
+                    "the admin token was refused; this service reads its token from the "
+                    f"environment variable {runtime.config.admin_token_env} (admin_token_env)"
+                )
+            else:
+                message = "send Authorization: Bearer <admin token>"
+            response = error(401, "unauthorized", message)
             response.headers["WWW-Authenticate"] = 'Bearer realm="vidhook"'
             return response
         return await handler(request)
@@ -82,7 +91,9 @@ def parse_submission(
         if name not in known:
             problems[name] = f"unknown field; known fields: {', '.join(sorted(known))}"
     provider = payload.get("provider")
-    if not isinstance(provider, str) or provider not in runtime.providers:
+    if isinstance(provider, str) and provider and provider not in runtime.providers:
+        problems["provider"] = unknown_provider(provider, runtime)
+    elif not isinstance(provider, str) or provider not in runtime.providers:
         choices = ", ".join(sorted(runtime.providers))
         problems["provider"] = f"required; one of the configured providers: {choices}"
     for name in ("prompt", "model", "mode"):
@@ -114,8 +125,14 @@ def parse_submission(
         options=options,
     )
     if isinstance(provider, str) and "provider" not in problems:
+        adapter = runtime.providers[provider]
+        if not adapter.accepts_image_data and any(i.startswith("data:") for i in images):
+            problems["images"] = (
+                f"{provider} takes images as http(s) URLs only, not as data: URIs "
+                "(a local file); put the image at a URL the provider can fetch and pass that"
+            )
         try:
-            runtime.providers[provider].validate(request)
+            adapter.validate(request)
         except InvalidRequest as exc:
             # A field already refused for its type keeps that message, the one to act on.
             for name, problem in exc.fields.items():
@@ -123,6 +140,19 @@ def parse_submission(
     if problems or not isinstance(provider, str):
         return problems
     return provider, request, notify
+
+
+def unknown_provider(name: str, runtime: Runtime) -> str:
+    """Why ``name`` names no provider here, and which name was likely meant."""
+    configured = ", ".join(sorted(runtime.providers)) or "none"
+    of_type = sorted(n for n, p in runtime.config.providers.items() if p.type == name)
+    if of_type:
+        which = " and ".join(of_type)
+        return (
+            f"{name} is a provider type, not a configured provider's name; "
+            f"the configured provider of type {name} is {which}"
+        )
+    return f"no provider is named {name}; the configured providers are {configured}"
 
 
 @admin
@@ -175,6 +205,16 @@ async def list_jobs(request: Request) -> Response:
     jobs = await runtime.store.list_jobs(
         status=status, provider=provider, before=params.get("cursor"), limit=limit + 1
     )
+    # A provider dropped from the config still lists its old jobs; a name no job ever
+    # had is most likely a typo or a type.
+    if (
+        not jobs
+        and provider is not None
+        and provider not in runtime.providers
+        and not await runtime.store.list_jobs(provider=provider, limit=1)
+    ):
+        fields = {"provider": unknown_provider(provider, runtime)}
+        return error(422, "invalid_fields", "no such provider", fields=fields)
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JSON(

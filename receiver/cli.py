@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
-import secrets
-import sqlite3
 import sys
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from receiver import logs
+from receiver import logs, progress, starter
+from receiver.check import check_archive, plaintext_passwords, send_tests, stored_channels
+from receiver.client import DEFAULT_URL, TOKEN_ENV, Client
 from receiver.config import (
-    Config,
     ConfigError,
     archive_location,
     config_path,
@@ -26,20 +23,21 @@ from receiver.config import (
     load_config,
 )
 from receiver.notify import build_all as build_channels
-from receiver.notify.base import DeliveryError, Event
 from receiver.notify.outbox import channel_fingerprint
+from receiver.ports import PortProblem, check_free, listen
 from receiver.providers import ADAPTERS
-from receiver.responses import iso
 from receiver.states import Status
-from receiver.timeline import format_job, format_timeline
+from receiver.submission import ArgumentProblem, image_argument, parse_options
+from receiver.timeline import format_delivery, format_job
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-# Exit codes of `vidhook serve` refusing to start (3 is uvicorn's own startup failure,
-# such as a port already taken). 2 and 4 need a person; 5 may pass once the other stops.
+# Exit codes of `vidhook serve` refusing to start. 2 and 4 need a person; 3 and 5 may
+# pass once the other program stops.
 EXIT_CONFIG = 2
+EXIT_PORT = 3  # the port is taken (uvicorn's own code for a failed start, too)
 EXIT_DATABASE = 4  # the database is damaged, empty, not vidhook's, or not writable
 EXIT_IN_USE = 5  # another process has the database
-TERMINAL = ("completed", "failed", "canceled")
+# How far past a page `jobs` looks to say how many more there are.
+MORE_PEEK = 100
 
 
 def setup_logging(level: str, fmt: str = "text", known_secrets: Iterable[str] = ()) -> None:
@@ -56,22 +54,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Before the app exists, so that whatever it logs is formatted and redacted.
         setup_logging(args.log_level, args.log_format, logs.config_secrets(config))
         app = create_app(config)
-        # Before the server: a database it cannot serve ends the start here, in one line.
-        app.state.runtime.open_database()
     except ConfigError as exc:
         print("vidhook: the configuration has problems:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        # Before the server: a database it cannot serve ends the start here, in one line.
+        app.state.runtime.open_database()
     except DatabaseUnusable as exc:
         print(f"vidhook: {exc}", file=sys.stderr)
         return EXIT_IN_USE if isinstance(exc, DatabaseInUse) else EXIT_DATABASE
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    try:
+        # Before the app starts: it says "vidhook ready" before uvicorn binds the port.
+        # After the database: a second vidhook on the same file is named by its lock.
+        check_free(host, port)
+    except PortProblem as exc:
+        print(f"vidhook: {exc}", file=sys.stderr)
+        return EXIT_PORT
     return serve(
         uvicorn_config(
             app,
             config.server,
-            host=args.host or config.server.host,
-            port=args.port if args.port is not None else config.server.port,
+            host=host,
+            port=port,
             log_level=args.log_level.lower(),
             stack=args.http_stack,
         )
@@ -81,121 +89,138 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from receiver.demo import run_demo
 
-    return run_demo(timeout=args.timeout)
+    return run_demo(timeout=args.timeout, keep=args.keep)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from receiver.sandbox import create_sandbox_app
+    from receiver.sandbox import create_sandbox_app, describe
 
+    try:
+        sock = listen(args.host, args.port)
+    except PortProblem as exc:
+        print(f"vidhook: {exc}", file=sys.stderr)
+        return 2
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    app = create_sandbox_app()
+    for line in describe(app, f"http://{host}:{sock.getsockname()[1]}"):
+        print(line)
+    sys.stdout.flush()
     setup_logging("info")
-    print(f"sandbox providers on http://{args.host}:{args.port} (Vidu at /vidu)")
-    uvicorn.run(create_sandbox_app(), host=args.host, port=args.port, log_level="info")
+    config = uvicorn.Config(app, log_level="info", log_config=None, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
-class Client:
-    """The admin API of a running vidhook, for the commands that talk to it."""
+def cmd_init(args: argparse.Namespace) -> int:
+    from receiver.sandbox import PREFIXES
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        token = os.environ.get(args.token_env, "")
-        if not token:
-            raise SystemExit(f"vidhook: set {args.token_env} to the service's admin token")
-        self.http = httpx.Client(
-            base_url=args.url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=120,
+    path = config_path(args.path)
+    types = args.provider or (list(PREFIXES) if args.sandbox else [])
+    try:
+        made = starter.build(
+            types, public_url=args.public_url, port=args.port, sandbox_url=args.sandbox
         )
+        starter.write(path, made, force=args.force)
+    except starter.InitError as exc:
+        print(f"vidhook: {exc}", file=sys.stderr)
+        return 2
+    for line in starter.report(path, made, types, args.sandbox):
+        print(line)
+    return 0
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise SystemExit(
-                f"vidhook: cannot reach {self.http.base_url} ({exc.__class__.__name__}); "
-                "is `vidhook serve` running? (--url or VIDHOOK_URL)"
-            ) from None
-        try:
-            body = response.json() if response.content else {}
-        except ValueError:
-            body = None  # not JSON: not vidhook answering (a proxy, another service)
-        not_vidhook = (
-            f"vidhook: {self.http.base_url} answered HTTP {response.status_code} "
-            f"{response.reason_phrase} without a vidhook JSON body; "
-            "is --url (or VIDHOOK_URL) a vidhook service?"
-        )
-        if response.status_code >= 400:
-            err = body.get("error") if isinstance(body, dict) else None
-            if not isinstance(err, dict) or not err.get("message"):
-                raise SystemExit(not_vidhook)
-            lines = [f"vidhook: {err['message']}"]
-            fields = err.get("fields")
-            if isinstance(fields, dict):
-                lines += [f"  {k}: {v}" for k, v in fields.items()]
-            raise SystemExit("\n".join(lines))
-        if not isinstance(body, dict):
-            raise SystemExit(not_vidhook)
-        return body
+
+def client_of(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.token_env)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    client = Client(args)
-    payload: dict[str, Any] = {"provider": args.provider, "prompt": args.prompt}
-    if args.model:
-        payload["model"] = args.model
-    if args.image:
-        payload["images"] = args.image
+    try:
+        payload: dict[str, Any] = {"provider": args.provider, "prompt": args.prompt}
+        if args.model:
+            payload["model"] = args.model
+        if args.image:
+            payload["images"] = [image_argument(i) for i in args.image]
+        if args.mode:
+            payload["mode"] = args.mode
+        if args.option:
+            payload["options"] = parse_options(args.option)
+        if args.notify:
+            payload["notify"] = args.notify
+    except ArgumentProblem as exc:
+        print(f"vidhook: {exc}", file=sys.stderr)
+        return 2
+    client = client_of(args)
     job = client.call("POST", "/api/jobs", json=payload)
-    print(f"{job['id']} {job['status']}")
+    print(f"{job['id']} {job['status']}", flush=True)
     submission = job.get("submission") or {}
     if submission.get("pending"):
         print(
             f"  {args.provider} refused it for now ({submission['last_error']}); "
             f"vidhook sends it again at {submission['next_attempt_at']}"
         )
-    if not args.wait:
-        return 0
-    shown = 0
-    while True:
-        job = client.call("GET", f"/api/jobs/{job['id']}")
-        lines = format_timeline(job)
-        for line in lines[shown:]:
-            print(line)
-        shown = len(lines)
-        if job["status"] in TERMINAL:
-            break
-        time.sleep(1)
-    if job["status"] == "completed":
-        print(f"result: {job['result_url']}")
-        return 0
-    print("canceled" if job["status"] == "canceled" else f"failed: {job['error']}")
-    return 1
+    if args.wait:
+        return progress.follow(client, job, sys.stdout, sys.stderr)
+    print(f"follow it with: vidhook wait {job['id']}", file=sys.stderr)
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    job = client.call("GET", f"/api/jobs/{args.job_id}")
+    print(f"{job['id']} {job['provider']} {job['status']}", flush=True)
+    return progress.follow(client, job, sys.stdout, sys.stderr)
+
+
+def listing(
+    args: argparse.Namespace, path: str, key: str, params: dict[str, str]
+) -> tuple[list[dict[str, Any]], str | None, int]:
+    """The rows ``--limit``/``--all`` ask for, the cursor of the rest, and how many more
+    there are (counted up to MORE_PEEK + 1)."""
+    client = client_of(args)
+    rows, cursor = client.pages(path, key, params, None if args.all else args.limit)
+    more = 0 if cursor is None else client.count_beyond(path, key, params, cursor, MORE_PEEK)
+    return rows, cursor, more
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def say_more(more: int) -> None:
+    if more:
+        count = f"over {MORE_PEEK}" if more > MORE_PEEK else str(more)
+        print(f"{count} more: --all (or --limit N)", file=sys.stderr)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    client = Client(args)
     params = {k: v for k, v in (("status", args.status), ("provider", args.provider)) if v}
-    page = client.call("GET", "/api/jobs", params=params)
-    for job in page["jobs"]:
+    jobs, cursor, more = listing(args, "/api/jobs", "jobs", params)
+    if args.json:
+        print_json({"jobs": jobs, "next_cursor": cursor})
+    for job in [] if args.json else jobs:
         prompt = (job.get("prompt") or "").replace("\n", " ")
         print(f"{job['id']}  {job['provider']:<10} {job['status']:<10} ", end="")
         print(f"{job['created_at']}  {prompt[:50]}")
-    if not page["jobs"]:
+    if not jobs and not args.json:
         print("no jobs")
+    say_more(more)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    client = Client(args)
-    job = client.call("GET", f"/api/jobs/{args.job_id}")
+    job = client_of(args).call("GET", f"/api/jobs/{args.job_id}")
+    if args.json:
+        print_json(job)
+        return 0
     for line in format_job(job):
         print(line)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    job = Client(args).call("POST", f"/api/jobs/{args.job_id}/cancel")
+    job = client_of(args).call("POST", f"/api/jobs/{args.job_id}/cancel")
     if job["status"] == "canceled":
         print(f"{job['id']} canceled")
     else:
@@ -205,35 +230,35 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    client = Client(args)
     if args.action == "retry":
         if (args.delivery_id is None) == (not args.all) or (args.channel and not args.all):
             raise SystemExit("vidhook: give a delivery id, or --all [--channel C]")
         if args.all:
             params = {"channel": args.channel} if args.channel else {}
-            queued = client.call("POST", "/api/deliveries/retry", params=params)
+            queued = client_of(args).call("POST", "/api/deliveries/retry", params=params)
             where = f" to {args.channel}" if args.channel else ""
             print(
                 f"{queued['queued']} deliveries{where} queued again "
                 f"({queued['dead']} dead, {queued['held']} held)"
             )
             return 0
-        delivery = client.call("POST", f"/api/deliveries/{args.delivery_id}/retry")
+        delivery = client_of(args).call("POST", f"/api/deliveries/{args.delivery_id}/retry")
         print(f"delivery {delivery['id']} to {delivery['channel']} queued again")
         return 0
     params = {"status": args.status} if args.status else {}
-    page = client.call("GET", "/api/deliveries", params=params)
-    for d in page["deliveries"]:
-        error = f"  {d['last_error']}" if d.get("last_error") else ""
-        print(f"{d['id']:>8}  {d['channel']:<12} {d['event']:<10} {d['status']:<9} ", end="")
-        print(f"attempts={d['attempts']}  {d['job_id']}{error}")
-    if not page["deliveries"]:
+    rows, cursor, more = listing(args, "/api/deliveries", "deliveries", params)
+    if args.json:
+        print_json({"deliveries": rows, "next_cursor": cursor})
+    for d in [] if args.json else rows:
+        print(format_delivery(d, indent="  ", with_job=True))
+    if not rows and not args.json:
         print("no deliveries")
+    say_more(more)
     return 0
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    client = Client(args)
+    client = client_of(args)
     if args.backfill:
         queued = client.call("POST", "/api/archive/backfill")["queued"]
         print(f"queued {queued} completed jobs whose results are not kept yet")
@@ -319,113 +344,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("deliveries held for channels not in the configuration (add one back to send them):")
         for name, count in sorted(orphaned.items()):
             print(f"  {name:<12} {count}")
+    for warning in plaintext_passwords(config):
+        print(f"warning: {warning}")
     failed = not check_archive(config)
     if args.send_test:
         failed = send_tests(config) or failed
     return 1 if failed or still_disabled else 0
-
-
-def check_archive(config: Config) -> bool:
-    """Print where results are kept, after writing a probe there; False if that failed."""
-    from receiver.media.storage import StorageError, build_storage
-
-    storage = build_storage(config.archive)
-    if storage is None:
-        print("archive: off (results are not kept; notifications give the providers' links)")
-        return True
-    try:
-        where = asyncio.run(storage.check())
-    except StorageError as exc:
-        print(f"archive: {config.archive.store}: FAILED {exc}")
-        return False
-    print(f"archive: {config.archive.store}, {where}")
-    if config.archive.allow_private_hosts:
-        print("  allow_private_hosts = true: results may be fetched from private addresses")
-    return True
-
-
-def make_test_event(now: float) -> Event:
-    """A completed job that never was, saying so wherever a channel shows the prompt."""
-    stamp = iso(now)
-    job: dict[str, Any] = {
-        "id": "job_TEST", "provider": "vidhook-test", "provider_job_id": None,
-        "status": "completed", "provider_status": None, "model": "test",
-        "prompt": "Test message from `vidhook check --send-test`: this channel works. "
-                  "No video was generated.",
-        "request": {}, "result_url": None, "cover_url": None, "error": None, "credits": None,
-        "notify": None, "anomalies": [], "key_fingerprint": None, "created_at": stamp,
-        "updated_at": stamp, "finished_at": stamp, "last_callback_at": None,
-        "next_poll_at": None, "callback_url": None, "test": True,
-    }  # fmt: skip
-    return Event(id=f"test_{secrets.token_hex(8)}", type="job.completed", created_at=now, job=job)
-
-
-def send_tests(config: Config) -> bool:
-    """Send the test event through every channel and print each result; True if any failed."""
-    if not config.channels:
-        print("no channels to send a test message through")
-        return False
-    print("sending a test message through every channel:")
-    results = asyncio.run(_send_tests(config))
-    # A channel's message names no secret, but it may quote a server's answer.
-    redact = logs.Redactor(logs.config_secrets(config))
-    for name, failure in results.items():
-        print(f"{name}: ok" if failure is None else f"{name}: FAILED {redact(failure)}")
-    return any(failure is not None for failure in results.values())
-
-
-async def _send_tests(config: Config) -> dict[str, str | None]:
-    event = make_test_event(time.time())
-    async with httpx.AsyncClient(follow_redirects=False) as client:
-        channels = build_channels(config, client)
-
-        async def send(name: str) -> str | None:
-            try:
-                await channels[name].send(event)
-            except DeliveryError as exc:
-                return exc.message
-            except Exception as exc:  # a channel's bug is its failure, not check's crash
-                return f"unexpected {exc.__class__.__name__}"
-            return None
-
-        # At once: each channel has its own timeout, and one slow server delays only itself.
-        failures = await asyncio.gather(*(send(name) for name in channels))
-    return dict(zip(channels, failures, strict=True))
-
-
-@dataclass
-class StoredChannels:
-    """What the database says of the channels: those the outbox disabled because their
-    destination is gone (name -> reason, configuration fingerprint), held deliveries, and
-    deliveries waiting to be sent or held (pending or held), by channel."""
-
-    disabled: dict[str, tuple[str, str]] = field(default_factory=dict)
-    held: dict[str, int] = field(default_factory=dict)
-    waiting: dict[str, int] = field(default_factory=dict)
-
-
-def stored_channels(database: Path) -> StoredChannels:
-    found = StoredChannels()
-    if not database.exists():
-        return found
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        for name, reason, fingerprint in conn.execute(
-            "SELECT name, reason, config_fingerprint FROM channel_states"
-        ):
-            found.disabled[name] = (reason, fingerprint)
-        for channel, status, count in conn.execute(
-            "SELECT channel, status, count(*) FROM deliveries"
-            " WHERE status IN ('pending', 'held') GROUP BY 1, 2"
-        ):
-            found.waiting[channel] = found.waiting.get(channel, 0) + count
-            if status == "held":
-                found.held[channel] = count
-    except sqlite3.Error:
-        return StoredChannels()
-    finally:
-        conn.close()
-    return found
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -436,9 +360,24 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--token-env",
-        default="VIDHOOK_ADMIN_TOKEN",
-        help="environment variable holding the admin token (default: VIDHOOK_ADMIN_TOKEN)",
+        default=TOKEN_ENV,
+        help=f"environment variable holding the admin token (default: {TOKEN_ENV})",
     )
+
+
+def add_list_options(parser: argparse.ArgumentParser, what: str) -> None:
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument(
+        "--limit", type=positive, default=50, metavar="N", help=f"at most N {what} (default 50)"
+    )
+    amount.add_argument("--all", action="store_true", help=f"every {what.rstrip('s')}")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+
+
+def positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,30 +405,76 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run everything on loopback with sample jobs")
     demo.add_argument("--timeout", type=float, default=60.0)
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the demo's database and say where it is"
+    )
     demo.set_defaults(func=cmd_demo)
 
     sandbox = commands.add_parser("sandbox", help="run the fake providers alone")
     sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=8800)
+    sandbox.add_argument("--port", type=int, default=8800, help="0: any free port")
     sandbox.set_defaults(func=cmd_sandbox)
+
+    init = commands.add_parser("init", help="write a starter vidhook.toml")
+    init.add_argument("path", nargs="?", help="where to write it (default: vidhook.toml)")
+    init.add_argument(
+        "--provider",
+        action="append",
+        metavar="TYPE",
+        help="a provider to configure; repeat for several",
+    )
+    init.add_argument(
+        "--sandbox",
+        nargs="?",
+        const=starter.SANDBOX_URL,
+        metavar="URL",
+        help=f"point the providers at `vidhook sandbox` (default {starter.SANDBOX_URL})",
+    )
+    init.add_argument("--public-url", help="how providers reach this service")
+    init.add_argument("--port", type=int, default=starter.DEFAULT_PORT, help="the service's port")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    init.set_defaults(func=cmd_init)
 
     submit = commands.add_parser("submit", help="submit a job to a running service")
     submit.add_argument("provider")
     submit.add_argument("--prompt", required=True)
     submit.add_argument("--model")
-    submit.add_argument("--image", action="append", help="image URL; repeat for several")
+    submit.add_argument(
+        "--image",
+        action="append",
+        metavar="URL|FILE",
+        help="an image URL or a local file (sent inline); repeat for several",
+    )
+    submit.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a provider option; VALUE may be JSON (-o duration=8 -o bgm=true)",
+    )
+    submit.add_argument("--mode", help="a provider mode, such as img2video for Vidu")
+    submit.add_argument(
+        "--notify", action="append", metavar="CHANNEL", help="a channel to notify; repeatable"
+    )
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
     add_client_options(submit)
     submit.set_defaults(func=cmd_submit)
 
-    jobs = commands.add_parser("jobs", help="list jobs")
+    wait = commands.add_parser("wait", help="follow a job to its end")
+    wait.add_argument("job_id")
+    add_client_options(wait)
+    wait.set_defaults(func=cmd_wait)
+
+    jobs = commands.add_parser("jobs", help="list jobs, newest first")
     jobs.add_argument("--status", choices=[s.value for s in Status])
     jobs.add_argument("--provider")
+    add_list_options(jobs, "jobs")
     add_client_options(jobs)
     jobs.set_defaults(func=cmd_jobs)
 
     show = commands.add_parser("show", help="show one job with its timeline")
     show.add_argument("job_id")
+    show.add_argument("--json", action="store_true", help="print the API's JSON")
     add_client_options(show)
     show.set_defaults(func=cmd_show)
 
@@ -500,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     deliveries = commands.add_parser("deliveries", help="list notification deliveries")
     deliveries.add_argument("--status", choices=["pending", "delivered", "dead", "held"])
+    add_list_options(deliveries, "deliveries")
     actions = deliveries.add_subparsers(dest="action")
     retry = actions.add_parser(
         "retry", help="queue a dead or held delivery again, or (--all) every one"
@@ -548,7 +534,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return progress.DETACHED
+    except BrokenPipeError:
+        # The reader left (`vidhook jobs | head -1`): say nothing more, and let the
+        # interpreter's last flush of stdout go nowhere rather than fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     return result
 
 

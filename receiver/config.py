@@ -7,10 +7,11 @@ key and what to do about it, and all problems are reported at once.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,8 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     source: str = "<memory>"
+    # The variable the admin token was read from: named (never quoted) when one is refused.
+    admin_token_env: str = "VIDHOOK_ADMIN_TOKEN"  # noqa: S105 (a name, not a value)
 
     @property
     def public_path(self) -> str:
@@ -398,13 +401,17 @@ class _Reader:
     def problem(self, key: str, what: str) -> None:
         self.problems.append(f"{self.source}: {key}: {what}")
 
+    def env_problem(self, var: str, what: str) -> None:
+        """A problem of a variable that overrides the file, named as such."""
+        self.problems.append(f"environment variable {var}: {what}")
+
     def read(self, data: Mapping[str, Any], base_dir: Path) -> Config | None:
         known = {
             "public_url", "database", "admin_token_env", "default_channels",
             "providers", "channels", "server", "callbacks", "notify", "archive",
         }  # fmt: skip
         self.unknown_keys(data, known, "")
-        public_url = self.public_url(self.env.get("VIDHOOK_PUBLIC_URL") or data.get("public_url"))
+        public_url = self.public_url(data.get("public_url"), self.env.get("VIDHOOK_PUBLIC_URL"))
         database = self.typed(data, "database", str, "vidhook.db", "")
         database = self.env.get("VIDHOOK_DATABASE") or database
         admin_token = self.secret(data, "admin_token_env", "", default="VIDHOOK_ADMIN_TOKEN")
@@ -446,22 +453,30 @@ class _Reader:
             notify=notify,
             archive=archive,
             source=self.source,
+            admin_token_env=str(data.get("admin_token_env", "VIDHOOK_ADMIN_TOKEN")),
         )
 
-    def public_url(self, value: Any) -> str | None:
+    def public_url(self, value: Any, from_env: str | None) -> str | None:
+        if from_env:
+            # The variable overrides the file: a bad value is the variable's fault.
+            value = from_env
+
+            def report(what: str) -> None:
+                self.env_problem("VIDHOOK_PUBLIC_URL", f"{what}, got {from_env!r}")
+        else:
+
+            def report(what: str) -> None:
+                self.problem("public_url", what)
+
         if value is None:
-            self.problem(
-                "public_url", "missing; set it to the https URL providers use to reach vidhook"
-            )
+            report("missing; set it to the https URL providers use to reach vidhook")
             return None
         parts = urlsplit(value) if isinstance(value, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            self.problem(
-                "public_url", "must be an absolute http(s) URL such as https://hooks.example.com"
-            )
+            report("must be an absolute http(s) URL such as https://hooks.example.com")
             return None
         if parts.query or parts.fragment:
-            self.problem("public_url", "must not carry a query or a fragment")
+            report("must not carry a query or a fragment")
             return None
         return str(value).rstrip("/")
 
@@ -470,8 +485,14 @@ class _Reader:
         kind = self.typed(section, "type", str, name, key)
         defaults = PROVIDER_TYPES.get(kind)
         if defaults is None:
-            choices = ", ".join(PROVIDER_TYPES)
-            self.problem(f"{key}.type", f"unknown provider type {kind!r}; choose one of {choices}")
+            what = f"unknown provider type {kind!r}"
+            close = difflib.get_close_matches(kind, list(PROVIDER_TYPES), n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {close[0]}?"
+                if close
+                else f"choose one of {', '.join(PROVIDER_TYPES)}"
+            )
+            self.problem(f"{key}.type", f"{what}; {hint}")
             return None
         known = {
             "type", "base_url", "api_key_env", "previous_api_key_envs", "auth_scheme",
@@ -607,19 +628,14 @@ class _Reader:
         for option, value in section.items():
             if option in ("type", "events"):
                 continue
-            if option not in CHANNEL_KEYS[kind] and not any(w in option for w in _SECRET_WORDS):
-                known = ", ".join(sorted(CHANNEL_KEYS[kind])) or "none"
-                self.problem(f"{key}.{option}", f"unknown key for a {kind} channel; known: {known}")
+            if option not in CHANNEL_KEYS[kind]:
+                known = {*CHANNEL_KEYS[kind], "type", "events"}
+                what = f"unknown key for a {kind} channel"
+                self.problem(f"{key}.{option}", unknown_key(option, known, what))
             elif option.endswith("_env"):
                 secret = self.secret(section, option, key)
                 if secret is not None:
                     secrets[option.removesuffix("_env")] = secret
-            elif any(word in option for word in _SECRET_WORDS):
-                self.problem(
-                    f"{key}.{option}",
-                    f"secrets do not go in the file; put it in an environment variable "
-                    f"and name that variable with {option}_env",
-                )
             else:
                 options[option] = value
         for needed, hint in _CHANNEL_NEEDS.get(kind, ()):
@@ -771,9 +787,10 @@ class _Reader:
     ) -> Any:
         value = section.get(name, default)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.problem(
-                _join(prefix, name), f"must be a {kind.__name__}, got {type(value).__name__}"
-            )
+            what = f"must be {_kind_name(kind)}, got {_kind_name(type(value))}"
+            if isinstance(value, str) and kind in (int, float) and _is_number(value):
+                what += f"; write {name} = {value.strip()} without quotes"
+            self.problem(_join(prefix, name), what)
             return default
         return value
 
@@ -787,7 +804,12 @@ class _Reader:
     ) -> float:
         value = section.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            self.problem(_join(prefix, name), f"must be a positive number of {unit}")
+            what = f"must be a positive number of {unit}"
+            if not isinstance(value, int | float):
+                what += f", got {_kind_name(type(value))}"
+                if isinstance(value, str) and _is_number(value):
+                    what += f"; write {name} = {value.strip()} without quotes"
+            self.problem(_join(prefix, name), what)
             return default
         return float(value)
 
@@ -823,26 +845,55 @@ class _Reader:
         return self.env_secret(key, var)
 
     def env_secret(self, key: str, var: str) -> Secret | None:
-        value = self.env.get(var, "")
-        if not value:
+        value = self.env.get(var)
+        if value is None:
             self.problem(key, f"environment variable {var} is not set; export it before starting")
+            return None
+        if not value.strip():
+            self.problem(key, f"environment variable {var} is set but empty; give it the value")
             return None
         return Secret(value)
 
     def unknown_keys(self, section: Mapping[str, Any], known: set[str], prefix: str) -> None:
         for name in section:
-            if name in known:
-                continue
-            if name.removesuffix("_env") != name or not any(w in name for w in _SECRET_WORDS):
-                self.problem(
-                    _join(prefix, name), f"unknown key; known keys: {', '.join(sorted(known))}"
-                )
-            else:
-                self.problem(
-                    _join(prefix, name),
-                    f"secrets do not go in the file; put it in an environment variable "
-                    f"and name that variable with {name}_env",
-                )
+            if name not in known:
+                self.problem(_join(prefix, name), unknown_key(name, known))
+
+
+def unknown_key(name: str, known: Collection[str], what: str = "unknown key") -> str:
+    """What to say of a key nobody reads: that a secret was written in the file, or the
+    likeliest intended key, or the known ones."""
+    secret_advice = (
+        "secrets do not go in the file; put it in an environment variable "
+        f"and name that variable with {name}_env"
+    )
+    if f"{name}_env" in known:
+        return secret_advice
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    if close:
+        return f"{what}; did you mean {close[0]}?"
+    if not name.endswith("_env") and any(word in name for word in _SECRET_WORDS):
+        return secret_advice
+    return f"{what}; known keys: {', '.join(sorted(known)) or 'none'}"
+
+
+_KIND_NAMES: dict[type, str] = {
+    int: "an integer", float: "a number", str: "a string", bool: "true or false",
+    list: "a list", dict: "a table", type(None): "nothing",
+}  # fmt: skip
+
+
+def _kind_name(kind: type) -> str:
+    # tomllib's own types (dates, times) are spelled as they are.
+    return _KIND_NAMES.get(kind, f"a {kind.__name__}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _join(prefix: str, name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from receiver.app import create_app
 from receiver.config import KEY_PAIR_TYPES, parse_config
 from receiver.notify.links import human_size
 from receiver.sandbox import (
+    MARKER_MEANINGS,
     PREFIXES,
     ApimodelsFakeSettings,
     FakeSettings,
@@ -35,6 +37,7 @@ from receiver.sandbox import (
     ViduSandboxSettings,
     create_sandbox_app,
 )
+from receiver.sandbox.base import scenario_of
 from receiver.states import Status
 from receiver.timeline import format_timeline
 from signing import standard
@@ -154,7 +157,7 @@ def demo_extras(provider: str, sandbox_url: str) -> dict[str, str]:
     return {}
 
 
-def run_demo(timeout: float = 60.0) -> int:
+def run_demo(timeout: float = 60.0, keep: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     env = {
@@ -163,36 +166,49 @@ def run_demo(timeout: float = 60.0) -> int:
         "VIDHOOK_DEMO_ACCESS_KEY": "demo-access-" + secrets.token_hex(8),
         "VIDHOOK_DEMO_WEBHOOK_SECRET": standard.new_secret(),
     }
-    with tempfile.TemporaryDirectory(prefix="vidhook-demo-") as tmp:
-        keys = [env["VIDHOOK_DEMO_KEY"]]
-        pair = {env["VIDHOOK_DEMO_ACCESS_KEY"]: env["VIDHOOK_DEMO_KEY"]}
-        app = create_sandbox_app(
-            ViduSandboxSettings(api_keys=keys),
-            kvid=FakeSettings(api_keys=keys),
-            revid=FakeSettings(api_keys=keys),
-            apimodels=ApimodelsFakeSettings(api_keys=keys, callback_retry_delays=(0.5, 1.0)),
-            newapi=NewApiFakeSettings(api_keys=keys),
-            kling=KlingFakeSettings(key_pairs=pair, callback_retry_delays=(0.5, 1.0)),
-            runway=RunwayFakeSettings(api_keys=keys),
-            luma=LumaFakeSettings(api_keys=keys),
-            minimax=MiniMaxFakeSettings(api_keys=keys),
-            replicate=ReplicateFakeSettings(
-                api_keys=keys,
-                webhook_secret=env["VIDHOOK_DEMO_WEBHOOK_SECRET"],
-                webhook_retry_delays=(0.5, 1.0),
-            ),
-            fal=FalFakeSettings(api_keys=keys, webhook_retry_delays=(0.5, 1.0)),
-        )
-        with ServerThread(app) as sandbox:
-            receiver = ServerThread(None)
-            receiver.bind()
-            config = demo_config(receiver.url, sandbox.url, Path(tmp) / "demo.db", env)
-            receiver.app = create_app(config)
-            with receiver:
-                print(f"sandbox providers: {sandbox.url}")
-                print(f"vidhook receiver:  {receiver.url} (database in {tmp})")
-                print("\nnotifications (console channel) as they happen:")
-                return _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
+    tmp = tempfile.mkdtemp(prefix="vidhook-demo-")
+    try:
+        code = _serve_and_run(tmp, env, timeout)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if keep:
+        database = Path(tmp) / "demo.db"
+        print(f"\nthe database is kept: {database}")
+        print(f"  sqlite3 {database} 'SELECT * FROM transitions'")
+    return code
+
+
+def _serve_and_run(tmp: str, env: dict[str, str], timeout: float) -> int:
+    keys = [env["VIDHOOK_DEMO_KEY"]]
+    pair = {env["VIDHOOK_DEMO_ACCESS_KEY"]: env["VIDHOOK_DEMO_KEY"]}
+    app = create_sandbox_app(
+        ViduSandboxSettings(api_keys=keys),
+        kvid=FakeSettings(api_keys=keys),
+        revid=FakeSettings(api_keys=keys),
+        apimodels=ApimodelsFakeSettings(api_keys=keys, callback_retry_delays=(0.5, 1.0)),
+        newapi=NewApiFakeSettings(api_keys=keys),
+        kling=KlingFakeSettings(key_pairs=pair, callback_retry_delays=(0.5, 1.0)),
+        runway=RunwayFakeSettings(api_keys=keys),
+        luma=LumaFakeSettings(api_keys=keys),
+        minimax=MiniMaxFakeSettings(api_keys=keys),
+        replicate=ReplicateFakeSettings(
+            api_keys=keys,
+            webhook_secret=env["VIDHOOK_DEMO_WEBHOOK_SECRET"],
+            webhook_retry_delays=(0.5, 1.0),
+        ),
+        fal=FalFakeSettings(api_keys=keys, webhook_retry_delays=(0.5, 1.0)),
+    )
+    with ServerThread(app) as sandbox:
+        receiver = ServerThread(None)
+        receiver.bind()
+        config = demo_config(receiver.url, sandbox.url, Path(tmp) / "demo.db", env)
+        receiver.app = create_app(config)
+        with receiver:
+            print(f"sandbox providers: {sandbox.url}")
+            print(f"vidhook receiver:  {receiver.url} (database in {tmp})")
+            print("\nnotifications (console channel) as they happen:")
+            return _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
 
 
 def _run(url: str, admin_token: str, timeout: float) -> int:
@@ -219,6 +235,8 @@ def _run(url: str, admin_token: str, timeout: float) -> int:
         ok = ok and reached
         mark = "ok" if reached else f"EXPECTED {sample.expected}"
         print(f"\n{sample.title}\n  {job['id']}: {job['status']} [{mark}]")
+        for marker in scenario_of(sample.payload["prompt"], list(MARKER_MEANINGS)):
+            print(f"  [{marker}] in the prompt: {MARKER_MEANINGS[marker]}")
         for line in format_timeline(job):
             print(line)
         if job.get("error"):

@@ -299,3 +299,11 @@ def db_path(tmp_path):
 def service(sandbox, db_path):
     with running_service(sandbox.url, db_path) as svc:
         yield svc
+
+
+@pytest.fixture
+def cli_env(monkeypatch):
+    """The environment of a client command: the admin token, no overriding variables."""
+    monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+    for name in ("VIDHOOK_URL", "VIDHOOK_CONFIG", "VIDHOOK_PUBLIC_URL", "VIDHOOK_DATABASE"):
+        monkeypatch.delenv(name, raising=False)

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from receiver.cli import main
@@ -27,13 +28,6 @@ def timeline(lines):
 
 def expected_timeline(job):
     return [(t["to_status"], t["source"]) for t in job["transitions"]]
-
-
-@pytest.fixture
-def cli_env(monkeypatch):
-    monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
-    for name in ("VIDHOOK_URL", "VIDHOOK_CONFIG", "VIDHOOK_PUBLIC_URL", "VIDHOOK_DATABASE"):
-        monkeypatch.delenv(name, raising=False)
 
 
 # -- vidhook demo --
@@ -84,6 +78,12 @@ def test_demo_runs_every_sample_to_its_expected_end():
         kept, size = lines[-2:]
         assert kept.startswith("  kept:   http://127.0.0.1:") and f"/media/{job_id}/video?" in kept
         assert re.fullmatch(r" {10}[\d.]+ kB video/mp4, sha256 [0-9a-f]{16}…", size), size
+    # Each marker a sample's prompt carries is explained beside its job.
+    assert "  [fail] in the prompt: the provider fails the job" in sections[SAMPLES[1].title]
+    assert (
+        "  [lost] in the prompt: no callback arrives: vidhook learns the end by polling"
+        in sections[SAMPLES[3].title]
+    )
 
 
 # -- client commands against a running service --
@@ -194,11 +194,29 @@ def test_a_missing_admin_token_is_named(monkeypatch, capsys):
     assert "OTHER_TOKEN" in str(exc.value.code)
 
 
-def test_a_wrong_admin_token_is_refused_with_the_service_message(service, monkeypatch):
+def test_a_wrong_admin_token_is_said_refused_and_where_the_service_reads_it(service, monkeypatch):
     monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", "not-the-admin-token")
     with pytest.raises(SystemExit) as exc:
         main(["jobs", "--url", service.url])
-    assert exc.value.code == "vidhook: send Authorization: Bearer <admin token>"
+    assert str(exc.value.code).splitlines() == [
+        "vidhook: the admin token was refused; this service reads its token from the "
+        "environment variable VIDHOOK_ADMIN_TOKEN (admin_token_env)",
+        "  this command sent the value of VIDHOOK_ADMIN_TOKEN (--token-env names another variable)",
+    ]
+    assert "not-the-admin-token" not in str(exc.value.code)
+    # Without any token, the request is told how to send one.
+    response = httpx.get(f"{service.url}/api/jobs")
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "send Authorization: Bearer <admin token>"
+
+
+def test_an_empty_admin_token_variable_is_said_empty(monkeypatch):
+    monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", "")
+    with pytest.raises(SystemExit) as exc:
+        main(["jobs", "--url", "http://vidhook.invalid"])
+    assert exc.value.code == (
+        "vidhook: VIDHOOK_ADMIN_TOKEN is set but empty; set it to the admin token"
+    )
 
 
 def test_a_url_that_is_not_vidhook_gives_a_message_not_a_traceback(sandbox, cli_env):

@@ -334,7 +334,7 @@ def test_server_limits_have_defaults_for_a_small_vm_and_can_be_set(tmp_path):
     ("line", "key", "hint"),
     [
         ("max_connections = 0", "server.max_connections", "at least 1"),
-        ("max_connections = 'many'", "server.max_connections", "must be a int"),
+        ("max_connections = 'many'", "server.max_connections", "must be an integer, got a string"),
         ("header_timeout = 0", "server.header_timeout", "positive number of seconds"),
         ("max_body_memory = -1", "server.max_body_memory", "positive number of bytes"),
     ],

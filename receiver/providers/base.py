@@ -158,6 +158,8 @@ class Provider(ABC):
     # How long the provider's result links keep working, in seconds; None if unknown.
     # A link that answers 403, 404 or 410 after that has expired (receiver.media).
     result_lifetime: float | None = None
+    # Whether images may be sent inline as data: URIs (a local file), besides URLs.
+    accepts_image_data: bool = False
 
     def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         self.config = config

@@ -137,6 +137,8 @@ def is_request_failure(exc: ProviderError) -> bool:
 
 class Fal(HTTPProvider):
     supports_callbacks = True
+    # fal reads a file input given as a data: URI.
+    accepts_image_data = True
     signs_callback_body = True
     supports_cancel = True
 

@@ -176,6 +176,8 @@ class _Token:
 
 class Kling(HTTPProvider):
     supports_callbacks = True
+    # Kling reads an image as a URL or as bare base64 (a data: URI's prefix is cut off).
+    accepts_image_data = True
     # The job id goes to Kling as external_task_id, which Kling keeps unique: sending a
     # submission again cannot make a second task (see submit).
     idempotent_submit: bool = True

@@ -144,6 +144,8 @@ def _option_problems(options: Mapping[str, Any]) -> dict[str, str]:
 
 class MiniMax(HTTPProvider):
     supports_callbacks = True
+    # MiniMax reads first_frame_image as a URL or a data:image/...;base64, URI.
+    accepts_image_data = True
     rate_limit_pause = RATE_LIMIT_PAUSE
 
     def _path(self, suffix: str) -> str:

@@ -198,6 +198,8 @@ def origin(url: str) -> tuple[str, str, int | None] | None:
 
 class NewApi(HTTPProvider):
     supports_callbacks = False
+    # Gateways pass an image string (URL or base64) through to the upstream.
+    accepts_image_data = True
     # Status endpoints in the order first tried; a subclass (or an instance, before its
     # first fetch) may put VIDEO_PATH first for gateways known to serve only that one.
     status_paths: tuple[str, ...] = (TASK_PATH, VIDEO_PATH)

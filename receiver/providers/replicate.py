@@ -112,6 +112,8 @@ def observation(prediction: Mapping[str, Any]) -> Observation:
 
 class Replicate(HTTPProvider):
     supports_callbacks = True
+    # Replicate reads a file input given as a data: URI.
+    accepts_image_data = True
     signs_callback_body = True
     supports_cancel = True
     result_lifetime = OUTPUT_LIFETIME

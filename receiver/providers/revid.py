@@ -129,6 +129,8 @@ def form_value(value: Any) -> str:
 
 class Revid(HTTPProvider):
     supports_callbacks = False
+    # A data: URI is uploaded as the multipart input_image file.
+    accepts_image_data = True
 
     def error_details(self, response: httpx.Response) -> tuple[str | None, str]:
         try:

@@ -109,6 +109,8 @@ def failure(task: Mapping[str, Any]) -> str:
 
 class Runway(HTTPProvider):
     supports_callbacks = False
+    # Runway reads data:image/ URIs up to about 5 MB.
+    accepts_image_data = True
     supports_cancel = True
 
     def auth_headers(self, key: Secret) -> dict[str, str]:

@@ -138,6 +138,8 @@ class Vidu(HTTPProvider):
     supports_callbacks = True
     supports_cancel = True
     result_lifetime = 24 * 3600.0  # Vidu's result links last 24 hours
+    # Vidu reads data:image/...;base64, URIs (the request body may reach 20 MB).
+    accepts_image_data = True
 
     def auth_headers(self, key: Secret) -> dict[str, str]:
         return {"Authorization": f"{self.config.auth_scheme} {key.reveal()}"}

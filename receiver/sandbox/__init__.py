@@ -6,6 +6,7 @@ so a provider's base_url is ``{sandbox_url}/{prefix}``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
@@ -13,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from receiver.sandbox.apimodels import ApimodelsFake, ApimodelsFakeSettings
-from receiver.sandbox.base import FakeProvider, FakeSettings, Faults, Timing
+from receiver.sandbox.base import MARKER_MEANINGS, FakeProvider, FakeSettings, Faults, Timing
 from receiver.sandbox.fal import FalFake, FalFakeSettings
 from receiver.sandbox.kling import KlingFake, KlingFakeSettings
 from receiver.sandbox.kvid import KvidFake
@@ -27,6 +28,7 @@ from receiver.sandbox.server import ServerThread
 from receiver.sandbox.vidu import ViduSandbox, ViduSandboxSettings
 
 __all__ = [
+    "MARKER_MEANINGS",
     "PREFIXES",
     "ApimodelsFakeSettings",
     "FakeSettings",
@@ -43,6 +45,8 @@ __all__ = [
     "ViduSandbox",
     "ViduSandboxSettings",
     "create_sandbox_app",
+    "describe",
+    "markers",
 ]
 
 PREFIXES = (
@@ -84,6 +88,36 @@ def create_sandbox_app(
     for name, fake in fakes.items():
         setattr(app.state, name, fake)
     return app
+
+
+def markers(app: Starlette) -> dict[str, tuple[str, ...]]:
+    """Each mounted fake's prefix and the prompt markers it knows (its module's MARKERS)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for route in app.routes:
+        if isinstance(route, Mount) and route.name:
+            fake = getattr(app.state, route.name)
+            found[route.name] = tuple(getattr(sys.modules[type(fake).__module__], "MARKERS", ()))
+    return found
+
+
+def describe(app: Starlette, url: str) -> list[str]:
+    """What `vidhook sandbox` says it serves: each provider's base URL, and the markers."""
+    known = markers(app)
+    lines = [
+        f"vidhook sandbox: fake providers on {url}; any non-empty API key is accepted.",
+        "",
+        "provider   base_url",
+        *(f"{name:<10} {url}/{name}" for name in known),
+        "",
+        "Put a marker in a prompt to choose what the fake provider does:",
+    ]
+    for marker in dict.fromkeys(m for found in known.values() for m in found):
+        takers = [name for name, found in known.items() if marker in found]
+        where = "every provider" if len(takers) == len(known) else ", ".join(takers)
+        meaning = MARKER_MEANINGS.get(marker, "")
+        lines.append(f"  [{marker}]".ljust(18) + f"{meaning} ({where})")
+    lines += ["", f"`vidhook init --sandbox {url}` writes a vidhook.toml that uses these."]
+    return lines
 
 
 def _mounted_lifespans(

@@ -71,6 +71,27 @@ class Timing:
         return (self.queue_delay * factor, self.start_delay * factor, self.run_time * factor)
 
 
+# What each prompt marker makes a fake do; each fake lists the markers it knows (MARKERS
+# in its module), and `vidhook sandbox` prints them with these words.
+MARKER_MEANINGS: dict[str, str] = {
+    "fail": "the provider fails the job",
+    "slow": "every stage of the job takes ten times longer",
+    "unknown": "the provider reports a status word its docs do not list, then goes on",
+    "never": "the job never ends (until vidhook's deadline fails it)",
+    "429": "the submission is refused: 429 Too Many Requests",
+    "500": "the submission is refused: 500 Internal Server Error",
+    "policy": "the submission is refused for the content policy",
+    "lost": "no callback arrives: vidhook learns the end by polling",
+    "duplicate": "every callback is sent twice",
+    "out-of-order": "the processing callback arrives after the final one",
+    "early": "a callback claims success before the provider's status says so",
+    "busy": "the submission is refused for now: the account's concurrent jobs are all taken",
+    "arrears": "the submission is refused: the account is in arrears",
+    "list": "the result comes as a list of URLs rather than one",
+    "badjson": "the webhook says the result could not be sent as JSON",
+}
+
+
 def scenario_of(prompt: object, markers: Sequence[str]) -> frozenset[str]:
     """The ``[marker]``s present in a prompt."""
     text = prompt if isinstance(prompt, str) else ""

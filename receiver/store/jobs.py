@@ -7,16 +7,20 @@ appends the transition and enqueues its deliveries, all in the caller's transact
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from receiver.providers.base import Observation, Submission
 from receiver.states import TERMINAL_SQL, Status, decide
 from receiver.store.media import queue_download
-from receiver.store.writer import mark
+from receiver.store.writer import mark, on_commit
+
+log = logging.getLogger("vidhook.jobs")
 
 Route = Callable[[Status, "list[str] | None"], "list[str]"]
 CallbackOutcome = Literal["accepted", "duplicate", "replayed"]
@@ -118,7 +122,9 @@ def apply(
     detail: Mapping[str, Any] | None = None,
 ) -> Applied:
     row = conn.execute(
-        "SELECT status, notify, anomalies FROM jobs WHERE id = ?", (job_id,)
+        "SELECT status, notify, anomalies, provider, created_at, result_url, error"
+        " FROM jobs WHERE id = ?",
+        (job_id,),
     ).fetchone()
     if row is None:
         raise JobNotFound(job_id)
@@ -170,7 +176,48 @@ def apply(
     tid = _transition(conn, job_id, notify, current, new, source, info, now=now, route=route)
     if new is Status.COMPLETED:
         queue_download(conn, job_id, now)
+    if new.terminal:
+        # Whatever told us (submit, callback, poll, deadline, the API), the one log line.
+        finished = Finished(
+            job_id,
+            row["provider"],
+            new,
+            source,
+            obs.result_url or row["result_url"],
+            obs.error or row["error"],
+            now - row["created_at"],
+        )
+        on_commit(conn, partial(log.info, "%s", finished))
     return Applied(job_id, new, tid)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job that reached a terminal status, as the service log tells it."""
+
+    job_id: str
+    provider: str
+    status: Status
+    source: str
+    result_url: str | None
+    error: str | None
+    elapsed: float
+
+    def __str__(self) -> str:
+        line = (
+            f"job {self.job_id} {self.status.value} after {self.elapsed:.1f}s"
+            f" (provider {self.provider}, via {self.source})"
+        )
+        if self.status is Status.COMPLETED:
+            return f"{line}: result {_without_query(self.result_url)}"
+        return f"{line}: {self.error}" if self.error else line
+
+
+def _without_query(url: str | None) -> str | None:
+    # Result URLs are often signed: the query string is a credential to the file.
+    if url is None or "?" not in url:
+        return url
+    return url.split("?", 1)[0] + "?…"
 
 
 def _transition(

@@ -20,6 +20,10 @@ timeout, read-only, full, failing), nothing of the batch is stored and every req
 it, and every request that queued while it waited, fails with DatabaseUnavailable: the
 HTTP layer answers 503 with Retry-After, and the provider sends the callback again. The
 log says so once when it begins and once when a commit succeeds again.
+
+What must happen only for what was really stored (a log line saying a job finished) is
+handed to ``on_commit``: it runs after the COMMIT, and is dropped with its request if
+that request is rolled back.
 """
 
 from __future__ import annotations
@@ -58,9 +62,11 @@ Waiter = Future[Any] | asyncio.Future[Any]
 
 
 class Connection(sqlite3.Connection):
-    """A connection that notes which tables the current batch marked as written."""
+    """A connection that notes which tables the current batch marked as written, and
+    what its requests asked to run once it is committed."""
 
     touched: set[str]
+    committed: list[Callable[[], None]]
 
 
 def mark(conn: sqlite3.Connection, table: str, key: str | None = None) -> None:
@@ -72,6 +78,13 @@ def mark(conn: sqlite3.Connection, table: str, key: str | None = None) -> None:
             conn.touched.add(f"{table}:{key}")
 
 
+def on_commit(conn: sqlite3.Connection, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on the writer thread once this request's writes are committed; never if
+    they are rolled back. Keep it quick: the next batch waits for it."""
+    if isinstance(conn, Connection):
+        conn.committed.append(fn)
+
+
 def connect(
     path: Path, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT
 ) -> Connection:
@@ -80,6 +93,7 @@ def connect(
         str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
     )
     conn.touched = set()
+    conn.committed = []
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -204,12 +218,14 @@ class Writer:
         """Run and commit the batch; if the database refused it, the failure handed out."""
         outcomes: list[tuple[Waiter, bool, Any]] = []
         conn.touched.clear()
+        conn.committed.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, future in batch:
                 if not _claim(future):
                     continue  # its caller gave up before it ran
                 conn.execute("SAVEPOINT request")
+                asked = len(conn.committed)
                 try:
                     result = fn(conn)
                 except BaseException as exc:  # handed to the caller, whatever it is
@@ -217,6 +233,7 @@ class Writer:
                         raise  # the whole batch's, not this request's
                     conn.execute("ROLLBACK TO request")
                     conn.execute("RELEASE request")
+                    del conn.committed[asked:]
                     outcomes.append((future, False, exc))
                 else:
                     conn.execute("RELEASE request")
@@ -237,6 +254,12 @@ class Writer:
             self._recovered(self.outage)
         touched = frozenset(conn.touched)
         _settle(outcomes)
+        for fn in conn.committed:
+            try:
+                fn()
+            except Exception:
+                log.exception("an after-commit action failed")
+        conn.committed.clear()
         for listener in self.listeners:
             try:
                 listener(touched)

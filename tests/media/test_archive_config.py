@@ -57,11 +57,14 @@ def test_s3_settings_with_their_secrets_from_the_environment():
     [
         ({"store": "ftp"}, "archive.store: must be one of local, s3, off"),
         ({"max_bytes": 0}, "archive.max_bytes: must be a positive number of bytes"),
-        ({"max_bytes": "2GB"}, "archive.max_bytes: must be a int"),
+        ({"max_bytes": "2GB"}, "archive.max_bytes: must be an integer, got a string"),
         ({"keep_days": -1}, "archive.keep_days: must be 0 (keep forever) or a number of days"),
         ({"link_ttl": 0}, "archive.link_ttl: must be a positive number of seconds"),
         ({"notify_wait": -5}, "archive.notify_wait: must be 0 (do not wait)"),
-        ({"allow_private_hosts": "yes"}, "archive.allow_private_hosts: must be a bool"),
+        (
+            {"allow_private_hosts": "yes"},
+            "archive.allow_private_hosts: must be true or false, got a string",
+        ),
         ({"concurrency": 0}, "archive.concurrency: must be at least 1"),
         ({"bucket": "b"}, 'archive.bucket: only used with store = "s3"'),
         ({"store": "s3"}, "archive.bucket: missing"),
