@@ -86,7 +86,8 @@ from receiver.runtime import new_callback_token, new_job_id
 from receiver.sandbox import ServerThread, ViduSandboxSettings, create_sandbox_app
 from receiver.states import Status
 from receiver.store import NewJob, jobs, migrate
-from receiver.store.writer import connect
+from receiver.store.db import run_sync
+from receiver.store.writer import SqliteDb, connect
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -292,6 +293,7 @@ def precreate_jobs(
     conn = connect(config.database)
     try:
         conn.execute("BEGIN IMMEDIATE")
+        db = SqliteDb(conn)
         for i in range(count):
             token = new_callback_token() if takes_callbacks else None
             url = config.callback_url(provider, token) if token else None
@@ -308,7 +310,7 @@ def precreate_jobs(
                 notify=None,
                 deadline_at=now + settings.deadline,
             )
-            jobs.insert_job(conn, new, now=now, route=config.channels_for)
+            run_sync(jobs.insert_job(db, new, now=now, route=config.channels_for))
             if next_poll_at is None:
                 poll_at = now + first_poll_delay(settings, takes_callbacks)
             elif callable(next_poll_at):
@@ -317,8 +319,10 @@ def precreate_jobs(
                 poll_at = next_poll_at
             observed = Observation(status=Status.QUEUED, provider_status="created")
             submission = Submission(job.provider_job_id, observed, fingerprint)
-            jobs.record_submission(
-                conn, job.id, submission, next_poll_at=poll_at, now=now, route=config.channels_for
+            run_sync(
+                jobs.record_submission(
+                    db, job.id, submission, next_poll_at=poll_at, now=now, route=config.channels_for
+                )
             )
             created.append(job)
         conn.execute("COMMIT")

@@ -391,6 +391,7 @@ async def machinery(count: int, concurrency: int) -> int:
     from receiver.providers.limits import Gate
     from receiver.states import Status
     from receiver.store import NewJob, Store, jobs
+    from receiver.store.db import Db
 
     class Instant:
         name = "kvid"
@@ -422,15 +423,15 @@ async def machinery(count: int, concurrency: int) -> int:
         store = Store(Path(tmp) / "vidhook.db", route=no_channels).open()
         now = time.time()
 
-        def fill(conn: sqlite3.Connection) -> None:
+        async def fill(db: Db) -> None:
             for i in range(count):
                 job = NewJob(
                     id=f"job_{i:08d}", provider="kvid", model="v2", prompt="bench",
                     request={}, callback_token=None, callback_url=None,
                     key_fingerprint=None, notify=None, deadline_at=now + 86_400,
                 )  # fmt: skip
-                jobs.insert_job(conn, job, now=now, route=no_channels)
-            conn.execute("UPDATE jobs SET provider_job_id = id, next_poll_at = ?", (now + 3600,))
+                await jobs.insert_job(db, job, now=now, route=no_channels)
+            await db.run("UPDATE jobs SET provider_job_id = id, next_poll_at = ?", (now + 3600,))
 
         await store.write(fill)
         provider = Instant()
@@ -439,9 +440,7 @@ async def machinery(count: int, concurrency: int) -> int:
         try:
             await asyncio.sleep(0.5)  # past prepare(), asleep
             cpu, loop, began = own_cpu(), time.thread_time(), time.monotonic()
-            await store.write(
-                lambda conn: conn.execute("UPDATE jobs SET next_poll_at = ?", (time.time(),))
-            )
+            await store.write(lambda db: db.run("UPDATE jobs SET next_poll_at = ?", (time.time(),)))
             poller.wake()
             while provider.fetched < count:
                 await asyncio.sleep(0.01)

@@ -233,6 +233,8 @@ class ArchiveConfig:
     allow_private_hosts: bool = False
     concurrency: int = 4  # downloads at once
     s3: S3Settings | None = None
+    # store = "local" on a folder that every replica mounts (NFS, a shared volume).
+    shared_path: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -297,6 +299,8 @@ class Config:
     source: str = "<memory>"
     # The variable the admin token was read from: named (never quoted) when one is refused.
     admin_token_env: str = "VIDHOOK_ADMIN_TOKEN"  # noqa: S105 (a name, not a value)
+    # PostgreSQL instead of the SQLite file: its postgresql:// URL, which holds a password.
+    database_url: Secret | None = None
 
     @property
     def public_path(self) -> str:
@@ -409,11 +413,13 @@ class _Reader:
         known = {
             "public_url", "database", "admin_token_env", "default_channels",
             "providers", "channels", "server", "callbacks", "notify", "archive",
+            "database_url_env",
         }  # fmt: skip
         self.unknown_keys(data, known, "")
         public_url = self.public_url(data.get("public_url"), self.env.get("VIDHOOK_PUBLIC_URL"))
         database = self.typed(data, "database", str, "vidhook.db", "")
         database = self.env.get("VIDHOOK_DATABASE") or database
+        database_url = self.database_url(data)
         admin_token = self.secret(data, "admin_token_env", "", default="VIDHOOK_ADMIN_TOKEN")
         provider_sections = self.tables(data, "providers")
         providers = {
@@ -439,6 +445,14 @@ class _Reader:
         db_path = Path(database)
         db_path = db_path if db_path.is_absolute() else base_dir / db_path
         archive = self.archive(data.get("archive", {}), db_path.parent)
+        if database_url is not None and archive.store == "local" and not archive.shared_path:
+            self.problem(
+                "archive.store",
+                '"local" keeps results on this machine\'s disk, where the other replicas '
+                "sharing the PostgreSQL database (database_url_env) cannot serve them: use "
+                'store = "s3", or set shared_path = true if path is a folder every replica '
+                'mounts, or store = "off"',
+            )
         if public_url is None or admin_token is None or self.problems:
             return None
         return Config(
@@ -454,7 +468,25 @@ class _Reader:
             archive=archive,
             source=self.source,
             admin_token_env=str(data.get("admin_token_env", "VIDHOOK_ADMIN_TOKEN")),
+            database_url=database_url,
         )
+
+    def database_url(self, data: Mapping[str, Any]) -> Secret | None:
+        if "database_url_env" not in data:
+            return None
+        url = self.secret(data, "database_url_env", "")
+        if url is None:
+            return None
+        scheme = url.reveal().split(":", 1)[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            # The value holds a password: the message names the variable, never quotes it.
+            self.problem(
+                "database_url_env",
+                f"environment variable {data['database_url_env']} must hold a postgresql:// "
+                "URL (postgresql://user:password@host:5432/vidhook)",
+            )
+            return None
+        return url
 
     def public_url(self, value: Any, from_env: str | None) -> str | None:
         if from_env:
@@ -712,7 +744,7 @@ class _Reader:
         s3_keys = {"bucket", "prefix", "endpoint_url", "region", "access_key_id_env",
                    "secret_access_key_env"}  # fmt: skip
         known = {"store", "path", "max_bytes", "keep_days", "link_ttl", "notify_wait",
-                 "allow_private_hosts", "concurrency", *s3_keys}  # fmt: skip
+                 "allow_private_hosts", "concurrency", "shared_path", *s3_keys}  # fmt: skip
         self.unknown_keys(section, known, "archive")
         store = self.typed(section, "store", str, "local", "archive")
         if store not in ARCHIVE_STORES:
@@ -727,6 +759,7 @@ class _Reader:
             self.problem("archive.keep_days", "must be 0 (keep forever) or a number of days")
             keep_days = 0
         private = self.typed(section, "allow_private_hosts", bool, False, "archive")
+        shared_path = self.typed(section, "shared_path", bool, False, "archive")
         concurrency = self.typed(section, "concurrency", int, 4, "archive")
         if concurrency < 1:
             self.problem("archive.concurrency", "must be at least 1")
@@ -754,6 +787,7 @@ class _Reader:
             allow_private_hosts=private,
             concurrency=concurrency,
             s3=s3,
+            shared_path=shared_path,
         )
 
     def s3(self, section: Mapping[str, Any]) -> S3Settings | None:

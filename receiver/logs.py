@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from receiver.config import Config, Secret
 
@@ -129,7 +129,16 @@ def config_secrets(config: Config) -> list[str]:
             found.append(provider.webhook_secret)
     for channel in config.channels.values():
         found.extend(channel.secrets.values())
-    return [secret.reveal() for secret in found]
+    revealed = [secret.reveal() for secret in found]
+    if config.database_url is not None:
+        # The URL, and its password alone: a driver's message may quote either.
+        url = config.database_url.reveal()
+        revealed.append(url)
+        password = urlsplit(url).password
+        if password:
+            revealed.append(unquote(password))
+            revealed.append(password)
+    return revealed
 
 
 # Only its formatException is used: the same traceback text any handler would print.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from receiver.config import ProviderConfig
 from receiver.providers.base import JobRef, Observation, Provider, ProviderError
 from receiver.states import Status
 from receiver.store import Applied, DatabaseUnavailable, Store, queries
+from receiver.store.db import Db
 from receiver.worker import IDLE_WAIT, Worker
 
 log = logging.getLogger("vidhook.poller")
@@ -78,8 +78,8 @@ class _Plan:
     upcoming: float | None = None  # when the next poll or deadline falls due
 
 
-def _plan(
-    conn: sqlite3.Connection,
+async def _plan(
+    db: Db,
     *,
     now: float,
     room: Mapping[str, int],
@@ -91,11 +91,11 @@ def _plan(
     and each read is a trip to a reader thread and back, which cost the event loop about
     as much as the queries themselves.
     """
-    overdue = queries.overdue_deadlines(conn, now, DEADLINE_BATCH)
+    overdue = await queries.overdue_deadlines(db, now, DEADLINE_BATCH)
     if overdue:
         return _Plan(overdue=overdue)
     due = {
-        name: queries.due_polls(conn, name, now, free, inflight[name])
+        name: await queries.due_polls(db, name, now, free, inflight[name])
         for name, free in room.items()
     }
     # When to look again: a provider with every slot now taken is left out (a finishing
@@ -103,7 +103,7 @@ def _plan(
     open_ = [name for name, free in room.items() if len(due[name]) < free]
     busy = [job_id for name in open_ for job_id in inflight[name]]
     busy += [row["id"] for name in open_ for row in due[name]]
-    return _Plan(due=due, upcoming=queries.next_wake(conn, open_, busy))
+    return _Plan(due=due, upcoming=await queries.next_wake(db, open_, busy))
 
 
 class Poller(Worker):

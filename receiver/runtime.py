@@ -95,7 +95,13 @@ class Runtime:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = config
-        self.store = Store(config.database, route=config.channels_for, clock=clock)
+        url = config.database_url
+        self.store = Store(
+            config.database,
+            route=config.channels_for,
+            clock=clock,
+            database_url=None if url is None else url.reveal(),
+        )
         self.client = httpx.AsyncClient(transport=transport, follow_redirects=False)
         self.providers: dict[str, Provider] = {
             name: adapters.build(p, self.client) for name, p in config.providers.items()
@@ -129,13 +135,14 @@ class Runtime:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.open_database)
+        await self.store.start()
         self.poller.start()
         self.submitter.start()
         self.outbox.start()
         self.archive.start()
         log.info(
             "vidhook ready: database %s, providers %s",
-            self.config.database,
+            self.store.engine.where,
             ", ".join(self.providers),
         )
 
@@ -145,12 +152,12 @@ class Runtime:
         await self.outbox.stop()
         await self.archive.stop()
         await self.client.aclose()
-        await asyncio.to_thread(self.store.close)
+        await self.store.stop()
 
     @property
     def ready(self) -> bool:
         workers = (self.poller, self.submitter, self.outbox, self.archive.worker)
-        return self.store.writer.running and all(worker.running for worker in workers)
+        return self.store.running and all(worker.running for worker in workers)
 
     def render_job(self, job: dict[str, Any]) -> dict[str, Any]:
         """A job as the API and notifications show it, with its ``media``."""

@@ -74,7 +74,7 @@ def test_overdue_polls_are_spread_and_pauses_move_a_providers_polls(tmp_path):
         for i in range(10):
             await store.insert_job(new_job(f"job_{i}"))
         await store.insert_job(new_job("other", provider="revid"))
-        await store.write(lambda c: c.execute("UPDATE jobs SET next_poll_at = ?", (now - 50,)))
+        await store.write(lambda db: db.run("UPDATE jobs SET next_poll_at = ?", (now - 50,)))
         moved = await store.spread_overdue("kvid", window=5.0, min_step=0.0)
         deferred = await store.defer_provider("revid", now + 30)
         return moved, deferred

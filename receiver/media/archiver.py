@@ -96,12 +96,12 @@ class Archiver(Worker):
                 loop.call_soon_threadsafe(self.wake)
 
         self._listener = committed
-        self.store.writer.listeners.append(committed)
+        self.store.listeners.append(committed)
         super().start()
 
     async def stop(self) -> None:
-        if self._listener in self.store.writer.listeners:
-            self.store.writer.listeners.remove(self._listener)
+        if self._listener in self.store.listeners:
+            self.store.listeners.remove(self._listener)
         await super().stop()
 
     async def prepare(self) -> None:

@@ -126,13 +126,13 @@ class Outbox(Worker):
                 loop.call_soon_threadsafe(self._deliveries_queued, names)
 
         self._listener = committed
-        self.store.writer.listeners.append(committed)
+        self.store.listeners.append(committed)
         super().start()
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._listener in self.store.writer.listeners:
-            self.store.writer.listeners.remove(self._listener)
+        if self._listener in self.store.listeners:
+            self.store.listeners.remove(self._listener)
         await super().stop()
 
     def _deliveries_queued(self, names: Set[str]) -> None:

@@ -1,26 +1,29 @@
 """The only part of vidhook that speaks SQL.
 
-Writes go through one writer thread (group commit, see ``writer``); reads run on a small
-pool of reader connections. The event loop never waits on SQLite directly. An open store
-holds its database's lock (``lock``): one file, one service.
+``Store`` is what the rest of vidhook uses: every operation a verb (``apply``,
+``record_token_callback``, ``due_deliveries_with_sources``, ...), written once in the
+modules beside it (``jobs``, ``outbox``, ``media``, ``queries``, ...) over ``db.Db``, and
+run by one of two engines, chosen by the configuration:
+
+- ``sqlite`` (the default): one file, one service; one writer thread commits concurrent
+  requests together; the event loop never waits on SQLite directly; an open store holds
+  the file's lock (``lock``): one file, one service.
+- ``postgres`` (``database_url_env``): any number of replicas on one server; each write
+  one transaction from psycopg's async pool; commits heard across replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlite_utils import Database
-
 from receiver.providers.base import Observation, Submission
-from receiver.store import health, jobs, lock, media, outbox, queries, submissions
+from receiver.store import heartbeat, jobs, media, outbox, queries, submissions
+from receiver.store.db import Db
+from receiver.store.engine import Engine, Listener, Operation
 from receiver.store.errors import (
     DatabaseInUse,
     DatabaseUnavailable,
@@ -37,9 +40,8 @@ from receiver.store.jobs import (
     Route,
     UnknownToken,
 )
-from receiver.store.probe import TokenProbe
-from receiver.store.schema import migrations
-from receiver.store.writer import Writer, connect
+from receiver.store.sqlite import SqliteEngine
+from receiver.store.writer import Writer
 
 __all__ = [
     "AdmittedCallback",
@@ -54,7 +56,6 @@ __all__ = [
     "Store",
     "StoreError",
     "UnknownToken",
-    "migrate",
 ]
 
 T = TypeVar("T")
@@ -63,6 +64,12 @@ PROBE_WAIT = 1.0
 
 
 def migrate(path: Path) -> None:
+    """An SQLite file created or brought up to the current schema (tests, benchmarks)."""
+    from sqlite_utils import Database
+
+    from receiver.store.schema import migrations
+    from receiver.store.writer import connect
+
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(path)
     try:
@@ -77,6 +84,7 @@ class Store:
         path: Path,
         *,
         route: Route,
+        database_url: str | None = None,
         synchronous: str = "FULL",
         readers: int = 4,
         clock: Callable[[], float] = time.time,
@@ -84,75 +92,74 @@ class Store:
         self.path = path
         self.route = route
         self.clock = clock
-        self.writer = Writer(path, synchronous)
-        self.probe = TokenProbe(path)
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="vidhook-reader")
-        self._local = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._database_lock: lock.DatabaseLock | None = None
+        self.engine: Engine
+        if database_url is not None:
+            from receiver.store.postgres import PostgresEngine
+
+            self.engine = PostgresEngine(database_url)
+        else:
+            self.engine = SqliteEngine(path, synchronous=synchronous, readers=readers)
         self._beat: asyncio.Future[None] | None = None
+        self._open = False
+
+    @property
+    def writer(self) -> Writer:
+        """The SQLite engine's writer thread (for what only SQLite has)."""
+        if not isinstance(self.engine, SqliteEngine):
+            raise TypeError("only the SQLite engine has a writer thread")
+        return self.engine.writer
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """Told what each commit marked (``db.Db.mark``), on this replica or another."""
+        return self.engine.listeners
+
+    @property
+    def running(self) -> bool:
+        return self.engine.running
 
     def open(self) -> Store:
-        """Lock, check, upgrade and prove writable the database, then start the writer.
+        """Check, upgrade and prove writable the database, then start the SQLite writer.
 
-        Raises DatabaseUnusable (DatabaseInUse when another process holds the file) with
-        one line that says what to do. Opening an open store does nothing.
+        Raises DatabaseUnusable (DatabaseInUse when another process holds an SQLite
+        file) with one line that says what to do. Opening an open store does nothing.
         """
-        if self._database_lock is not None:
-            return self
-        health.make_folder(self.path)
-        held = lock.hold(self.path)
-        try:
-            health.prepare(self.path, self.clock())
-            self.writer.start()
-            self.probe.start()
-        except BaseException:
-            held.release()
-            raise
-        self._database_lock = held
+        if not self._open:
+            self.engine.open(self.clock())
+            self._open = True
         return self
 
+    async def start(self) -> None:
+        """Open, then start what needs the event loop (PostgreSQL's pool and wake-ups)."""
+        if not self._open:
+            await asyncio.to_thread(self.open)
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        await asyncio.to_thread(self.close)
+
     def close(self) -> None:
-        self.probe.stop()
-        self.writer.stop()
-        self._readers.shutdown(wait=True)
-        with self._lock:
-            for conn in self._reader_conns:
-                conn.close()
-            self._reader_conns.clear()
-        if self._database_lock is not None:
-            self._database_lock.release()
-            self._database_lock = None
+        self.engine.close()
+        self._open = False
 
     # -- plumbing --
 
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.path)
-            self._local.conn = conn
-            with self._lock:
-                self._reader_conns.append(conn)
-        return conn
+    async def read(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        """Run the read operation ``fn(db, *args, **kwargs)``, in one transaction."""
+        return await self.engine.read(lambda db: fn(db, *args, **kwargs))
 
-    def _read_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return fn(self._reader(), *args, **kwargs)
+    async def write(self, op: Operation[T]) -> T:
+        """Run the write operation ``op(db)`` in a transaction; returns once committed."""
+        return await self.engine.write(op)
 
-    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._readers, partial(self._read_sync, fn, *args, **kwargs)
+    def _op(
+        self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any
+    ) -> asyncio.Future[T]:
+        """``fn(db, *args, now=..., route=..., **kwargs)``, on its way to the engine now."""
+        return self.engine.write(
+            lambda db: fn(db, *args, now=self.clock(), route=self.route, **kwargs)
         )
-
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self.writer.run(fn)
-
-    async def _op(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        def run(conn: sqlite3.Connection) -> T:
-            return fn(conn, *args, now=self.clock(), route=self.route, **kwargs)
-
-        return await self.writer.run(run)
 
     # -- writes --
 
@@ -190,30 +197,28 @@ class Store:
 
     async def record_poll_failure(self, job_id: str, *, next_poll_at: float) -> int:
         return await self.write(
-            lambda conn: jobs.record_poll_failure(conn, job_id, next_poll_at=next_poll_at)
+            lambda db: jobs.record_poll_failure(db, job_id, next_poll_at=next_poll_at)
         )
 
     async def schedule_poll(self, job_id: str, at: float) -> bool:
-        return await self.write(lambda conn: jobs.schedule_poll(conn, job_id, at))
+        return await self.write(lambda db: jobs.schedule_poll(db, job_id, at))
 
     async def defer_provider(self, provider: str, until: float) -> int:
-        return await self.write(lambda conn: jobs.defer_provider(conn, provider, until))
+        return await self.write(lambda db: jobs.defer_provider(db, provider, until))
 
     async def spread_overdue(self, provider: str, window: float, min_step: float) -> int:
         now = self.clock()
-        return await self.write(
-            lambda conn: jobs.spread_overdue(conn, provider, now, window, min_step)
-        )
+        return await self.write(lambda db: jobs.spread_overdue(db, provider, now, window, min_step))
 
     # -- submissions the provider has not taken yet --
 
     async def start_submission(self, job_id: str) -> int | None:
         now = self.clock()
-        return await self.write(lambda conn: submissions.start(conn, job_id, now))
+        return await self.write(lambda db: submissions.start(db, job_id, now))
 
     async def schedule_submission(self, job_id: str, at: float, error: str) -> bool:
         now = self.clock()
-        return await self.write(lambda conn: submissions.schedule(conn, job_id, at, error, now))
+        return await self.write(lambda db: submissions.schedule(db, job_id, at, error, now))
 
     async def fail_submission(self, job_id: str, error: str, detail: Mapping[str, Any]) -> Applied:
         return await self._op(submissions.fail, job_id, error, detail)
@@ -228,19 +233,19 @@ class Store:
 
     async def resume_submission(self, job_id: str) -> bool:
         now = self.clock()
-        return await self.write(lambda conn: submissions.resume(conn, job_id, now))
+        return await self.write(lambda db: submissions.resume(db, job_id, now))
 
     async def purge_nonces(self) -> int:
         now = self.clock()
-        return await self.write(lambda conn: jobs.purge_nonces(conn, now))
+        return await self.write(lambda db: jobs.purge_nonces(db, now))
 
     async def ping(self) -> None:
-        """An empty commit through the writer: once it returns, every earlier write is in."""
-        await self.write(lambda conn: conn.execute("SELECT 1").fetchone())
+        """An empty commit: once it returns, every earlier write of this replica is in."""
+        await self.write(lambda db: db.one("SELECT 1"))
 
     async def writable(self) -> bool:
         """False while the database refuses writes: after a refusal, until a heartbeat passes."""
-        return self.writer.outage is None or await self.heartbeat(PROBE_WAIT) is None
+        return self.engine.outage is None or await self.heartbeat(PROBE_WAIT) is None
 
     async def heartbeat(self, timeout: float) -> str | None:
         """Prove the database takes writes: None once a write committed, else what is wrong.
@@ -249,19 +254,19 @@ class Store:
         that write shares its commit with whatever else is queued), so a flood of probes
         keeps at most one heartbeat in the writer's queue.
         """
-        writer = self.writer
-        if not writer.running:
+        engine = self.engine
+        if not engine.running:
             return "the store is closed"
         if self._beat is None or self._beat.done():
             now = self.clock()
-            self._beat = writer.enqueue(lambda conn: health.beat(conn, now))
+            self._beat = engine.write(lambda db: heartbeat.beat(db, now))
             # Retrieved here, so that a beat every caller gave up on is not reported unseen.
             self._beat.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._beat)
         except TimeoutError:
-            outage = writer.outage
+            outage = engine.outage
             why = f" ({outage.reason})" if outage is not None else ""
             return f"a write waited more than {timeout:g} s{why}"
         except DatabaseUnavailable as exc:
@@ -286,8 +291,8 @@ class Store:
     def queue_attempt(self, delivery_id: int, **fields: Any) -> asyncio.Future[None]:
         """``record_attempt`` handed to the writer at once; the future resolves when committed."""
         now = self.clock()
-        return self.writer.enqueue(
-            lambda conn: outbox.record_attempt(conn, delivery_id, now=now, **fields)
+        return self.engine.write(
+            lambda db: outbox.record_attempt(db, delivery_id, now=now, **fields)
         )
 
     async def disable_channel(
@@ -297,15 +302,15 @@ class Store:
         and its channel disabled with its other pending deliveries held, in one write."""
         now = self.clock()
 
-        def run(conn: sqlite3.Connection) -> int:
-            channel = outbox.record_held_attempt(conn, delivery_id, reason, now=now, **attempt)
-            return outbox.disable_channel(conn, channel, reason, fingerprint, now)
+        async def run(db: Db) -> int:
+            channel = await outbox.record_held_attempt(db, delivery_id, reason, now=now, **attempt)
+            return await outbox.disable_channel(db, channel, reason, fingerprint, now)
 
         return await self.write(run)
 
     async def hold_deliveries(self, channel: str) -> int:
         now = self.clock()
-        return await self.write(lambda conn: outbox.hold_if_disabled(conn, channel, now))
+        return await self.write(lambda db: outbox.hold_if_disabled(db, channel, now))
 
     async def settle_channels(self, configured: Mapping[str, str]) -> outbox.ChannelsAtStart:
         """Disabled channels and held deliveries brought in line with the configured
@@ -314,15 +319,15 @@ class Store:
         if found is not None:
             return found
         now = self.clock()
-        return await self.write(lambda conn: outbox.settle_channels(conn, configured, now))
+        return await self.write(lambda db: outbox.settle_channels(db, configured, now))
 
     async def requeue_deliveries(self, channels: list[str]) -> outbox.Requeued:
         now = self.clock()
-        return await self.write(lambda conn: outbox.requeue_all(conn, channels, now))
+        return await self.write(lambda db: outbox.requeue_all(db, channels, now))
 
     async def requeue_delivery(self, delivery_id: int) -> dict[str, Any] | None:
         now = self.clock()
-        return await self.write(lambda conn: outbox.requeue(conn, delivery_id, now))
+        return await self.write(lambda db: outbox.requeue(db, delivery_id, now))
 
     async def list_deliveries(
         self, *, status: str | None, before: int | None, limit: int
@@ -342,40 +347,38 @@ class Store:
 
     async def record_file(self, job_id: str, kind: str, **fields: Any) -> None:
         now = self.clock()
-        await self.write(lambda conn: media.record_file(conn, job_id, kind, now=now, **fields))
+        await self.write(lambda db: media.record_file(db, job_id, kind, now=now, **fields))
 
     async def retry_download(self, job_id: str, error: str, next_attempt_at: float) -> None:
         now = self.clock()
         await self.write(
-            lambda conn: media.retry(
-                conn, job_id, error=error, next_attempt_at=next_attempt_at, now=now
+            lambda db: media.retry(
+                db, job_id, error=error, next_attempt_at=next_attempt_at, now=now
             )
         )
 
     async def finish_download(self, job_id: str, status: str, error: str | None) -> None:
         now = self.clock()
-        await self.write(
-            lambda conn: media.finish(conn, job_id, status=status, error=error, now=now)
-        )
+        await self.write(lambda db: media.finish(db, job_id, status=status, error=error, now=now))
 
     async def requeue_download(self, job_id: str) -> None:
         now = self.clock()
-        await self.write(lambda conn: media.requeue(conn, job_id, now))
+        await self.write(lambda db: media.requeue(db, job_id, now))
 
     async def switch_off_downloads(self) -> int:
         now = self.clock()
-        return await self.write(lambda conn: media.switch_off(conn, now))
+        return await self.write(lambda db: media.switch_off(db, now))
 
     async def backfill_downloads(self, lifetimes: Mapping[str, float | None]) -> int:
         now = self.clock()
-        return await self.write(lambda conn: media.backfill(conn, now, lifetimes))
+        return await self.write(lambda db: media.backfill(db, now, lifetimes))
 
     async def prunable_files(self, before: float, limit: int) -> list[dict[str, Any]]:
         return await self.read(media.prunable, before, limit)
 
     async def mark_pruned(self, pruned: list[tuple[str, str]], keep_days: float) -> None:
         now = self.clock()
-        await self.write(lambda conn: media.mark_pruned(conn, pruned, keep_days, now))
+        await self.write(lambda db: media.mark_pruned(db, pruned, keep_days, now))
 
     async def kept_file(self, job_id: str, kind: str) -> dict[str, Any] | None:
         return await self.read(media.file, job_id, kind)
@@ -388,33 +391,33 @@ class Store:
 
     async def defer_delivery(self, delivery_id: int, until: float) -> bool:
         now = self.clock()
-        return await self.write(lambda conn: media.defer_delivery(conn, delivery_id, until, now))
+        return await self.write(lambda db: media.defer_delivery(db, delivery_id, until, now))
 
     # -- reads --
 
     async def has_callback_token(self, provider: str, token: str) -> bool:
         """Whether a job of ``provider`` has ``token``; cheap, for before a body is read."""
-        return await self.probe.has_token(provider, token)
+        return await self.engine.has_token(provider, token)
 
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         return await self.read(queries.get_job, job_id)
 
     async def list_jobs(self, **filters: Any) -> list[dict[str, Any]]:
-        def page(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = queries.list_jobs(conn, **filters)
-            media.attach(conn, rows)
+        async def page(db: Db) -> list[dict[str, Any]]:
+            rows = await queries.list_jobs(db, **filters)
+            await media.attach(db, rows)
             return rows
 
         return await self.read(page)
 
     async def job_detail(self, job_id: str) -> dict[str, Any] | None:
-        def detail(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            job = queries.get_job(conn, job_id)
+        async def detail(db: Db) -> dict[str, Any] | None:
+            job = await queries.get_job(db, job_id)
             if job is not None:
-                job["transitions"] = queries.transitions(conn, job_id)
-                job["deliveries"] = queries.deliveries(conn, job_id)
-                job["callbacks"] = queries.callbacks(conn, job_id)
-                media.attach(conn, [job])
+                job["transitions"] = await queries.transitions(db, job_id)
+                job["deliveries"] = await queries.deliveries(db, job_id)
+                job["callbacks"] = await queries.callbacks(db, job_id)
+                await media.attach(db, [job])
             return job
 
         return await self.read(detail)

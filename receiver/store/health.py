@@ -14,7 +14,11 @@ one line that says what to do:
 - either way, one heartbeat row is written, proving that the user vidhook runs as can
   write the file, not only read it.
 
-While the service runs, /readyz writes the same row (``beat``) through the writer.
+While the service runs, /readyz writes the same row (``heartbeat.beat``) through the writer.
+
+Everything here is SQLite's own: a file to check page by page, a folder to write beside
+it, a file swapped into place. A PostgreSQL server checks its own pages and is reached,
+checked and migrated by ``postgres``.
 """
 
 from __future__ import annotations
@@ -27,22 +31,17 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from receiver.store.db import run_sync
 from receiver.store.errors import DatabaseInUse, DatabaseUnusable, is_busy, primary_code
+from receiver.store.heartbeat import beat
 from receiver.store.lock import cannot_write_beside
 from receiver.store.schema import migrations
-from receiver.store.writer import connect
+from receiver.store.writer import SqliteDb, connect
 
 RESTORE = (
     "restore the latest backup with `vidhook restore BACKUP` (it keeps the file now "
     "there beside it)"
 )
-
-
-def beat(conn: sqlite3.Connection, now: float) -> None:
-    conn.execute(
-        "INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = ?",
-        (now, now),
-    )
 
 
 def make_folder(database: Path) -> None:
@@ -80,7 +79,7 @@ def prepare(database: Path, now: float) -> None:
         conn = connect(database)
         try:
             migrations.apply(Database(conn))
-            beat(conn, now)
+            run_sync(beat(SqliteDb(conn), now))
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -127,7 +126,7 @@ def _create(database: Path, now: float) -> None:
         conn = connect(new)
         try:
             migrations.apply(Database(conn))
-            beat(conn, now)
+            run_sync(beat(SqliteDb(conn), now))
         finally:
             # The last connection to close folds the -wal into the file and removes it.
             conn.close()

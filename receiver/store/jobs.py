@@ -1,4 +1,4 @@
-"""Write operations. Each runs inside the writer's transaction on its connection.
+"""Write operations. Each runs inside the caller's transaction (see ``db``).
 
 ``apply`` is the one path of a state change: it decides with ``states``, updates the job,
 appends the transition and enqueues its deliveries, all in the caller's transaction.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -17,8 +16,8 @@ from typing import Any, Literal
 
 from receiver.providers.base import Observation, Submission
 from receiver.states import TERMINAL_SQL, Status, decide
+from receiver.store.db import Db
 from receiver.store.media import queue_download
-from receiver.store.writer import mark, on_commit
 
 log = logging.getLogger("vidhook.jobs")
 
@@ -85,9 +84,9 @@ class Applied:
 dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Route) -> None:
+async def insert_job(db: Db, job: NewJob, *, now: float, route: Route) -> None:
     # Inserted with its first submission attempt under way (receiver.submitter).
-    conn.execute(
+    await db.run(
         "INSERT INTO jobs (id, provider, status, model, prompt, request, callback_token,"
         " callback_url, key_fingerprint, notify, deadline_at, created_at, updated_at,"
         " submit_attempts, submitting_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,1,?)",
@@ -108,11 +107,13 @@ def insert_job(conn: sqlite3.Connection, job: NewJob, *, now: float, route: Rout
             now,
         ),
     )
-    _transition(conn, job.id, job.notify, None, Status.QUEUED, "api", None, now=now, route=route)
+    await _transition(
+        db, job.id, job.notify, None, Status.QUEUED, "api", None, now=now, route=route
+    )
 
 
-def apply(
-    conn: sqlite3.Connection,
+async def apply(
+    db: Db,
     job_id: str,
     obs: Observation,
     source: str,
@@ -121,11 +122,13 @@ def apply(
     route: Route,
     detail: Mapping[str, Any] | None = None,
 ) -> Applied:
-    row = conn.execute(
+    # Locked on PostgreSQL: two replicas applying to one job take turns, and the second
+    # decides from what the first stored.
+    row = await db.one(
         "SELECT status, notify, anomalies, provider, created_at, result_url, error"
-        " FROM jobs WHERE id = ?",
+        f" FROM jobs WHERE id = ?{db.for_update}",
         (job_id,),
-    ).fetchone()
+    )
     if row is None:
         raise JobNotFound(job_id)
     current = Status(row["status"])
@@ -138,19 +141,19 @@ def apply(
                 {"at": now, "source": source, "observed": obs.status.value,
                  "provider_status": obs.provider_status, "note": anomaly}
             )  # fmt: skip
-            conn.execute(
+            await db.run(
                 "UPDATE jobs SET anomalies = ?, updated_at = ? WHERE id = ?",
                 (dumps(anomalies), now, job_id),
             )
         elif not current.terminal and obs.provider_status:
-            conn.execute(
+            await db.run(
                 "UPDATE jobs SET provider_status = ?, updated_at = ? WHERE id = ?",
                 (obs.provider_status, now, job_id),
             )
         return Applied(job_id, current, None, anomaly)
 
     new = decision.new
-    conn.execute(
+    await db.run(
         "UPDATE jobs SET status = ?, provider_status = COALESCE(?, provider_status),"
         " result_url = COALESCE(?, result_url), cover_url = COALESCE(?, cover_url),"
         " error = COALESCE(?, error), credits = COALESCE(?, credits), updated_at = ?,"
@@ -173,9 +176,9 @@ def apply(
     )
     notify = None if row["notify"] is None else json.loads(row["notify"])
     info = {"provider_status": obs.provider_status, **(detail or {})}
-    tid = _transition(conn, job_id, notify, current, new, source, info, now=now, route=route)
+    tid = await _transition(db, job_id, notify, current, new, source, info, now=now, route=route)
     if new is Status.COMPLETED:
-        queue_download(conn, job_id, now)
+        await queue_download(db, job_id, now)
     if new.terminal:
         # Whatever told us (submit, callback, poll, deadline, the API), the one log line.
         finished = Finished(
@@ -187,7 +190,7 @@ def apply(
             obs.error or row["error"],
             now - row["created_at"],
         )
-        on_commit(conn, partial(log.info, "%s", finished))
+        db.on_commit(partial(log.info, "%s", finished))
     return Applied(job_id, new, tid)
 
 
@@ -220,8 +223,8 @@ def _without_query(url: str | None) -> str | None:
     return url.split("?", 1)[0] + "?…"
 
 
-def _transition(
-    conn: sqlite3.Connection,
+async def _transition(
+    db: Db,
     job_id: str,
     notify: list[str] | None,
     old: Status | None,
@@ -232,27 +235,25 @@ def _transition(
     now: float,
     route: Route,
 ) -> int:
-    cur = conn.execute(
+    tid = await db.insert(
         "INSERT INTO transitions (job_id, from_status, to_status, source, at, detail)"
         " VALUES (?,?,?,?,?,?)",
         (job_id, old and old.value, new.value, source, now,
          dumps({k: v for k, v in detail.items() if v is not None}) if detail else None),
     )  # fmt: skip
-    tid = cur.lastrowid
-    assert tid is not None
     for channel in route(new, notify):
-        conn.execute(
+        await db.run(
             "INSERT INTO deliveries (job_id, transition_id, channel, event, status,"
             " next_attempt_at, created_at, updated_at, event_id)"
             " VALUES (?,?,?,?, 'pending', ?,?,?,?)",
             (job_id, tid, channel, new.value, now, now, now, "evt_" + secrets.token_hex(12)),
         )
-        mark(conn, "deliveries", channel)
+        db.mark("deliveries", channel)
     return tid
 
 
-def record_submission(
-    conn: sqlite3.Connection,
+async def record_submission(
+    db: Db,
     job_id: str,
     submission: Submission,
     *,
@@ -260,16 +261,16 @@ def record_submission(
     now: float,
     route: Route,
 ) -> Applied:
-    conn.execute(
+    await db.run(
         "UPDATE jobs SET provider_job_id = ?, key_fingerprint = ?, next_poll_at = ?,"
         " submitting_at = NULL, next_submit_at = NULL WHERE id = ?",
         (submission.provider_job_id, submission.key_fingerprint, next_poll_at, job_id),
     )
-    return apply(conn, job_id, submission.observation, "submit", now=now, route=route)
+    return await apply(db, job_id, submission.observation, "submit", now=now, route=route)
 
 
-def record_callback(
-    conn: sqlite3.Connection,
+async def record_callback(
+    db: Db,
     *,
     job_id: str,
     provider: str,
@@ -288,31 +289,31 @@ def record_callback(
     # As few statements as possible: each one hands the GIL to the event loop and back,
     # and under a burst that was a good part of a callback's cost. A new nonce (the
     # usual case) is one INSERT; a known one is left alone and looked up.
-    stored = conn.execute(
-        "INSERT OR IGNORE INTO nonces (provider, nonce, digest, expires_at) VALUES (?,?,?,?)",
+    stored = await db.run(
+        "INSERT INTO nonces (provider, nonce, digest, expires_at) VALUES (?,?,?,?)"
+        " ON CONFLICT DO NOTHING",
         (provider, nonce, digest, nonce_expires_at),
-    ).rowcount
+    )
     if not stored:
-        seen = conn.execute(
+        seen = await db.one(
             "SELECT digest FROM nonces WHERE provider = ? AND nonce = ?", (provider, nonce)
-        ).fetchone()
+        )
         if seen is None:  # ignored for another reason than the primary key: say so
-            raise sqlite3.IntegrityError(f"the nonce of a {provider} callback was not stored")
+            raise RuntimeError(f"the nonce of a {provider} callback was not stored")
         return "duplicate" if seen["digest"] == digest else "replayed"
-    cur = conn.execute(
+    callback_id = await db.insert(
         "INSERT INTO callbacks (job_id, provider, received_at, nonce, provider_status,"
         " headers, body, outcome, received_url) VALUES (?,?,?,?,?,?,?,?,?)",
         (job_id, provider, now, nonce, obs.provider_status, dumps(dict(headers)), body,
          "confirming" if confirm else "applied", received_url),
     )  # fmt: skip
-    callback_id = cur.lastrowid
     # A callback can overtake the submit response; its task id is then the first we see.
     if confirm:
         # The poller confirms with the provider before the job may turn terminal; the
         # schedule is a row, so a restart still performs the confirmation. A job that
         # has already ended keeps its schedule (every CASE reads the row as it was).
         ended = f"status IN {TERMINAL_SQL}"
-        conn.execute(
+        await db.run(
             "UPDATE jobs SET last_callback_at = ?, provider_job_id = COALESCE(provider_job_id, ?),"
             f" confirm_callback_id = CASE WHEN {ended} THEN confirm_callback_id ELSE ? END,"
             f" next_poll_at = CASE WHEN {ended} THEN next_poll_at ELSE ? END,"
@@ -320,18 +321,18 @@ def record_callback(
             (now, obs.provider_job_id, callback_id, now, job_id),
         )
     else:
-        conn.execute(
+        await db.run(
             "UPDATE jobs SET last_callback_at = ?,"
             " provider_job_id = COALESCE(provider_job_id, ?) WHERE id = ?",
             (now, obs.provider_job_id, job_id),
         )
         detail = {"callback_id": callback_id}
-        apply(conn, job_id, obs, "callback", now=now, route=route, detail=detail)
+        await apply(db, job_id, obs, "callback", now=now, route=route, detail=detail)
     return "accepted"
 
 
-def record_token_callback(
-    conn: sqlite3.Connection,
+async def record_token_callback(
+    db: Db,
     *,
     provider: str,
     token: str,
@@ -345,17 +346,18 @@ def record_token_callback(
     (signature, body) and the writes. ``admit`` raises to refuse; nothing has been
     written by then. Returns the job id, the outcome and what ``admit`` returned.
     """
-    row = conn.execute(
+    # Locked first on PostgreSQL: callbacks of one job at two replicas take turns, whole.
+    row = await db.one(
         "SELECT id, provider_job_id, key_fingerprint, callback_url FROM jobs"
-        " WHERE callback_token = ? AND provider = ?",
+        f" WHERE callback_token = ? AND provider = ?{db.for_update}",
         (token, provider),
-    ).fetchone()
+    )
     if row is None:
         raise UnknownToken(f"no {provider} job has this callback token")
     target = CallbackTarget(row[0], row[1], row[2], row[3])
     admitted = admit(target)
-    outcome = record_callback(
-        conn,
+    outcome = await record_callback(
+        db,
         job_id=target.id,
         provider=provider,
         nonce=admitted.nonce,
@@ -372,8 +374,8 @@ def record_token_callback(
     return target.id, outcome, admitted
 
 
-def record_poll(
-    conn: sqlite3.Connection,
+async def record_poll(
+    db: Db,
     job_id: str,
     obs: Observation,
     *,
@@ -381,10 +383,12 @@ def record_poll(
     now: float,
     route: Route,
 ) -> Applied:
-    row = conn.execute("SELECT confirm_callback_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = await db.one(
+        f"SELECT confirm_callback_id FROM jobs WHERE id = ?{db.for_update}", (job_id,)
+    )
     detail = {"confirms_callback_id": row["confirm_callback_id"]} if row else None
-    applied = apply(conn, job_id, obs, "poll", now=now, route=route, detail=detail)
-    conn.execute(
+    applied = await apply(db, job_id, obs, "poll", now=now, route=route, detail=detail)
+    await db.run(
         "UPDATE jobs SET polls = polls + 1, poll_failures = 0,"
         f" next_poll_at = CASE WHEN status IN {TERMINAL_SQL} THEN NULL ELSE ? END"
         " WHERE id = ?",
@@ -393,46 +397,44 @@ def record_poll(
     return applied
 
 
-def record_poll_failure(conn: sqlite3.Connection, job_id: str, *, next_poll_at: float) -> int:
-    conn.execute(
+async def record_poll_failure(db: Db, job_id: str, *, next_poll_at: float) -> int:
+    await db.run(
         "UPDATE jobs SET next_poll_at = ?, poll_failures = poll_failures + 1 WHERE id = ?",
         (next_poll_at, job_id),
     )
-    row = conn.execute("SELECT poll_failures FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = await db.one("SELECT poll_failures FROM jobs WHERE id = ?", (job_id,))
     return int(row["poll_failures"]) if row else 0
 
 
-def schedule_poll(conn: sqlite3.Connection, job_id: str, at: float) -> bool:
-    cur = conn.execute(
+async def schedule_poll(db: Db, job_id: str, at: float) -> bool:
+    changed = await db.run(
         f"UPDATE jobs SET next_poll_at = ? WHERE id = ? AND status NOT IN {TERMINAL_SQL}",
         (at, job_id),
     )
-    return cur.rowcount > 0
+    return changed > 0
 
 
-def defer_provider(conn: sqlite3.Connection, provider: str, until: float) -> int:
+async def defer_provider(db: Db, provider: str, until: float) -> int:
     """Move every poll and waiting submission of a provider that asked for a pause to
     the end of the pause."""
     moved = 0
     for column in ("next_poll_at", "next_submit_at"):
-        moved += conn.execute(
+        moved += await db.run(
             f"UPDATE jobs SET {column} = ? WHERE provider = ? AND {column} < ?"
             f" AND status NOT IN {TERMINAL_SQL}",
             (until, provider, until),
-        ).rowcount
+        )
     return moved
 
 
-def spread_overdue(
-    conn: sqlite3.Connection, provider: str, now: float, window: float, min_step: float
-) -> int:
+async def spread_overdue(db: Db, provider: str, now: float, window: float, min_step: float) -> int:
     """Reschedule overdue polls evenly over ``window`` seconds instead of all at once.
 
     Never closer together than ``min_step``, the provider's own request spacing.
     """
     ids = [
         row[0]
-        for row in conn.execute(
+        for row in await db.all(
             "SELECT id FROM jobs WHERE provider = ? AND next_poll_at < ?"
             f" AND status NOT IN {TERMINAL_SQL} ORDER BY next_poll_at",
             (provider, now),
@@ -440,12 +442,12 @@ def spread_overdue(
     ]
     if ids:
         step = max(min_step, window / len(ids))
-        conn.executemany(
+        await db.run_many(
             "UPDATE jobs SET next_poll_at = ? WHERE id = ?",
             [(now + i * step, job_id) for i, job_id in enumerate(ids)],
         )
     return len(ids)
 
 
-def purge_nonces(conn: sqlite3.Connection, now: float) -> int:
-    return conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,)).rowcount
+async def purge_nonces(db: Db, now: float) -> int:
+    return await db.run("DELETE FROM nonces WHERE expires_at < ?", (now,))

@@ -8,13 +8,12 @@ notifications that were waiting for the copy are released.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from receiver.states import Status
+from receiver.store.db import Db, among
 from receiver.store.queries import _row, _rows
-from receiver.store.writer import mark
 
 PENDING, KEPT, FAILED, EXPIRED, PRUNED, OFF = (
     "pending",
@@ -27,63 +26,59 @@ PENDING, KEPT, FAILED, EXPIRED, PRUNED, OFF = (
 ENDED = (KEPT, FAILED, EXPIRED)
 
 
-def queue_download(conn: sqlite3.Connection, job_id: str, now: float) -> None:
-    conn.execute(
+async def queue_download(db: Db, job_id: str, now: float) -> None:
+    await db.run(
         "INSERT INTO downloads (job_id, status, next_attempt_at, queued_at, updated_at)"
         " VALUES (?, 'pending', ?, ?, ?) ON CONFLICT(job_id) DO NOTHING",
         (job_id, now, now, now),
     )
-    mark(conn, "downloads")
+    db.mark("downloads")
 
 
-def due(
-    conn: sqlite3.Connection, now: float, limit: int, skip: Iterable[str]
-) -> list[dict[str, Any]]:
+async def due(db: Db, now: float, limit: int, skip: Iterable[str]) -> list[dict[str, Any]]:
     """Due downloads, oldest first, each with what fetching it needs and its ``files``."""
     skipped = list(skip)
-    marks = ",".join("?" * len(skipped))
     rows = _rows(
-        conn.execute(
+        await db.all(
             "SELECT d.job_id, d.attempts, d.queued_at, j.provider, j.provider_job_id,"
             " j.key_fingerprint, j.callback_url, j.result_url, j.cover_url, j.finished_at"
             " FROM downloads d JOIN jobs j ON j.id = d.job_id"
             " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
-            f" AND d.job_id NOT IN ({marks}) ORDER BY d.next_attempt_at LIMIT ?",
+            f" AND {among('d.job_id', skipped, negate=True)} ORDER BY d.next_attempt_at LIMIT ?",
             (now, *skipped, limit),
         )
     )
     for row in rows:
-        row["files"] = files(conn, row["job_id"])
+        row["files"] = await files(db, row["job_id"])
     return rows
 
 
-def next_due(conn: sqlite3.Connection, skip: Iterable[str]) -> float | None:
+async def next_due(db: Db, skip: Iterable[str]) -> float | None:
     skipped = list(skip)
-    marks = ",".join("?" * len(skipped))
-    row = conn.execute(
+    row = await db.one(
         "SELECT min(next_attempt_at) FROM downloads WHERE status = 'pending'"
-        f" AND job_id NOT IN ({marks})",
+        f" AND {among('job_id', skipped, negate=True)}",
         skipped,
-    ).fetchone()
+    )
     return None if row is None else row[0]
 
 
-def files(conn: sqlite3.Connection, job_id: str) -> dict[str, dict[str, Any]]:
-    rows = _rows(conn.execute("SELECT * FROM media WHERE job_id = ? ORDER BY kind", (job_id,)))
+async def files(db: Db, job_id: str) -> dict[str, dict[str, Any]]:
+    rows = _rows(await db.all("SELECT * FROM media WHERE job_id = ? ORDER BY kind", (job_id,)))
     return {row["kind"]: row for row in rows}
 
 
-def file(conn: sqlite3.Connection, job_id: str, kind: str) -> dict[str, Any] | None:
+async def file(db: Db, job_id: str, kind: str) -> dict[str, Any] | None:
     return _row(
-        conn.execute(
+        await db.one(
             "SELECT * FROM media WHERE job_id = ? AND kind = ? AND pruned_at IS NULL",
             (job_id, kind),
-        ).fetchone()
+        )
     )
 
 
-def record_file(
-    conn: sqlite3.Connection,
+async def record_file(
+    db: Db,
     job_id: str,
     kind: str,
     *,
@@ -94,7 +89,7 @@ def record_file(
     content_type: str,
     now: float,
 ) -> None:
-    conn.execute(
+    await db.run(
         "INSERT INTO media (job_id, kind, store, location, bytes, sha256, content_type,"
         " stored_at, pruned_at) VALUES (?,?,?,?,?,?,?,?, NULL)"
         " ON CONFLICT(job_id, kind) DO UPDATE SET store = excluded.store,"
@@ -105,106 +100,100 @@ def record_file(
     )
 
 
-def retry(
-    conn: sqlite3.Connection, job_id: str, *, error: str, next_attempt_at: float, now: float
-) -> None:
-    conn.execute(
+async def retry(db: Db, job_id: str, *, error: str, next_attempt_at: float, now: float) -> None:
+    await db.run(
         "UPDATE downloads SET attempts = attempts + 1, error = ?, next_attempt_at = ?,"
         " updated_at = ? WHERE job_id = ? AND status = 'pending'",
         (error, next_attempt_at, now, job_id),
     )
 
 
-def finish(
-    conn: sqlite3.Connection, job_id: str, *, status: str, error: str | None, now: float
-) -> None:
+async def finish(db: Db, job_id: str, *, status: str, error: str | None, now: float) -> None:
     """Settle the download, and send the notifications that were waiting for it now."""
-    conn.execute(
+    await db.run(
         "UPDATE downloads SET status = ?, attempts = attempts + 1, error = ?,"
         " next_attempt_at = NULL, updated_at = ?, finished_at = ? WHERE job_id = ?",
         (status, error, now, now, job_id),
     )
-    release_deliveries(conn, job_id, now)
+    await release_deliveries(db, job_id, now)
 
 
-def release_deliveries(conn: sqlite3.Connection, job_id: str, now: float) -> None:
-    held = conn.execute(
+async def release_deliveries(db: Db, job_id: str, now: float) -> None:
+    held = await db.all(
         "SELECT id, channel FROM deliveries WHERE job_id = ? AND event = ?"
         " AND status = 'pending' AND attempts = 0 AND next_attempt_at > ?",
         (job_id, Status.COMPLETED.value, now),
-    ).fetchall()
+    )
     for delivery_id, channel in held:
-        conn.execute(
+        await db.run(
             "UPDATE deliveries SET next_attempt_at = ?, updated_at = ? WHERE id = ?",
             (now, now, delivery_id),
         )
-        mark(conn, "deliveries", channel)
+        db.mark("deliveries", channel)
 
 
-def defer_delivery(conn: sqlite3.Connection, delivery_id: int, until: float, now: float) -> bool:
+async def defer_delivery(db: Db, delivery_id: int, until: float, now: float) -> bool:
     """A completed notification waits for the kept copy; no attempt is counted.
 
     Only while the download is still pending: one that settled since the delivery was
     read has released its deliveries already, and this one must not wait after that.
     """
-    return (
-        conn.execute(
-            "UPDATE deliveries SET next_attempt_at = ?, updated_at = ?"
-            " WHERE id = ? AND status = 'pending' AND EXISTS (SELECT 1 FROM downloads d"
-            " WHERE d.job_id = deliveries.job_id AND d.status = 'pending')",
-            (until, now, delivery_id),
-        ).rowcount
-        > 0
+    changed = await db.run(
+        "UPDATE deliveries SET next_attempt_at = ?, updated_at = ?"
+        " WHERE id = ? AND status = 'pending' AND EXISTS (SELECT 1 FROM downloads d"
+        " WHERE d.job_id = deliveries.job_id AND d.status = 'pending')",
+        (until, now, delivery_id),
     )
+    return changed > 0
 
 
-def requeue(conn: sqlite3.Connection, job_id: str, now: float) -> None:
+async def requeue(db: Db, job_id: str, now: float) -> None:
     """Try again from the start; files already kept are served until replaced."""
-    conn.execute(
+    await db.run(
         "INSERT INTO downloads (job_id, status, next_attempt_at, queued_at, updated_at)"
         " VALUES (?, 'pending', ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET"
         " status = 'pending', attempts = 0, error = NULL, next_attempt_at = excluded.queued_at,"
         " queued_at = excluded.queued_at, updated_at = excluded.queued_at, finished_at = NULL",
         (job_id, now, now, now),
     )
-    mark(conn, "downloads")
+    db.mark("downloads")
 
 
-def switch_off(conn: sqlite3.Connection, now: float) -> int:
+async def switch_off(db: Db, now: float) -> int:
     """With the archive off, what was queued is not downloaded; --backfill can pick it up."""
-    return conn.execute(
+    return await db.run(
         "UPDATE downloads SET status = 'off', next_attempt_at = NULL, updated_at = ?"
         " WHERE status = 'pending'",
         (now,),
-    ).rowcount
+    )
 
 
-def backfill(conn: sqlite3.Connection, now: float, lifetimes: Mapping[str, float | None]) -> int:
+async def backfill(db: Db, now: float, lifetimes: Mapping[str, float | None]) -> int:
     """Queue every completed job with a result and no copy, whose link may still work.
 
     ``lifetimes`` maps each configured provider to how long its links last (None:
     unknown); jobs of providers no longer configured are tried too.
     """
-    rows = conn.execute(
+    rows = await db.all(
         "SELECT j.id, j.provider, j.finished_at FROM jobs j"
         " LEFT JOIN downloads d ON d.job_id = j.id"
         " WHERE j.status = ? AND j.result_url IS NOT NULL"
         " AND (d.job_id IS NULL OR d.status = 'off')",
         (Status.COMPLETED.value,),
-    ).fetchall()
+    )
     queued = 0
     for job_id, provider, finished_at in rows:
         lifetime = lifetimes.get(provider)
         if lifetime is not None and finished_at is not None and now - finished_at > lifetime:
             continue
-        requeue(conn, job_id, now)
+        await requeue(db, job_id, now)
         queued += 1
     return queued
 
 
-def prunable(conn: sqlite3.Connection, before: float, limit: int) -> list[dict[str, Any]]:
+async def prunable(db: Db, before: float, limit: int) -> list[dict[str, Any]]:
     return _rows(
-        conn.execute(
+        await db.all(
             "SELECT job_id, kind, store, location FROM media WHERE stored_at < ?"
             " AND pruned_at IS NULL ORDER BY stored_at LIMIT ?",
             (before, limit),
@@ -212,42 +201,47 @@ def prunable(conn: sqlite3.Connection, before: float, limit: int) -> list[dict[s
     )
 
 
-def mark_pruned(
-    conn: sqlite3.Connection, pruned: Iterable[tuple[str, str]], keep_days: float, now: float
+async def mark_pruned(
+    db: Db, pruned: Iterable[tuple[str, str]], keep_days: float, now: float
 ) -> None:
     for job_id, kind in pruned:
-        conn.execute(
+        await db.run(
             "UPDATE media SET pruned_at = ? WHERE job_id = ? AND kind = ?", (now, job_id, kind)
         )
-        conn.execute(
+        await db.run(
             "UPDATE downloads SET status = 'pruned', error = ?, updated_at = ?"
             " WHERE job_id = ? AND status = 'kept'",
             (f"removed after keep_days ({keep_days:g} days)", now, job_id),
         )
 
 
-def attach(conn: sqlite3.Connection, jobs: Iterable[dict[str, Any]]) -> None:
+async def attach(db: Db, jobs: Iterable[dict[str, Any]]) -> None:
     """Each job's ``download`` row (or None) and ``files``, for rendering its media."""
     by_id = {job["id"]: job for job in jobs}
     if not by_id:
         return
-    marks = ",".join("?" * len(by_id))
+    ids = [*by_id]
     for job in by_id.values():
         job["download"], job["files"] = None, {}
-    for row in _rows(conn.execute(f"SELECT * FROM downloads WHERE job_id IN ({marks})", [*by_id])):
+    for row in _rows(await db.all(f"SELECT * FROM downloads WHERE {among('job_id', ids)}", ids)):
         by_id[row["job_id"]]["download"] = row
-    for row in _rows(conn.execute(f"SELECT * FROM media WHERE job_id IN ({marks})", [*by_id])):
+    for row in _rows(await db.all(f"SELECT * FROM media WHERE {among('job_id', ids)}", ids)):
         by_id[row["job_id"]]["files"][row["kind"]] = row
 
 
-def status(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
-    return _row(conn.execute("SELECT * FROM downloads WHERE job_id = ?", (job_id,)).fetchone())
+async def status(db: Db, job_id: str) -> dict[str, Any] | None:
+    return _row(await db.one("SELECT * FROM downloads WHERE job_id = ?", (job_id,)))
 
 
-def summary(conn: sqlite3.Connection) -> dict[str, Any]:
+async def summary(db: Db) -> dict[str, Any]:
     """Downloads by status, and the files kept now with their bytes."""
-    counts = dict(conn.execute("SELECT status, count(*) FROM downloads GROUP BY status"))
-    files, size = conn.execute(
-        "SELECT count(*), coalesce(sum(bytes), 0) FROM media WHERE pruned_at IS NULL"
-    ).fetchone()
-    return {"downloads": counts, "files": files, "bytes": size}
+    counts = {
+        status: count
+        for status, count in await db.all("SELECT status, count(*) FROM downloads GROUP BY status")
+    }
+    kept = await db.one(
+        "SELECT count(*), CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM media"
+        " WHERE pruned_at IS NULL"
+    )
+    assert kept is not None
+    return {"downloads": counts, "files": kept[0], "bytes": kept[1]}

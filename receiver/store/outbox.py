@@ -9,23 +9,22 @@ queued.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.store import media
+from receiver.store.db import Db, among
 from receiver.store.queries import _row, _rows, newest_first
-from receiver.store.writer import mark
 
 PENDING, DELIVERED, DEAD, HELD = "pending", "delivered", "dead", "held"
 STATUSES = (PENDING, DELIVERED, DEAD, HELD)
 DISABLED = "channel disabled: "
 
 
-def due(conn: sqlite3.Connection, channel: str, now: float, limit: int) -> list[dict[str, Any]]:
+async def due(db: Db, channel: str, now: float, limit: int) -> list[dict[str, Any]]:
     return _rows(
-        conn.execute(
+        await db.all(
             "SELECT * FROM deliveries WHERE channel = ? AND status = 'pending'"
             " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
             (channel, now, limit),
@@ -33,60 +32,51 @@ def due(conn: sqlite3.Connection, channel: str, now: float, limit: int) -> list[
     )
 
 
-def due_with_sources(
-    conn: sqlite3.Connection, channel: str, now: float, limit: int
-) -> list[dict[str, Any]]:
+async def due_with_sources(db: Db, channel: str, now: float, limit: int) -> list[dict[str, Any]]:
     """``due``, each delivery with its ``job`` and ``transition`` (None if gone), for
     rendering the events: one trip to a reader for a whole batch."""
-    batch = due(conn, channel, now, limit)
+    batch = await due(db, channel, now, limit)
     if batch:
-        jobs = _by_id(conn, "jobs", {d["job_id"] for d in batch})
-        transitions = _by_id(conn, "transitions", {d["transition_id"] for d in batch})
-        media.attach(conn, jobs.values())
+        jobs = await _by_id(db, "jobs", {d["job_id"] for d in batch})
+        transitions = await _by_id(db, "transitions", {d["transition_id"] for d in batch})
+        await media.attach(db, jobs.values())
         for delivery in batch:
             delivery["job"] = jobs.get(delivery["job_id"])
             delivery["transition"] = transitions.get(delivery["transition_id"])
     return batch
 
 
-def _by_id(conn: sqlite3.Connection, table: str, ids: Iterable[Any]) -> dict[Any, dict[str, Any]]:
+async def _by_id(db: Db, table: str, ids: Iterable[Any]) -> dict[Any, dict[str, Any]]:
     wanted = list(ids)
-    marks = ",".join("?" * len(wanted))
-    rows = _rows(conn.execute(f"SELECT * FROM {table} WHERE id IN ({marks})", wanted))
+    rows = _rows(await db.all(f"SELECT * FROM {table} WHERE {among('id', wanted)}", wanted))
     return {row["id"]: row for row in rows}
 
 
-def next_due(conn: sqlite3.Connection) -> dict[str, float]:
+async def next_due(db: Db) -> dict[str, float]:
     """When each channel's earliest pending delivery is due."""
-    rows = conn.execute(
+    rows = await db.all(
         "SELECT channel, MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
         " GROUP BY channel"
     )
     return {channel: at for channel, at in rows}
 
 
-def event_source(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any] | None:
+async def event_source(db: Db, delivery_id: int) -> dict[str, Any] | None:
     """The delivery with its job and transition, for rendering the event."""
-    delivery = _row(
-        conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-    )
+    delivery = _row(await db.one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)))
     if delivery is None:
         return None
-    delivery["job"] = _row(
-        conn.execute("SELECT * FROM jobs WHERE id = ?", (delivery["job_id"],)).fetchone()
-    )
+    delivery["job"] = _row(await db.one("SELECT * FROM jobs WHERE id = ?", (delivery["job_id"],)))
     if delivery["job"] is not None:
-        media.attach(conn, [delivery["job"]])
+        await media.attach(db, [delivery["job"]])
     delivery["transition"] = _row(
-        conn.execute(
-            "SELECT * FROM transitions WHERE id = ?", (delivery["transition_id"],)
-        ).fetchone()
+        await db.one("SELECT * FROM transitions WHERE id = ?", (delivery["transition_id"],))
     )
     return delivery
 
 
-def record_attempt(
-    conn: sqlite3.Connection,
+async def record_attempt(
+    db: Db,
     delivery_id: int,
     *,
     outcome: str,
@@ -97,12 +87,12 @@ def record_attempt(
     duration_ms: float,
     now: float,
 ) -> None:
-    conn.execute(
+    await db.run(
         "INSERT INTO delivery_attempts (delivery_id, at, outcome, status_code, error,"
         " duration_ms) VALUES (?,?,?,?,?,?)",
         (delivery_id, now, outcome, status_code, error, duration_ms),
     )
-    conn.execute(
+    await db.run(
         "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?,"
         " last_error = ?, updated_at = ?,"
         " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END WHERE id = ?",
@@ -110,8 +100,8 @@ def record_attempt(
     )
 
 
-def record_held_attempt(
-    conn: sqlite3.Connection,
+async def record_held_attempt(
+    db: Db,
     delivery_id: int,
     reason: str,
     *,
@@ -121,88 +111,85 @@ def record_held_attempt(
 ) -> str:
     """An attempt that found the destination gone: the delivery is held. Its channel."""
     error = DISABLED + reason
-    record_attempt(
-        conn, delivery_id, outcome="disabled", status=HELD, next_attempt_at=None, error=error,
+    await record_attempt(
+        db, delivery_id, outcome="disabled", status=HELD, next_attempt_at=None, error=error,
         status_code=status_code, duration_ms=duration_ms, now=now,
     )  # fmt: skip
-    row = conn.execute("SELECT channel FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    row = await db.one("SELECT channel FROM deliveries WHERE id = ?", (delivery_id,))
+    assert row is not None
     return str(row["channel"])
 
 
-def disable_channel(
-    conn: sqlite3.Connection, name: str, reason: str, fingerprint: str, now: float
-) -> int:
+async def disable_channel(db: Db, name: str, reason: str, fingerprint: str, now: float) -> int:
     """Note the channel as disabled and hold its pending deliveries; how many were held."""
-    conn.execute(
+    await db.run(
         "INSERT INTO channel_states (name, disabled_at, reason, config_fingerprint)"
         " VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET disabled_at = excluded.disabled_at,"
         " reason = excluded.reason, config_fingerprint = excluded.config_fingerprint",
         (name, now, reason, fingerprint),
     )
-    return hold(conn, name, DISABLED + reason, now)
+    return await hold(db, name, DISABLED + reason, now)
 
 
-def hold(conn: sqlite3.Connection, channel: str, reason: str, now: float) -> int:
+async def hold(db: Db, channel: str, reason: str, now: float) -> int:
     """Hold the channel's pending deliveries, saying why in ``last_error``."""
-    return conn.execute(
+    return await db.run(
         "UPDATE deliveries SET status = 'held', last_error = ?, updated_at = ?"
         " WHERE channel = ? AND status = 'pending'",
         (reason, now, channel),
-    ).rowcount
+    )
 
 
-def hold_if_disabled(conn: sqlite3.Connection, channel: str, now: float) -> int:
+async def hold_if_disabled(db: Db, channel: str, now: float) -> int:
     """``hold``, if the channel is still disabled (an enable may have come since the
     caller looked)."""
-    row = conn.execute("SELECT reason FROM channel_states WHERE name = ?", (channel,)).fetchone()
-    return 0 if row is None else hold(conn, channel, DISABLED + row["reason"], now)
+    row = await db.one("SELECT reason FROM channel_states WHERE name = ?", (channel,))
+    return 0 if row is None else await hold(db, channel, DISABLED + row["reason"], now)
 
 
-def release(conn: sqlite3.Connection, channel: str, now: float) -> int:
+async def release(db: Db, channel: str, now: float) -> int:
     """Queue the channel's held deliveries again, in their original order.
 
     Each is due at its creation time (all in the past), so the outbox sends them oldest
     first, and before anything queued since. Their age for ``notify.max_age`` counts from
     now, as after a retry.
     """
-    released = conn.execute(
+    released = await db.run(
         "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = created_at,"
         " requeued_at = ?, updated_at = ? WHERE channel = ? AND status = 'held'",
         (now, now, channel),
-    ).rowcount
+    )
     if released:
-        mark(conn, "deliveries", channel)
+        db.mark("deliveries", channel)
     return released
 
 
-def enable_channel(conn: sqlite3.Connection, name: str, now: float) -> int:
+async def enable_channel(db: Db, name: str, now: float) -> int:
     """Forget that the channel was disabled and release its held deliveries."""
-    conn.execute("DELETE FROM channel_states WHERE name = ?", (name,))
-    return release(conn, name, now)
+    await db.run("DELETE FROM channel_states WHERE name = ?", (name,))
+    return await release(db, name, now)
 
 
-def channel_states(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    return _rows(conn.execute("SELECT * FROM channel_states ORDER BY name"))
+async def channel_states(db: Db) -> list[dict[str, Any]]:
+    return _rows(await db.all("SELECT * FROM channel_states ORDER BY name"))
 
 
-def requeue(conn: sqlite3.Connection, delivery_id: int, now: float) -> dict[str, Any] | None:
+async def requeue(db: Db, delivery_id: int, now: float) -> dict[str, Any] | None:
     """Give a dead or held delivery a fresh set of attempts, and its channel another
     chance (its other held deliveries go too, in order)."""
-    row = conn.execute(
-        "SELECT channel, status FROM deliveries WHERE id = ?", (delivery_id,)
-    ).fetchone()
+    row = await db.one("SELECT channel, status FROM deliveries WHERE id = ?", (delivery_id,))
     if row is None:
         return None
     if row["status"] == DEAD:
-        conn.execute(
+        await db.run(
             "UPDATE deliveries SET status = 'pending', attempts = 0,"
             " next_attempt_at = created_at, requeued_at = ?, updated_at = ? WHERE id = ?",
             (now, now, delivery_id),
         )
-        mark(conn, "deliveries", row["channel"])
+        db.mark("deliveries", row["channel"])
     if row["status"] in (DEAD, HELD):
-        enable_channel(conn, row["channel"], now)
-    return _row(conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone())
+        await enable_channel(db, row["channel"], now)
+    return _row(await db.one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)))
 
 
 @dataclass(frozen=True)
@@ -215,21 +202,21 @@ class Requeued:
         return self.dead + self.held
 
 
-def requeue_all(conn: sqlite3.Connection, channels: Iterable[str], now: float) -> Requeued:
+async def requeue_all(db: Db, channels: Iterable[str], now: float) -> Requeued:
     """Every dead delivery of these channels queued again, and each channel enabled again
     with its held deliveries released: all in their original order."""
     dead = held = 0
     for channel in channels:
-        requeued = conn.execute(
+        requeued = await db.run(
             "UPDATE deliveries SET status = 'pending', attempts = 0,"
             " next_attempt_at = created_at, requeued_at = ?, updated_at = ?"
             " WHERE channel = ? AND status = 'dead'",
             (now, now, channel),
-        ).rowcount
+        )
         if requeued:
-            mark(conn, "deliveries", channel)
+            db.mark("deliveries", channel)
         dead += requeued
-        held += enable_channel(conn, channel, now)
+        held += await enable_channel(db, channel, now)
     return Requeued(dead, held)
 
 
@@ -245,38 +232,32 @@ class ChannelsAtStart:
     orphaned: dict[str, int] = field(default_factory=dict)
 
 
-def settled_channels(
-    conn: sqlite3.Connection, configured: Mapping[str, str]
-) -> ChannelsAtStart | None:
+async def settled_channels(db: Db, configured: Mapping[str, str]) -> ChannelsAtStart | None:
     """The channels still disabled, if the deliveries are already in line with the
     configuration; None when ``settle_channels`` has work to do. Read first, so that a
     start with nothing to change writes nothing."""
     found = ChannelsAtStart()
-    for state in channel_states(conn):
+    for state in await channel_states(db):
         name = state["name"]
         if name in configured:
             if state["config_fingerprint"] != configured[name]:
                 return None
             found.disabled[name] = state["reason"]
     for name in configured:
-        if (
-            name not in found.disabled
-            and conn.execute(
-                "SELECT 1 FROM deliveries WHERE channel = ? AND status = 'held' LIMIT 1", (name,)
-            ).fetchone()
+        if name not in found.disabled and await db.one(
+            "SELECT 1 FROM deliveries WHERE channel = ? AND status = 'held' LIMIT 1", (name,)
         ):
             return None
-    marks = ",".join("?" * len(configured))
-    orphaned = conn.execute(
-        f"SELECT 1 FROM deliveries WHERE status = 'pending' AND channel NOT IN ({marks}) LIMIT 1",
-        list(configured),
-    ).fetchone()
+    names = list(configured)
+    orphaned = await db.one(
+        "SELECT 1 FROM deliveries WHERE status = 'pending'"
+        f" AND {among('channel', names, negate=True)} LIMIT 1",
+        names,
+    )
     return None if orphaned else found
 
 
-def settle_channels(
-    conn: sqlite3.Connection, configured: Mapping[str, str], now: float
-) -> ChannelsAtStart:
+async def settle_channels(db: Db, configured: Mapping[str, str], now: float) -> ChannelsAtStart:
     """Bring the deliveries in line with the configuration (channel -> fingerprint).
 
     A disabled channel stays disabled while its configuration is unchanged; otherwise it
@@ -285,7 +266,7 @@ def settle_channels(
     configured are held: no one would send them.
     """
     found = ChannelsAtStart()
-    for state in channel_states(conn):
+    for state in await channel_states(db):
         name = state["name"]
         if name not in configured:
             continue
@@ -293,17 +274,17 @@ def settle_channels(
             found.disabled[name] = state["reason"]
         else:
             found.changed.append(name)
-            conn.execute("DELETE FROM channel_states WHERE name = ?", (name,))
+            await db.run("DELETE FROM channel_states WHERE name = ?", (name,))
     for name in configured:
-        if name not in found.disabled and (released := release(conn, name, now)):
+        if name not in found.disabled and (released := await release(db, name, now)):
             found.released[name] = released
-    marks = ",".join("?" * len(configured))
-    for (name,) in conn.execute(
-        f"SELECT DISTINCT channel FROM deliveries WHERE status = 'pending'"
-        f" AND channel NOT IN ({marks})",
-        list(configured),
-    ).fetchall():
-        found.orphaned[name] = hold(conn, name, not_configured(name), now)
+    names = list(configured)
+    for (name,) in await db.all(
+        "SELECT DISTINCT channel FROM deliveries WHERE status = 'pending'"
+        f" AND {among('channel', names, negate=True)}",
+        names,
+    ):
+        found.orphaned[name] = await hold(db, name, not_configured(name), now)
     return found
 
 
@@ -311,15 +292,15 @@ def not_configured(channel: str) -> str:
     return f"channel {channel} is not in the configuration; add it back to send this"
 
 
-def list_deliveries(
-    conn: sqlite3.Connection, *, status: str | None, before: int | None, limit: int
+async def list_deliveries(
+    db: Db, *, status: str | None, before: int | None, limit: int
 ) -> list[dict[str, Any]]:
-    return newest_first(conn, "deliveries", {"status": status}, before, limit)
+    return await newest_first(db, "deliveries", {"status": status}, before, limit)
 
 
-def attempts(conn: sqlite3.Connection, delivery_id: int) -> list[dict[str, Any]]:
+async def attempts(db: Db, delivery_id: int) -> list[dict[str, Any]]:
     return _rows(
-        conn.execute(
+        await db.all(
             "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,)
         )
     )

@@ -18,8 +18,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from receiver.store.db import run_sync
 from receiver.store.queries import has_callback_token
-from receiver.store.writer import Waiter, _settle, connect
+from receiver.store.writer import SqliteDb, Waiter, _settle, connect
 
 REMEMBERED = 4096  # tokens; a burst of callbacks comes for the jobs of the last minutes
 MAX_BATCH = 256
@@ -76,7 +77,8 @@ class TokenProbe:
                         continue
                     provider, token, future = asked
                     try:
-                        outcomes.append((future, True, has_callback_token(conn, provider, token)))
+                        found = run_sync(has_callback_token(SqliteDb(conn), provider, token))
+                        outcomes.append((future, True, found))
                     except Exception as exc:  # handed to the caller, whatever it is
                         outcomes.append((future, False, exc))
                 _settle(outcomes)

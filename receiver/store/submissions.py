@@ -8,12 +8,12 @@ an attempt a crash cut short.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
 from receiver.providers.base import Observation
 from receiver.states import TERMINAL_SQL, Status
+from receiver.store.db import Db, among
 from receiver.store.jobs import Applied, Route, apply
 from receiver.store.queries import _rows
 
@@ -24,35 +24,34 @@ _COLUMNS = (
 )
 
 
-def start(conn: sqlite3.Connection, job_id: str, now: float) -> int | None:
+async def start(db: Db, job_id: str, now: float) -> int | None:
     """Claim a waiting submission for an attempt; its attempt number, or None if it is no
     longer waiting (it ended meanwhile)."""
-    claimed = conn.execute(
+    claimed = await db.run(
         "UPDATE jobs SET submitting_at = ?, next_submit_at = NULL,"
         " submit_attempts = submit_attempts + 1 WHERE id = ? AND next_submit_at IS NOT NULL"
         f" AND status NOT IN {TERMINAL_SQL}",
         (now, job_id),
-    ).rowcount
+    )
     if not claimed:
         return None
-    row = conn.execute("SELECT submit_attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = await db.one("SELECT submit_attempts FROM jobs WHERE id = ?", (job_id,))
+    assert row is not None
     return int(row[0])
 
 
-def schedule(conn: sqlite3.Connection, job_id: str, at: float, error: str, now: float) -> bool:
+async def schedule(db: Db, job_id: str, at: float, error: str, now: float) -> bool:
     """The attempt was refused for now: send it again at ``at``."""
-    return (
-        conn.execute(
-            "UPDATE jobs SET submitting_at = NULL, next_submit_at = ?, submit_error = ?,"
-            f" updated_at = ? WHERE id = ? AND status NOT IN {TERMINAL_SQL}",
-            (at, error, now, job_id),
-        ).rowcount
-        > 0
+    changed = await db.run(
+        "UPDATE jobs SET submitting_at = NULL, next_submit_at = ?, submit_error = ?,"
+        f" updated_at = ? WHERE id = ? AND status NOT IN {TERMINAL_SQL}",
+        (at, error, now, job_id),
     )
+    return changed > 0
 
 
-def fail(
-    conn: sqlite3.Connection,
+async def fail(
+    db: Db,
     job_id: str,
     error: str,
     detail: Mapping[str, Any],
@@ -61,28 +60,27 @@ def fail(
     route: Route,
 ) -> Applied:
     """The submission will not be sent again: the job fails with ``error``."""
-    conn.execute(
+    await db.run(
         "UPDATE jobs SET submitting_at = NULL, next_submit_at = NULL, submit_error = ?"
         " WHERE id = ?",
         (error, job_id),
     )
     failed = Observation(status=Status.FAILED, error=error)
-    return apply(conn, job_id, failed, "submit", now=now, route=route, detail=detail)
+    return await apply(db, job_id, failed, "submit", now=now, route=route, detail=detail)
 
 
-def due(
-    conn: sqlite3.Connection, now: float, room: Mapping[str, int], skip: list[str]
+async def due(
+    db: Db, now: float, room: Mapping[str, int], skip: list[str]
 ) -> tuple[dict[str, list[dict[str, Any]]], float | None]:
     """Each provider's due submissions, oldest first (at most its ``room``), and when the
     next one of a provider with room left falls due. Jobs in ``skip`` are under way."""
-    marks = ",".join("?" * len(skip))
     found: dict[str, list[dict[str, Any]]] = {}
     open_: list[str] = []
     for provider, limit in room.items():
         found[provider] = _rows(
-            conn.execute(
+            await db.all(
                 f"SELECT {_COLUMNS} FROM jobs WHERE next_submit_at <= ? AND provider = ?"
-                f" AND status NOT IN {TERMINAL_SQL} AND id NOT IN ({marks})"
+                f" AND status NOT IN {TERMINAL_SQL} AND {among('id', skip, negate=True)}"
                 " ORDER BY next_submit_at LIMIT ?",
                 (now, provider, *skip, limit),
             )
@@ -90,21 +88,20 @@ def due(
         if len(found[provider]) < limit:
             open_.append(provider)
     busy = [*skip, *(row["id"] for rows in found.values() for row in rows)]
-    providers = ",".join("?" * len(open_))
-    upcoming = conn.execute(
+    upcoming = await db.one(
         "SELECT min(next_submit_at) FROM jobs WHERE next_submit_at IS NOT NULL"
-        f" AND status NOT IN {TERMINAL_SQL} AND provider IN ({providers})"
-        f" AND id NOT IN ({','.join('?' * len(busy))})",
+        f" AND status NOT IN {TERMINAL_SQL} AND {among('provider', open_)}"
+        f" AND {among('id', busy, negate=True)}",
         (*open_, *busy),
-    ).fetchone()[0]
-    return found, upcoming
+    )
+    return found, None if upcoming is None else upcoming[0]
 
 
-def interrupted(conn: sqlite3.Connection, before: float) -> list[dict[str, Any]]:
+async def interrupted(db: Db, before: float) -> list[dict[str, Any]]:
     """Jobs whose submission attempt began before ``before`` and never ended: a crash
     (or a kill) came while it was under way."""
     return _rows(
-        conn.execute(
+        await db.all(
             f"SELECT {_COLUMNS}, submitting_at FROM jobs WHERE submitting_at < ?"
             f" AND status NOT IN {TERMINAL_SQL} ORDER BY submitting_at",
             (before,),
@@ -112,13 +109,11 @@ def interrupted(conn: sqlite3.Connection, before: float) -> list[dict[str, Any]]
     )
 
 
-def resume(conn: sqlite3.Connection, job_id: str, now: float) -> bool:
+async def resume(db: Db, job_id: str, now: float) -> bool:
     """An interrupted attempt that may be sent again: due at once."""
-    return (
-        conn.execute(
-            "UPDATE jobs SET submitting_at = NULL, next_submit_at = ? WHERE id = ?"
-            f" AND status NOT IN {TERMINAL_SQL}",
-            (now, job_id),
-        ).rowcount
-        > 0
+    changed = await db.run(
+        "UPDATE jobs SET submitting_at = NULL, next_submit_at = ? WHERE id = ?"
+        f" AND status NOT IN {TERMINAL_SQL}",
+        (now, job_id),
     )
+    return changed > 0

@@ -35,11 +35,13 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from receiver.store.db import Params, Row
+from receiver.store.engine import Outage
 from receiver.store.errors import DatabaseUnavailable, is_busy, is_database_failure
 
 log = logging.getLogger("vidhook.store")
@@ -85,6 +87,46 @@ def on_commit(conn: sqlite3.Connection, fn: Callable[[], None]) -> None:
         conn.committed.append(fn)
 
 
+class SqliteDb:
+    """``db.Db`` on an SQLite connection: each verb answers at once (see ``db.run_sync``)."""
+
+    engine = "sqlite"
+    # One writer at a time holds the whole database: nothing to lock row by row.
+    for_update = ""
+    skip_locked = ""
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def run(self, sql: str, params: Params = ()) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+    async def run_many(self, sql: str, rows: Iterable[Params]) -> None:
+        self.conn.executemany(sql, rows)
+
+    async def insert(self, sql: str, params: Params = ()) -> int:
+        rowid = self.conn.execute(sql, params).lastrowid
+        assert rowid is not None
+        return rowid
+
+    async def one(self, sql: str, params: Params = ()) -> Row | None:
+        row: Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    async def all(self, sql: str, params: Params = ()) -> list[Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    async def serialize(self, key: str) -> None:
+        pass  # the writer's transaction already excludes every other
+
+    def mark(self, table: str, key: str | None = None) -> None:
+        mark(self.conn, table, key)
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        on_commit(self.conn, fn)
+
+
 def connect(
     path: Path, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT
 ) -> Connection:
@@ -99,15 +141,6 @@ def connect(
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
-
-
-class Outage:
-    """Writes refused since ``since`` (time.monotonic()) for ``reason``."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        self.since = time.monotonic()
-        self.refused = 0
 
 
 class Writer:

@@ -72,9 +72,9 @@ def test_an_end_that_is_rolled_back_is_not_logged(tmp_path, finished_log):
         async def scenario() -> None:
             await store.insert_job(new_job())
 
-            def ended_then_failed(conn):
-                jobs.apply(
-                    conn,
+            async def ended_then_failed(db):
+                await jobs.apply(
+                    db,
                     "job_1",
                     Observation(Status.COMPLETED, result_url="https://cdn.example.com/a.mp4"),
                     "poll",

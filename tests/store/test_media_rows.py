@@ -59,11 +59,11 @@ def test_a_transition_rolled_back_leaves_no_download(store):
     async def go():
         await store.insert_job(new_job("job_1"))
 
-        def complete_then_fail(conn):
+        async def complete_then_fail(db):
             from receiver.store import jobs
 
             done = Observation(Status.COMPLETED, result_url="https://x/v")
-            jobs.apply(conn, "job_1", done, "poll", now=1.0, route=route_all)
+            await jobs.apply(db, "job_1", done, "poll", now=1.0, route=route_all)
             raise sqlite3.IntegrityError("refused later in the same request")
 
         with pytest.raises(sqlite3.IntegrityError):
@@ -99,7 +99,7 @@ def test_backfill_queues_completed_jobs_without_a_copy_whose_links_may_still_wor
         await store.switch_off_downloads()
         # job_c finished long ago: Vidu's links last a day.
         await store.write(
-            lambda conn: conn.execute(
+            lambda db: db.run(
                 "UPDATE jobs SET finished_at = finished_at - 90000 WHERE id = 'job_c'"
             )
         )

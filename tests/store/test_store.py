@@ -226,7 +226,7 @@ def _insert_then_fail(conn):
 def test_nonce_purge_removes_only_expired(fresh_store, db_path):
     async def run():
         await fresh_store.write(
-            lambda conn: conn.executemany(
+            lambda db: db.run_many(
                 "INSERT INTO nonces (provider, nonce, digest, expires_at) VALUES ('vidu',?,'d',?)",
                 [("old", 1.0), ("new", fresh_store.clock() + 600)],
             )
