@@ -8,8 +8,8 @@ import ipaddress
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,27 +109,66 @@ class StoredChannels:
     waiting: dict[str, int] = field(default_factory=dict)
 
 
-def stored_channels(database: Path) -> StoredChannels:
-    found = StoredChannels()
+def check_database(config: Config) -> str | None:
+    """The database, as `check` shows it; with PostgreSQL, after connecting and asking
+    the server's version (None, with the reason printed, if that failed)."""
+    if config.database_url is None:
+        return str(config.database)
+    from receiver.store import postgres
+    from receiver.store.errors import DatabaseUnusable
+
+    url = config.database_url.reveal()
+    try:
+        with postgres.connect(url) as conn:
+            version = postgres.server_version(conn)
+    except DatabaseUnusable as exc:
+        redact = logs.Redactor(logs.config_secrets(config))
+        print(f"database: FAILED {redact(str(exc))}")
+        return None
+    return f"{postgres.described(url)}, PostgreSQL {version}"
+
+
+def stored_channels(config: Config) -> StoredChannels:
+    if config.database_url is not None:
+        return _stored_channels_postgres(config.database_url.reveal())
+    database = config.database
     if not database.exists():
-        return found
+        return StoredChannels()
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        for name, reason, fingerprint in conn.execute(
-            "SELECT name, reason, config_fingerprint FROM channel_states"
-        ):
-            found.disabled[name] = (reason, fingerprint)
-        for channel, status, count in conn.execute(
-            "SELECT channel, status, count(*) FROM deliveries"
-            " WHERE status IN ('pending', 'held') GROUP BY 1, 2"
-        ):
-            found.waiting[channel] = found.waiting.get(channel, 0) + count
-            if status == "held":
-                found.held[channel] = count
+        return _stored_channels(lambda sql: conn.execute(sql).fetchall())
     except sqlite3.Error:
         return StoredChannels()
     finally:
         conn.close()
+
+
+def _stored_channels_postgres(url: str) -> StoredChannels:
+    import psycopg
+
+    from receiver.store import postgres
+    from receiver.store.errors import DatabaseUnusable
+
+    try:
+        with postgres.connect(url) as conn:
+            return _stored_channels(lambda sql: conn.execute(postgres.translate(sql)).fetchall())
+    except (DatabaseUnusable, psycopg.Error):
+        return StoredChannels()
+
+
+def _stored_channels(rows: Callable[[str], list[Any]]) -> StoredChannels:
+    found = StoredChannels()
+    for name, reason, fingerprint in rows(
+        "SELECT name, reason, config_fingerprint FROM channel_states"
+    ):
+        found.disabled[name] = (reason, fingerprint)
+    for channel, status, count in rows(
+        "SELECT channel, status, count(*) FROM deliveries"
+        " WHERE status IN ('pending', 'held') GROUP BY 1, 2"
+    ):
+        found.waiting[channel] = found.waiting.get(channel, 0) + count
+        if status == "held":
+            found.held[channel] = count
     return found
 
 

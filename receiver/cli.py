@@ -13,13 +13,20 @@ from typing import Any
 import httpx
 
 from receiver import logs, progress, starter
-from receiver.check import check_archive, plaintext_passwords, send_tests, stored_channels
+from receiver.check import (
+    check_archive,
+    check_database,
+    plaintext_passwords,
+    send_tests,
+    stored_channels,
+)
 from receiver.client import DEFAULT_URL, TOKEN_ENV, Client
 from receiver.config import (
     ConfigError,
     archive_location,
     config_path,
     database_path,
+    database_url_env,
     load_config,
 )
 from receiver.notify import build_all as build_channels
@@ -272,11 +279,26 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def pg_dump_advice(variable: str, command: str) -> str:
+    """What to do instead of `vidhook backup`/`restore` when the store is PostgreSQL."""
+    return (
+        f"the database is PostgreSQL (database_url_env = {variable}), which `vidhook {command}` "
+        "does not copy: it copies an SQLite file. Back PostgreSQL up with its own tools while "
+        f'the replicas run: pg_dump --format=custom --file vidhook.dump "${variable}"; restore '
+        f'with the replicas stopped: pg_restore --clean --if-exists --dbname "${variable}" '
+        "vidhook.dump (or use your provider's snapshots). deploy/README.md has the details"
+    )
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from receiver.backup import BackupError
     from receiver.backup import backup as take_backup
 
     try:
+        variable = database_url_env(config_path(args.config))
+        if variable is not None:
+            print(f"vidhook: {pg_dump_advice(variable, 'backup')}", file=sys.stderr)
+            return 1
         report = take_backup(database_path(config_path(args.config)), Path(args.path))
     except (ConfigError, BackupError) as exc:
         print(f"vidhook: {exc}", file=sys.stderr)
@@ -299,6 +321,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from receiver.backup import BackupError, restore
 
     try:
+        variable = database_url_env(config_path(args.config))
+        if variable is not None:
+            print(f"vidhook: {pg_dump_advice(variable, 'restore')}", file=sys.stderr)
+            return 1
         database = database_path(config_path(args.config))
         restore(Path(args.path), database)
     except (ConfigError, BackupError) as exc:
@@ -319,13 +345,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 2
     print(f"{path}: ok")
-    print(f"database: {config.database}")
+    database = check_database(config)
+    if database is None:
+        return 1
+    print(f"database: {database}")
     print("callback URLs (each job adds its own token):")
     for name, provider in config.providers.items():
         takes = ADAPTERS[provider.type].supports_callbacks
         where = config.callback_url(name, "<token>") if takes else "none: polled"
         print(f"  {name:<12} {where}")
-    found = stored_channels(config.database)
+    found = stored_channels(config)
     print("channels:" if config.channels else "channels: none configured")
     still_disabled = False
     for name, channel in config.channels.items():

@@ -362,6 +362,17 @@ def database_path(path: str | Path, env: Mapping[str, str] | None = None) -> Pat
     return resolved if resolved.is_absolute() else path.parent / resolved
 
 
+def database_url_env(path: str | Path) -> str | None:
+    """The variable naming the PostgreSQL URL, if the config uses PostgreSQL; read
+    without secrets, as ``database_path`` is."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.__class__.__name__})"]) from None
+    name = data.get("database_url_env")
+    return name if isinstance(name, str) and name else None
+
+
 def archive_location(path: str | Path, env: Mapping[str, str] | None = None) -> str | None:
     """Where kept results are ("folder ..." or "bucket ..."), None with the archive off;
     read without secrets, as ``database_path`` is."""

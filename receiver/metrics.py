@@ -7,7 +7,8 @@ it at scrape time, so those survive restarts and cannot drift from the truth. Th
 database read runs on a reader thread, and concurrent scrapes share one read.
 
 Every label value comes from the config or from a fixed list in the code, never from a
-request: a caller cannot grow the number of series.
+request: a caller cannot grow the number of series. ``vidhook_replica`` names the replica
+(VIDHOOK_INSTANCE, or its host and pid), for telling replicas apart behind one address.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from starlette.requests import Request
@@ -224,6 +225,13 @@ class Metrics:
             self.delivery_delay.labels(name)
             for outcome in DELIVERY_OUTCOMES:
                 self.deliveries.labels(name, outcome)
+        # Which replica answers: with several behind a load balancer, each scrape target
+        # says who it is and what its counters are counting for.
+        replica = Gauge(
+            "vidhook_replica", "This replica (1): its name and the database engine it uses.",
+            ["replica", "engine"], registry=self.registry,
+        )  # fmt: skip
+        replica.labels(store.instance, store.engine.name).set(1)
         self.database = _DatabaseCollector(providers, channels)
         self.registry.register(self.database)
         self._reading: asyncio.Task[Snapshot] | None = None

@@ -103,7 +103,7 @@ async def _plan(
     open_ = [name for name, free in room.items() if len(due[name]) < free]
     busy = [job_id for name in open_ for job_id in inflight[name]]
     busy += [row["id"] for name in open_ for row in due[name]]
-    return _Plan(due=due, upcoming=await queries.next_wake(db, open_, busy))
+    return _Plan(due=due, upcoming=await queries.next_wake(db, open_, busy, now))
 
 
 class Poller(Worker):
@@ -136,7 +136,7 @@ class Poller(Worker):
             self._last_housekeeping = now
             await self.store.purge_nonces()
         while True:
-            plan = await self.store.read(
+            plan = await self.store.take(
                 _plan,
                 now=self.store.clock(),
                 room=self._room(),
@@ -153,6 +153,7 @@ class Poller(Worker):
         for name, rows in plan.due.items():
             for row in rows:
                 self._inflight[name].add(row["id"])
+                self.store.hold("jobs", "id", [row["id"]])
                 self.lateness.append(max(0.0, self.store.clock() - row["next_poll_at"]))
                 self.spawn(self._poll(name, row))
         # A provider that asked for a pause was left out of the plan: look again when it ends.
@@ -190,6 +191,7 @@ class Poller(Worker):
             self._count(provider, "error")
         finally:
             self._inflight[provider].discard(row["id"])
+            self.store.let_go("jobs", "id", [row["id"]])
             self.wake()
 
     async def poll(self, row: Mapping[str, Any], *, raise_errors: bool = False) -> Applied | None:

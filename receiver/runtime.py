@@ -106,6 +106,10 @@ class Runtime:
         self.providers: dict[str, Provider] = {
             name: adapters.build(p, self.client) for name, p in config.providers.items()
         }
+        if self.store.shared:
+            # The replicas keep to each provider's requests_per_second together.
+            for name, provider in self.providers.items():
+                provider.gate.share(self.store.budget(name))
         self.channels: dict[str, Channel] = notify.build_all(config, self.client)
         self.metrics = Metrics(
             self.store,
@@ -202,7 +206,11 @@ class Runtime:
             )
         )
         job = Pending(job_id, provider_name, request, callback_url, created_at, deadline_at)
-        return job_id, await self.submitter.attempt(job, 1)
+        self.store.hold("jobs", "id", [job_id])
+        try:
+            return job_id, await self.submitter.attempt(job, 1)
+        finally:
+            self.store.let_go("jobs", "id", [job_id])
 
     async def cancel(self, job_id: str) -> Literal["canceled", "requested"]:
         """Ask the job's provider to stop it.

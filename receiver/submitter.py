@@ -36,6 +36,8 @@ Verdict = Literal["retry", "refused", "unknown"]
 # How long a stop waits for attempts under way: one cut short cannot be sent again.
 STOP_GRACE = 5.0
 INTERRUPTED = "vidhook stopped while the request was under way"
+# With replicas (PostgreSQL): how often to look for attempts a dead replica left.
+RECOVER_EVERY = 15.0
 
 
 def verdict(error: ProviderError, *, idempotent: bool) -> Verdict:
@@ -109,6 +111,7 @@ class Submitter(Worker):
         super().__init__()
         self._inflight: dict[str, set[str]] = {name: set() for name in providers}
         self._started_at = 0.0
+        self._recovered_at = 0.0
         self._stopping = False
 
     def start(self) -> None:
@@ -195,11 +198,15 @@ class Submitter(Worker):
     # -- the worker: submissions due again --
 
     async def prepare(self) -> None:
-        for job in await self.store.interrupted_submissions(self._started_at):
+        await self.recover(self._started_at)
+
+    async def recover(self, before: float) -> None:
+        """Settle the attempts begun before ``before`` that no replica holds any more."""
+        for job in await self.store.interrupted_submissions(before):
             provider = self.providers.get(job["provider"])
             if provider is not None and provider.idempotent_submit:
                 log.info("job %s: sending the submission a stop cut short again", job["id"])
-                await self.store.resume_submission(job["id"])
+                await self.store.resume_submission(job["id"], job["submitting_at"])
             else:
                 sent_at = job["submitting_at"]
                 message = unknown_outcome(job["provider"], job["id"], sent_at, INTERRUPTED)
@@ -209,6 +216,11 @@ class Submitter(Worker):
     async def round(self) -> float:
         if self._stopping:
             return IDLE_WAIT
+        now = self.store.clock()
+        if self.store.shared and now - self._recovered_at >= RECOVER_EVERY:
+            # Another replica may have died with attempts under way: their leases ran out.
+            self._recovered_at = now
+            await self.recover(now)
         room = {
             name: provider.gate.max_concurrency - len(self._inflight[name])
             for name, provider in self.providers.items()
@@ -226,6 +238,7 @@ class Submitter(Worker):
         return max(0.0, min(IDLE_WAIT, delay, *paused))
 
     async def _retry(self, job: Mapping[str, Any]) -> None:
+        self.store.hold("jobs", "id", [job["id"]])
         try:
             number = await self.store.start_submission(job["id"])
             if number is not None:
@@ -234,4 +247,5 @@ class Submitter(Worker):
             log.exception("submission of job %s failed", job["id"])
         finally:
             self._inflight[job["provider"]].discard(job["id"])
+            self.store.let_go("jobs", "id", [job["id"]])
             self.wake()

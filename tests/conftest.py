@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
+import os
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +37,8 @@ from receiver.sandbox import (
     create_sandbox_app,
 )
 from receiver.sandbox.base import FakeProvider
+from receiver.store import Store
+from tests.pg import PgRows, binaries, running_cluster
 
 VIDU_KEY = "vidu-test-key-0123456789abcdef"
 OLD_VIDU_KEY = "vidu-old-key-fedcba9876543210"
@@ -154,12 +160,29 @@ FAST_POLLING = {
 }
 
 
-def service_config(public_url, sandbox_url, db_path, overrides=None, extra=None, **vidu):
+DATABASE_URL_ENV = "VIDHOOK_TEST_DATABASE_URL"
+
+
+def on_postgres(database_url, extra=None):
+    """``extra`` with the store on PostgreSQL at ``database_url``; results kept in a local
+    folder declared shared (every replica of a test runs on this machine)."""
+    extra = dict(extra or {})
+    extra["database_url_env"] = DATABASE_URL_ENV
+    extra["env"] = {**extra.get("env", {}), DATABASE_URL_ENV: database_url}
+    extra["archive"] = {"shared_path": True, **extra.get("archive", {})}
+    return extra
+
+
+def service_config(
+    public_url, sandbox_url, db_path, overrides=None, extra=None, database_url=None, **vidu
+):
     """Every provider pointed at the sandbox; ``overrides`` maps provider -> settings.
 
     ``extra`` adds top-level config (channels, notify, ...); its "env" entry adds
-    environment variables.
+    environment variables. With ``database_url``, the store is PostgreSQL.
     """
+    if database_url is not None:
+        extra = on_postgres(database_url, extra)
     providers = {
         name: {"base_url": f"{sandbox_url}/{name}", "api_key_env": "VIDU_API_KEY", **FAST_POLLING}
         for name in PROVIDERS
@@ -205,10 +228,13 @@ def service_config(public_url, sandbox_url, db_path, overrides=None, extra=None,
 class Service:
     """The receiver on a real port, with helpers to look at its database."""
 
-    def __init__(self, server: ServerThread, db_path: Path) -> None:
+    def __init__(
+        self, server: ServerThread, db_path: Path, database_url: str | None = None
+    ) -> None:
         self.server = server
         self.url = server.url
         self.db_path = db_path
+        self.database_url = database_url
         self.api = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
         )
@@ -238,6 +264,8 @@ class Service:
         return self.wait(job_id, lambda j: j["status"] == status, timeout)
 
     def rows(self, sql, *params):
+        if self.database_url is not None:
+            return PgRows(self.database_url)(sql, *params)
         conn = sqlite3.connect(self.db_path)
         try:
             return conn.execute(sql, params).fetchall()
@@ -266,8 +294,8 @@ def settings_restored(settings):
 
 
 @contextmanager
-def running_service(sandbox_url, db_path, overrides=None, extra=None, **vidu):
-    svc = start_service(sandbox_url, db_path, overrides, extra, **vidu)
+def running_service(sandbox_url, db_path, overrides=None, extra=None, database_url=None, **vidu):
+    svc = start_service(sandbox_url, db_path, overrides, extra, database_url, **vidu)
     try:
         yield svc
     finally:
@@ -281,13 +309,15 @@ def sandbox():
         yield fakes
 
 
-def start_service(sandbox_url, db_path, overrides=None, extra=None, **vidu):
+def start_service(sandbox_url, db_path, overrides=None, extra=None, database_url=None, **vidu):
     server = ServerThread(None)
     server.bind()
-    config = service_config(server.url, sandbox_url, db_path, overrides, extra, **vidu)
+    config = service_config(
+        server.url, sandbox_url, db_path, overrides, extra, database_url, **vidu
+    )
     server.app = create_app(config)
     server.start()
-    return Service(server, db_path)
+    return Service(server, db_path, database_url)
 
 
 @pytest.fixture
@@ -307,3 +337,83 @@ def cli_env(monkeypatch):
     monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
     for name in ("VIDHOOK_URL", "VIDHOOK_CONFIG", "VIDHOOK_PUBLIC_URL", "VIDHOOK_DATABASE"):
         monkeypatch.delenv(name, raising=False)
+
+
+# -- both engines --
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for this test session (tests/pg.py)."""
+    if binaries() is None:
+        message = (
+            "PostgreSQL's server programs are not installed (Debian: apt-get install "
+            "postgresql); .ci/run installs them"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with running_cluster(free_port()) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh database with vidhook's schema, dropped after the test."""
+    url = postgres.fresh_database()
+    yield url
+    postgres.drop(url)
+
+
+ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@dataclass
+class Database:
+    """The database a test runs on, whichever the engine."""
+
+    engine: str
+    path: Path  # the SQLite file (unused on PostgreSQL, but a folder for media beside it)
+    url: str | None  # PostgreSQL's
+
+    def rows(self, sql: str, *params: Any) -> list[Any]:
+        if self.url is not None:
+            return PgRows(self.url)(sql, *params)
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def store(self, route: Callable[..., list[str]], **options: Any) -> Store:
+        return Store(self.path, route=route, database_url=self.url, **options)
+
+    def run(self, store: Store, coro: Any) -> Any:
+        """Run ``coro`` on a new event loop with the store's engine started on it."""
+
+        async def main() -> Any:
+            await store.start()
+            try:
+                return await coro
+            finally:
+                await store.engine.stop()
+
+        return asyncio.run(main())
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    return request.param
+
+
+@pytest.fixture
+def database(engine, tmp_path, request):
+    url = request.getfixturevalue("pg_url") if engine == "postgres" else None
+    return Database(engine, tmp_path / "vidhook.db", url)
+
+
+@pytest.fixture
+def engine_service(sandbox, database):
+    """The receiver on each engine in turn (tests that matter on both)."""
+    with running_service(sandbox.url, database.path, database_url=database.url) as svc:
+        yield svc

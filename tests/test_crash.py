@@ -320,13 +320,17 @@ def config_for(sink_url: str) -> tuple[str, str]:
     return top, extra
 
 
-def test_five_sigkills_while_callbacks_stream_in_lose_and_double_nothing(sandbox, tmp_path):
+def test_five_sigkills_while_callbacks_stream_in_lose_and_double_nothing(
+    sandbox, tmp_path, database
+):
     rng = random.Random(SEED)
     run = Run(SEED)
     sink = WebhookSink(random.Random(rng.random()))
     with ServerThread(sink.app) as sink_server:
         top, extra = config_for(sink_server.url)
-        svc = ServiceProcess(tmp_path, sandbox.url, top_config=top, extra_config=extra)
+        svc = ServiceProcess(
+            tmp_path, sandbox.url, top_config=top, extra_config=extra, database_url=database.url
+        )
         svc.env[SECRET_ENV] = SECRET
         try:
             with explained(run, svc.log_path):

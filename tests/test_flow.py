@@ -1,11 +1,19 @@
 """A job's whole path with real servers: API -> sandbox Vidu -> signed callbacks -> store."""
 
+import pytest
+
 from tests.conftest import OLD_VIDU_KEY, VIDU_KEY, start_service, wait_for
 from tests.vidu_signer import vidu_headers
 
 
 def transitions(job):
     return [(t["from_status"], t["to_status"], t["source"]) for t in job["transitions"]]
+
+
+@pytest.fixture
+def service(engine_service):
+    """Each flow on both engines: the one path of a state change is the store's."""
+    return engine_service
 
 
 def test_job_completes_through_signed_callbacks_and_confirmation(service, sandbox):

@@ -26,6 +26,12 @@ UNKNOWN_WORDS = {
 }
 
 
+@pytest.fixture
+def service(engine_service):
+    """Polled on both engines: polls are claimed and recorded by the store."""
+    return engine_service
+
+
 def reached(job):
     return [t["to_status"] for t in job["transitions"]]
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ENV, POLL_ONLY, free_port, wait_for
+from tests.conftest import ADMIN_TOKEN, DATABASE_URL_ENV, ENV, POLL_ONLY, free_port, wait_for
+from tests.pg import PgRows
 
 REPO = Path(__file__).resolve().parents[1]
 # Variables that would override the config file written here.
@@ -39,16 +40,26 @@ class ServiceProcess:
         extra_config: str = "",
         top_config: str = "",
         log_format: str | None = None,
+        database_url: str | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Where providers reach it: itself, or a proxy in front of several replicas.
+        self.public_url = public_url or self.url
         self.db_path = folder / "vidhook.db"
         self.config_path = folder / "vidhook.toml"
         self.log_path = folder / "vidhook.log"
         self.log_level = log_level
         self.log_format = log_format
+        self.database_url = database_url
+        if database_url is not None:
+            # PostgreSQL; the replicas of a test share this machine's folder for media.
+            top_config = f'database_url_env = "{DATABASE_URL_ENV}"\n' + top_config
+            if "[archive]" not in extra_config:
+                top_config += "\n[archive]\nshared_path = true\n"
         self.config_path.write_text(
-            f'public_url = "{self.url}"\n'
+            f'public_url = "{self.public_url}"\n'
             f"database = {json.dumps(str(self.db_path))}\n"
             'admin_token_env = "VIDHOOK_ADMIN_TOKEN"\n' + top_config + "\n[server]\n"
             'host = "127.0.0.1"\n'
@@ -63,6 +74,8 @@ class ServiceProcess:
         )
         self.env = {k: v for k, v in os.environ.items() if k not in _OVERRIDES}
         self.env.update(ENV)
+        if database_url is not None:
+            self.env[DATABASE_URL_ENV] = database_url
         self.proc: subprocess.Popen[bytes] | None = None
         # Run in the child before vidhook starts (a resource limit, dropped capabilities).
         self.preexec: Callable[[], None] | None = None
@@ -130,6 +143,8 @@ class ServiceProcess:
         return response.json()
 
     def rows(self, sql: str, *params) -> list[sqlite3.Row]:
+        if self.database_url is not None:
+            return PgRows(self.database_url)(sql, *params)
         conn = sqlite3.connect(self.db_path, timeout=10)
         conn.row_factory = sqlite3.Row
         try:

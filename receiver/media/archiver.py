@@ -125,6 +125,7 @@ class Archiver(Worker):
         if room > 0:
             for row in await self.store.due_downloads(room, sorted(self._inflight)):
                 self._inflight.add(row["job_id"])
+                self.store.hold("downloads", "job_id", [row["job_id"]])
                 self.spawn(self._download(row))
         upcoming = await self.store.next_download_due(sorted(self._inflight))
         if upcoming is None:
@@ -140,6 +141,7 @@ class Archiver(Worker):
             await self._failed(row, failure, time.perf_counter())
         finally:
             self._inflight.discard(row["job_id"])
+            self.store.let_go("downloads", "job_id", [row["job_id"]])
             self.wake()
 
     async def download(self, row: Mapping[str, Any]) -> None:

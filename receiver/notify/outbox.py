@@ -215,13 +215,18 @@ class Outbox(Worker):
                 batch = await self.store.due_deliveries_with_sources(name, BATCH)
                 if not batch:
                     break
-                for delivery in batch:
-                    if name in self.disabled:
-                        break  # disabling it held the rest of the batch
-                    await self._deliver(self.channels[name], delivery)
-                # Before the next read: a delivery whose record is still on its way would
-                # be read as due and sent again.
-                await self._recorded(name)
+                claimed = [delivery["id"] for delivery in batch]
+                self.store.hold("deliveries", "id", claimed)
+                try:
+                    for delivery in batch:
+                        if name in self.disabled:
+                            break  # disabling it held the rest of the batch
+                        await self._deliver(self.channels[name], delivery)
+                    # Before the next read: a delivery whose record is still on its way
+                    # would be read as due and sent again.
+                    await self._recorded(name)
+                finally:
+                    self.store.let_go("deliveries", "id", claimed)
                 if len(batch) < BATCH and name not in self._queued:
                     # All that was due is sent, and no commit queued more since the read:
                     # no need to read again (the main loop looks once the drain is over).

@@ -2,14 +2,23 @@
 
 Every request to a provider passes through its Gate, so submissions, polls and refreshes
 share one budget, and a provider that is slow or refusing never holds up another.
+
+With replicas (PostgreSQL), the rate and the pauses are shared too: a Gate given a
+``SharedBudget`` reserves each request's moment in the database (receiver.store.budgets),
+so that all the replicas together keep to ``requests_per_second``. Concurrency stays
+each replica's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol
+
+log = logging.getLogger("vidhook.providers")
 
 SAFETY = 1.1
 
@@ -20,6 +29,14 @@ class GateClosed(Exception):
     def __init__(self, wait: float) -> None:
         super().__init__(f"{wait:.1f} s")
         self.wait = wait
+
+
+class SharedBudget(Protocol):
+    async def reserve(self, spacing: float) -> tuple[float, float]:
+        """Seconds until this request's moment, and until the shared pause ends."""
+        ...
+
+    async def block(self, seconds: float) -> None: ...
 
 
 class Gate:
@@ -38,10 +55,27 @@ class Gate:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._next_send = 0.0
         self._blocked_until = 0.0
+        self.budget: SharedBudget | None = None
+        self._telling: set[asyncio.Task[None]] = set()
+
+    def share(self, budget: SharedBudget) -> None:
+        """Keep to the rate and pauses together with the other replicas, through ``budget``."""
+        self.budget = budget
 
     def block_for(self, seconds: float) -> None:
         """The provider asked for a pause (Retry-After): no request before it ends."""
         self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+        if self.budget is not None:
+            task = asyncio.get_running_loop().create_task(self._tell(self.budget, seconds))
+            self._telling.add(task)
+            task.add_done_callback(self._telling.discard)
+
+    @staticmethod
+    async def _tell(budget: SharedBudget, seconds: float) -> None:
+        try:
+            await budget.block(seconds)
+        except Exception as exc:  # this replica keeps the pause; the others learn by 429s
+            log.warning("could not share a provider's pause with the other replicas: %s", exc)
 
     @property
     def blocked_for(self) -> float:
@@ -60,4 +94,11 @@ class Gate:
                     raise GateClosed(wait)
                 await asyncio.sleep(wait)
             self._next_send = self._clock() + self.spacing
+            if self.budget is not None and self.spacing > 0:
+                until_turn, until_open = await self.budget.reserve(self.spacing)
+                wait = max(until_turn, until_open)
+                if max_wait is not None and wait > max_wait:
+                    raise GateClosed(wait)
+                if wait > 0:
+                    await asyncio.sleep(wait)
             yield

@@ -15,13 +15,28 @@ run by one of two engines, chosen by the configuration:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from receiver.providers.base import Observation, Submission
-from receiver.store import heartbeat, jobs, media, outbox, queries, submissions
+from receiver.store import (
+    budgets,
+    claims,
+    heartbeat,
+    jobs,
+    media,
+    outbox,
+    queries,
+    submissions,
+)
 from receiver.store.db import Db
 from receiver.store.engine import Engine, Listener, Operation
 from receiver.store.errors import (
@@ -58,9 +73,18 @@ __all__ = [
     "UnknownToken",
 ]
 
+log = logging.getLogger("vidhook.store")
 T = TypeVar("T")
 # How long a worker waits for a heartbeat to learn whether an outage is over.
 PROBE_WAIT = 1.0
+
+
+def replica_name() -> str:
+    """This replica's name: VIDHOOK_INSTANCE, else its host, pid and a random part (two
+    services in one process are two replicas)."""
+    return os.environ.get("VIDHOOK_INSTANCE") or (
+        f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+    )
 
 
 def migrate(path: Path) -> None:
@@ -85,6 +109,7 @@ class Store:
         *,
         route: Route,
         database_url: str | None = None,
+        instance: str | None = None,
         synchronous: str = "FULL",
         readers: int = 4,
         clock: Callable[[], float] = time.time,
@@ -93,14 +118,21 @@ class Store:
         self.route = route
         self.clock = clock
         self.engine: Engine
+        # Whether other replicas may share the database: work is then claimed with leases.
+        self.shared = database_url is not None
+        # This replica's name: on the work it claims, and in its metrics.
+        self.instance = instance or replica_name()
         if database_url is not None:
             from receiver.store.postgres import PostgresEngine
 
-            self.engine = PostgresEngine(database_url)
+            self.engine = PostgresEngine(database_url, owner=self.instance)
         else:
             self.engine = SqliteEngine(path, synchronous=synchronous, readers=readers)
         self._beat: asyncio.Future[None] | None = None
         self._open = False
+        # The work this replica has claimed and is doing: (table, key column) -> keys.
+        self._held: dict[tuple[str, str], set[Any]] = {}
+        self._renewing: asyncio.Task[None] | None = None
 
     @property
     def writer(self) -> Writer:
@@ -134,8 +166,15 @@ class Store:
         if not self._open:
             await asyncio.to_thread(self.open)
         await self.engine.start()
+        if self.shared and self._renewing is None:
+            self._renewing = asyncio.create_task(self._renew(), name="vidhook-leases")
 
     async def stop(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
         await self.engine.stop()
         await asyncio.to_thread(self.close)
 
@@ -148,6 +187,44 @@ class Store:
     async def read(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
         """Run the read operation ``fn(db, *args, **kwargs)``, in one transaction."""
         return await self.engine.read(lambda db: fn(db, *args, **kwargs))
+
+    async def take(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(db, *args, **kwargs)``, an operation that claims work (``claims``): a
+        read with SQLite, where the one service keeps its work in flight in memory; a
+        write with PostgreSQL, where the claims are rows that other replicas see."""
+        if self.shared:
+            return await self.engine.write(lambda db: fn(db, *args, **kwargs))
+        return await self.read(fn, *args, **kwargs)
+
+    def hold(self, table: str, key: str, keys: Iterable[Any]) -> None:
+        """This replica works on ``keys`` of ``table``: their leases are renewed until
+        ``let_go``."""
+        if self.shared:
+            self._held.setdefault((table, key), set()).update(keys)
+
+    def let_go(self, table: str, key: str, keys: Iterable[Any]) -> None:
+        held = self._held.get((table, key))
+        if held is not None:
+            held.difference_update(keys)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(claims.RENEW_EVERY)
+            for (table, key), held in list(self._held.items()):
+                keys = sorted(held)
+                if not keys:
+                    continue
+                now = self.clock()
+                try:
+                    await self.write(
+                        partial(claims.renew, table=table, key=key, held=keys, now=now)
+                    )
+                except Exception as exc:  # an outage is logged by the engine; try again
+                    log.warning("renewing %d leases on %s failed: %s", len(keys), table, exc)
+
+    def budget(self, provider: str) -> ProviderBudget:
+        """``provider``'s request budget, shared with the other replicas (PostgreSQL)."""
+        return ProviderBudget(self, provider)
 
     async def write(self, op: Operation[T]) -> T:
         """Run the write operation ``op(db)`` in a transaction; returns once committed."""
@@ -229,11 +306,11 @@ class Store:
         return await self.read(submissions.due, self.clock(), room, skip)
 
     async def interrupted_submissions(self, before: float) -> list[dict[str, Any]]:
-        return await self.read(submissions.interrupted, before)
+        return await self.read(submissions.interrupted, before, self.clock())
 
-    async def resume_submission(self, job_id: str) -> bool:
+    async def resume_submission(self, job_id: str, submitting_at: float) -> bool:
         now = self.clock()
-        return await self.write(lambda db: submissions.resume(db, job_id, now))
+        return await self.write(lambda db: submissions.resume(db, job_id, submitting_at, now))
 
     async def purge_nonces(self) -> int:
         now = self.clock()
@@ -276,11 +353,11 @@ class Store:
     # -- the outbox --
 
     async def due_deliveries_with_sources(self, channel: str, limit: int) -> list[dict[str, Any]]:
-        """Each due delivery with its ``job`` and ``transition``, in one read."""
-        return await self.read(outbox.due_with_sources, channel, self.clock(), limit)
+        """Each due delivery with its ``job`` and ``transition``, claimed, in one trip."""
+        return await self.take(outbox.due_with_sources, channel, self.clock(), limit)
 
     async def next_delivery_due(self) -> dict[str, float]:
-        return await self.read(outbox.next_due)
+        return await self.read(outbox.next_due, self.clock())
 
     async def delivery_source(self, delivery_id: int) -> dict[str, Any] | None:
         return await self.read(outbox.event_source, delivery_id)
@@ -340,10 +417,10 @@ class Store:
     # -- the archive --
 
     async def due_downloads(self, limit: int, skip: list[str]) -> list[dict[str, Any]]:
-        return await self.read(media.due, self.clock(), limit, skip)
+        return await self.take(media.due, self.clock(), limit, skip)
 
     async def next_download_due(self, skip: list[str]) -> float | None:
-        return await self.read(media.next_due, skip)
+        return await self.read(media.next_due, skip, self.clock())
 
     async def record_file(self, job_id: str, kind: str, **fields: Any) -> None:
         now = self.clock()
@@ -421,3 +498,19 @@ class Store:
             return job
 
         return await self.read(detail)
+
+
+class ProviderBudget:
+    """A provider's rate and pauses kept in the database (``budgets``), for its Gate."""
+
+    def __init__(self, store: Store, provider: str) -> None:
+        self.store = store
+        self.provider = provider
+
+    async def reserve(self, spacing: float) -> tuple[float, float]:
+        return await self.store.write(
+            partial(budgets.reserve, provider=self.provider, spacing=spacing)
+        )
+
+    async def block(self, seconds: float) -> None:
+        await self.store.write(partial(budgets.block, provider=self.provider, seconds=seconds))

@@ -43,6 +43,9 @@ class Row(Protocol):
 
 class Db(Protocol):
     engine: str  # "sqlite" | "postgres"
+    # This replica's name, under which it claims work (``claims``); None where no other
+    # replica can exist (SQLite: the file's lock admits one service).
+    owner: str | None
     # Appended to a SELECT whose rows the transaction is about to change.
     for_update: str
     # Appended to the SELECT that picks work to claim: rows another replica is claiming

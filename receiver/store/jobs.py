@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from receiver.providers.base import Observation, Submission
 from receiver.states import TERMINAL_SQL, Status, decide
+from receiver.store import claims
 from receiver.store.db import Db
 from receiver.store.media import queue_download
 
@@ -89,7 +90,8 @@ async def insert_job(db: Db, job: NewJob, *, now: float, route: Route) -> None:
     await db.run(
         "INSERT INTO jobs (id, provider, status, model, prompt, request, callback_token,"
         " callback_url, key_fingerprint, notify, deadline_at, created_at, updated_at,"
-        " submit_attempts, submitting_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,1,?)",
+        " submit_attempts, submitting_at, claimed_by, claimed_until)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?)",
         (
             job.id,
             job.provider,
@@ -105,6 +107,7 @@ async def insert_job(db: Db, job: NewJob, *, now: float, route: Route) -> None:
             now,
             now,
             now,
+            *claims.lease(db, now),  # the first attempt is this replica's
         ),
     )
     await _transition(
@@ -263,7 +266,7 @@ async def record_submission(
 ) -> Applied:
     await db.run(
         "UPDATE jobs SET provider_job_id = ?, key_fingerprint = ?, next_poll_at = ?,"
-        " submitting_at = NULL, next_submit_at = NULL WHERE id = ?",
+        f" submitting_at = NULL, next_submit_at = NULL, {claims.RELEASED} WHERE id = ?",
         (submission.provider_job_id, submission.key_fingerprint, next_poll_at, job_id),
     )
     return await apply(db, job_id, submission.observation, "submit", now=now, route=route)
@@ -389,7 +392,7 @@ async def record_poll(
     detail = {"confirms_callback_id": row["confirm_callback_id"]} if row else None
     applied = await apply(db, job_id, obs, "poll", now=now, route=route, detail=detail)
     await db.run(
-        "UPDATE jobs SET polls = polls + 1, poll_failures = 0,"
+        f"UPDATE jobs SET polls = polls + 1, poll_failures = 0, {claims.RELEASED},"
         f" next_poll_at = CASE WHEN status IN {TERMINAL_SQL} THEN NULL ELSE ? END"
         " WHERE id = ?",
         (next_poll_at, job_id),
@@ -399,7 +402,8 @@ async def record_poll(
 
 async def record_poll_failure(db: Db, job_id: str, *, next_poll_at: float) -> int:
     await db.run(
-        "UPDATE jobs SET next_poll_at = ?, poll_failures = poll_failures + 1 WHERE id = ?",
+        "UPDATE jobs SET next_poll_at = ?, poll_failures = poll_failures + 1,"
+        f" {claims.RELEASED} WHERE id = ?",
         (next_poll_at, job_id),
     )
     row = await db.one("SELECT poll_failures FROM jobs WHERE id = ?", (job_id,))

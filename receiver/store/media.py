@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from receiver.states import Status
+from receiver.store import claims
 from receiver.store.db import Db, among
 from receiver.store.queries import _row, _rows
 
@@ -38,14 +39,26 @@ async def queue_download(db: Db, job_id: str, now: float) -> None:
 async def due(db: Db, now: float, limit: int, skip: Iterable[str]) -> list[dict[str, Any]]:
     """Due downloads, oldest first, each with what fetching it needs and its ``files``."""
     skipped = list(skip)
+    claimed = await claims.claim(
+        db,
+        "downloads",
+        key="job_id",
+        columns="job_id, next_attempt_at",
+        where="status = 'pending' AND next_attempt_at <= ?"
+        f" AND {among('job_id', skipped, negate=True)}",
+        params=(now, *skipped),
+        order="next_attempt_at",
+        limit=limit,
+        now=now,
+    )
+    ids = [row[0] for row in claimed]
     rows = _rows(
         await db.all(
             "SELECT d.job_id, d.attempts, d.queued_at, j.provider, j.provider_job_id,"
             " j.key_fingerprint, j.callback_url, j.result_url, j.cover_url, j.finished_at"
             " FROM downloads d JOIN jobs j ON j.id = d.job_id"
-            " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
-            f" AND {among('d.job_id', skipped, negate=True)} ORDER BY d.next_attempt_at LIMIT ?",
-            (now, *skipped, limit),
+            f" WHERE {among('d.job_id', ids)} ORDER BY d.next_attempt_at",
+            ids,
         )
     )
     for row in rows:
@@ -53,12 +66,12 @@ async def due(db: Db, now: float, limit: int, skip: Iterable[str]) -> list[dict[
     return rows
 
 
-async def next_due(db: Db, skip: Iterable[str]) -> float | None:
+async def next_due(db: Db, skip: Iterable[str], now: float) -> float | None:
     skipped = list(skip)
     row = await db.one(
         "SELECT min(next_attempt_at) FROM downloads WHERE status = 'pending'"
-        f" AND {among('job_id', skipped, negate=True)}",
-        skipped,
+        f" AND {among('job_id', skipped, negate=True)} AND {claims.FREE}",
+        (*skipped, now),
     )
     return None if row is None else row[0]
 
@@ -103,7 +116,7 @@ async def record_file(
 async def retry(db: Db, job_id: str, *, error: str, next_attempt_at: float, now: float) -> None:
     await db.run(
         "UPDATE downloads SET attempts = attempts + 1, error = ?, next_attempt_at = ?,"
-        " updated_at = ? WHERE job_id = ? AND status = 'pending'",
+        f" updated_at = ?, {claims.RELEASED} WHERE job_id = ? AND status = 'pending'",
         (error, next_attempt_at, now, job_id),
     )
 
@@ -112,7 +125,8 @@ async def finish(db: Db, job_id: str, *, status: str, error: str | None, now: fl
     """Settle the download, and send the notifications that were waiting for it now."""
     await db.run(
         "UPDATE downloads SET status = ?, attempts = attempts + 1, error = ?,"
-        " next_attempt_at = NULL, updated_at = ?, finished_at = ? WHERE job_id = ?",
+        f" next_attempt_at = NULL, updated_at = ?, finished_at = ?, {claims.RELEASED}"
+        " WHERE job_id = ?",
         (status, error, now, now, job_id),
     )
     await release_deliveries(db, job_id, now)
@@ -138,10 +152,20 @@ async def defer_delivery(db: Db, delivery_id: int, until: float, now: float) -> 
     Only while the download is still pending: one that settled since the delivery was
     read has released its deliveries already, and this one must not wait after that.
     """
+    delivery = await db.one("SELECT job_id FROM deliveries WHERE id = ?", (delivery_id,))
+    if delivery is None:
+        return False
+    # Locked as ``finish`` locks it (PostgreSQL): a download settling at this moment on
+    # another connection either comes first, and is seen as settled here, or waits for
+    # this deferral and then releases it.
+    download = await db.one(
+        f"SELECT status FROM downloads WHERE job_id = ?{db.for_update}", (delivery["job_id"],)
+    )
+    if download is None or download["status"] != PENDING:
+        return False
     changed = await db.run(
-        "UPDATE deliveries SET next_attempt_at = ?, updated_at = ?"
-        " WHERE id = ? AND status = 'pending' AND EXISTS (SELECT 1 FROM downloads d"
-        " WHERE d.job_id = deliveries.job_id AND d.status = 'pending')",
+        f"UPDATE deliveries SET next_attempt_at = ?, updated_at = ?, {claims.RELEASED}"
+        " WHERE id = ? AND status = 'pending'",
         (until, now, delivery_id),
     )
     return changed > 0

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from receiver.store import media
+from receiver.store import claims, media
 from receiver.store.db import Db, among
 from receiver.store.queries import _row, _rows, newest_first
 
@@ -23,11 +23,23 @@ DISABLED = "channel disabled: "
 
 
 async def due(db: Db, channel: str, now: float, limit: int) -> list[dict[str, Any]]:
+    """The channel's due deliveries, in order, claimed. A channel is sent to by one
+    replica at a time, so that its messages keep their order and its pace: none while
+    another replica holds some of them."""
+    await db.serialize(f"deliveries:{channel}")
+    if await claims.others_hold(db, "deliveries", "channel = ?", (channel,), now):
+        return []
     return _rows(
-        await db.all(
-            "SELECT * FROM deliveries WHERE channel = ? AND status = 'pending'"
-            " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
-            (channel, now, limit),
+        await claims.claim(
+            db,
+            "deliveries",
+            key="id",
+            where="channel = ? AND status = 'pending' AND next_attempt_at <= ?",
+            params=(channel, now),
+            order="next_attempt_at, id",
+            sort=lambda row: (row["next_attempt_at"], row["id"]),
+            limit=limit,
+            now=now,
         )
     )
 
@@ -52,12 +64,21 @@ async def _by_id(db: Db, table: str, ids: Iterable[Any]) -> dict[Any, dict[str, 
     return {row["id"]: row for row in rows}
 
 
-async def next_due(db: Db) -> dict[str, float]:
-    """When each channel's earliest pending delivery is due."""
-    rows = await db.all(
-        "SELECT channel, MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
-        " GROUP BY channel"
-    )
+async def next_due(db: Db, now: float) -> dict[str, float]:
+    """When each channel's earliest pending delivery is due; channels another replica is
+    sending to are left to it."""
+    if db.owner is None:
+        rows = await db.all(
+            "SELECT channel, MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+            " GROUP BY channel"
+        )
+    else:
+        rows = await db.all(
+            "SELECT channel, MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+            " AND channel NOT IN (SELECT channel FROM deliveries WHERE status = 'pending'"
+            " AND claimed_until >= ? AND claimed_by <> ?) GROUP BY channel",
+            (now, db.owner),
+        )
     return {channel: at for channel, at in rows}
 
 
@@ -94,7 +115,7 @@ async def record_attempt(
     )
     await db.run(
         "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?,"
-        " last_error = ?, updated_at = ?,"
+        f" last_error = ?, updated_at = ?, {claims.RELEASED},"
         " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END WHERE id = ?",
         (status, next_attempt_at, error, now, status, now, delivery_id),
     )
@@ -134,7 +155,7 @@ async def disable_channel(db: Db, name: str, reason: str, fingerprint: str, now:
 async def hold(db: Db, channel: str, reason: str, now: float) -> int:
     """Hold the channel's pending deliveries, saying why in ``last_error``."""
     return await db.run(
-        "UPDATE deliveries SET status = 'held', last_error = ?, updated_at = ?"
+        f"UPDATE deliveries SET status = 'held', last_error = ?, updated_at = ?, {claims.RELEASED}"
         " WHERE channel = ? AND status = 'pending'",
         (reason, now, channel),
     )
@@ -265,6 +286,7 @@ async def settle_channels(db: Db, configured: Mapping[str, str], now: float) -> 
     or it is back in the configuration). The pending deliveries of a channel that is not
     configured are held: no one would send them.
     """
+    await db.serialize("channels")  # replicas starting together settle them in turn
     found = ChannelsAtStart()
     for state in await channel_states(db):
         name = state["name"]

@@ -103,7 +103,8 @@ class _Marks:
     for_update = " FOR NO KEY UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str | None) -> None:
+        self.owner = owner
         self.touched: set[str] = set()
         self.committed: list[Callable[[], None]] = []
 
@@ -119,8 +120,8 @@ class _Marks:
 class PgDb(_Marks):
     """``db.Db`` on an async psycopg connection, inside its transaction."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        super().__init__()
+    def __init__(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> None:
+        super().__init__(owner)
         self.conn = conn
 
     async def run(self, sql: str, params: Params = ()) -> int:
@@ -155,7 +156,7 @@ class PgSyncDb(_Marks):
     and the command line: run with ``db.run_sync``, as each call answers at once."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        super().__init__()
+        super().__init__(None)
         self.conn = conn
 
     async def run(self, sql: str, params: Params = ()) -> int:
@@ -250,8 +251,10 @@ def server_version(conn: psycopg.Connection[Any]) -> str:
 class PostgresEngine:
     name = "postgres"
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, url: str, *, owner: str, pool_size: int = POOL_SIZE) -> None:
         self._url = url
+        # This replica's name on the work it claims (``claims``).
+        self.owner = owner
         self.pool_size = pool_size
         self.listeners: list[Listener] = []
         self._outage: Outage | None = None
@@ -333,7 +336,7 @@ class PostgresEngine:
             db: PgDb | None = None
             try:
                 async with pool.connection() as conn:
-                    db = PgDb(conn)
+                    db = PgDb(conn, self.owner)
                     async with conn.transaction():
                         result = await op(db)
                         if db.touched:
@@ -363,7 +366,7 @@ class PostgresEngine:
             raise RuntimeError("the store is closed")
         try:
             async with pool.connection() as conn, conn.transaction():
-                return await op(PgDb(conn))
+                return await op(PgDb(conn, self.owner))
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc) from None

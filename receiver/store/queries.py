@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from receiver.states import TERMINAL_SQL
+from receiver.store import claims
 from receiver.store.db import Db, Row, among
 
 _JSON_COLUMNS = ("request", "notify", "anomalies", "detail", "headers")
@@ -82,15 +83,22 @@ async def callbacks(db: Db, job_id: str) -> list[dict[str, Any]]:
 async def due_polls(
     db: Db, provider: str, now: float, limit: int, skip: list[str]
 ) -> list[dict[str, Any]]:
-    """A provider's due polls, oldest first, leaving out the ids in ``skip`` (in flight)."""
+    """A provider's due polls, oldest first, claimed; leaving out the ids in ``skip``
+    (in flight here)."""
     return _rows(
-        await db.all(
-            "SELECT id, provider, provider_job_id, key_fingerprint, callback_url,"
-            " confirm_callback_id, poll_failures, polls, next_poll_at FROM jobs"
-            " WHERE provider = ? AND next_poll_at <= ?"
-            f" AND status NOT IN {TERMINAL_SQL}"
-            f" AND {among('id', skip, negate=True)} ORDER BY next_poll_at LIMIT ?",
-            (provider, now, *skip, limit),
+        await claims.claim(
+            db,
+            "jobs",
+            key="id",
+            columns="id, provider, provider_job_id, key_fingerprint, callback_url,"
+            " confirm_callback_id, poll_failures, polls, next_poll_at",
+            where=f"provider = ? AND next_poll_at <= ? AND status NOT IN {TERMINAL_SQL}"
+            f" AND {among('id', skip, negate=True)}",
+            params=(provider, now, *skip),
+            order="next_poll_at",
+            sort=lambda row: row["next_poll_at"],
+            limit=limit,
+            now=now,
         )
     )
 
@@ -106,17 +114,18 @@ async def overdue_deadlines(db: Db, now: float, limit: int) -> list[str]:
     ]
 
 
-async def next_wake(db: Db, providers: list[str], skip: list[str]) -> float | None:
+async def next_wake(db: Db, providers: list[str], skip: list[str], now: float) -> float | None:
     """The earliest deadline of any unfinished job, or poll of one of ``providers``.
 
-    Jobs in ``skip`` (polls in flight) are left out.
+    Jobs in ``skip`` (polls in flight here) and those another replica holds are left out.
     """
     # ORDER BY an indexed column with LIMIT 1 reads a few index entries, not the table.
     poll = await db.one(
         "SELECT next_poll_at FROM jobs WHERE next_poll_at IS NOT NULL"
         f" AND status NOT IN {TERMINAL_SQL} AND {among('provider', providers)}"
-        f" AND {among('id', skip, negate=True)} ORDER BY next_poll_at LIMIT 1",
-        (*providers, *skip),
+        f" AND {among('id', skip, negate=True)} AND {claims.FREE}"
+        " ORDER BY next_poll_at LIMIT 1",
+        (*providers, *skip, now),
     )
     deadline = await db.one(
         "SELECT deadline_at FROM jobs WHERE deadline_at IS NOT NULL"

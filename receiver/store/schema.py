@@ -222,3 +222,20 @@ def m006_archive(db: Database) -> None:
         foreign_keys=[("job_id", "jobs", "id")],
     )
     db.table("media").create_index(["stored_at"])
+
+
+@migrations()
+def m007_claims(db: Database) -> None:
+    # Work a replica has claimed (PostgreSQL: several replicas share the database), until
+    # claimed_until, which it renews while it works (receiver.store.claims).
+    for table in ("jobs", "deliveries", "downloads"):
+        db.table(table).add_column("claimed_by", str)
+        db.table(table).add_column("claimed_until", float)
+    # The request budget of each provider, shared by the replicas: when its next request
+    # may leave, and until when the provider asked for a pause (Retry-After).
+    db.table("provider_budgets").create(
+        {"provider": str, "next_at": float, "blocked_until": float},
+        pk="provider",
+        not_null={"next_at", "blocked_until"},
+        defaults={"next_at": 0.0, "blocked_until": 0.0},
+    )

@@ -13,6 +13,7 @@ from typing import Any
 
 from receiver.providers.base import Observation
 from receiver.states import TERMINAL_SQL, Status
+from receiver.store import claims
 from receiver.store.db import Db, among
 from receiver.store.jobs import Applied, Route, apply
 from receiver.store.queries import _rows
@@ -27,11 +28,12 @@ _COLUMNS = (
 async def start(db: Db, job_id: str, now: float) -> int | None:
     """Claim a waiting submission for an attempt; its attempt number, or None if it is no
     longer waiting (it ended meanwhile)."""
+    # Conditional: of two replicas that read the same due submission, one starts it.
     claimed = await db.run(
-        "UPDATE jobs SET submitting_at = ?, next_submit_at = NULL,"
-        " submit_attempts = submit_attempts + 1 WHERE id = ? AND next_submit_at IS NOT NULL"
-        f" AND status NOT IN {TERMINAL_SQL}",
-        (now, job_id),
+        "UPDATE jobs SET submitting_at = ?, next_submit_at = NULL, claimed_by = ?,"
+        " claimed_until = ?, submit_attempts = submit_attempts + 1 WHERE id = ?"
+        f" AND next_submit_at IS NOT NULL AND status NOT IN {TERMINAL_SQL}",
+        (now, *claims.lease(db, now), job_id),
     )
     if not claimed:
         return None
@@ -44,7 +46,7 @@ async def schedule(db: Db, job_id: str, at: float, error: str, now: float) -> bo
     """The attempt was refused for now: send it again at ``at``."""
     changed = await db.run(
         "UPDATE jobs SET submitting_at = NULL, next_submit_at = ?, submit_error = ?,"
-        f" updated_at = ? WHERE id = ? AND status NOT IN {TERMINAL_SQL}",
+        f" {claims.RELEASED}, updated_at = ? WHERE id = ? AND status NOT IN {TERMINAL_SQL}",
         (at, error, now, job_id),
     )
     return changed > 0
@@ -61,8 +63,8 @@ async def fail(
 ) -> Applied:
     """The submission will not be sent again: the job fails with ``error``."""
     await db.run(
-        "UPDATE jobs SET submitting_at = NULL, next_submit_at = NULL, submit_error = ?"
-        " WHERE id = ?",
+        "UPDATE jobs SET submitting_at = NULL, next_submit_at = NULL, submit_error = ?,"
+        f" {claims.RELEASED} WHERE id = ?",
         (error, job_id),
     )
     failed = Observation(status=Status.FAILED, error=error)
@@ -97,23 +99,24 @@ async def due(
     return found, None if upcoming is None else upcoming[0]
 
 
-async def interrupted(db: Db, before: float) -> list[dict[str, Any]]:
-    """Jobs whose submission attempt began before ``before`` and never ended: a crash
-    (or a kill) came while it was under way."""
+async def interrupted(db: Db, before: float, now: float) -> list[dict[str, Any]]:
+    """Jobs whose submission attempt began before ``before`` and never ended, and whose
+    replica no longer holds them: a crash (or a kill) came while it was under way."""
     return _rows(
         await db.all(
             f"SELECT {_COLUMNS}, submitting_at FROM jobs WHERE submitting_at < ?"
-            f" AND status NOT IN {TERMINAL_SQL} ORDER BY submitting_at",
-            (before,),
+            f" AND status NOT IN {TERMINAL_SQL} AND {claims.FREE} ORDER BY submitting_at",
+            (before, now),
         )
     )
 
 
-async def resume(db: Db, job_id: str, now: float) -> bool:
-    """An interrupted attempt that may be sent again: due at once."""
+async def resume(db: Db, job_id: str, submitting_at: float, now: float) -> bool:
+    """An interrupted attempt that may be sent again: due at once. Only the attempt that
+    was found interrupted: not one another replica has begun since."""
     changed = await db.run(
-        "UPDATE jobs SET submitting_at = NULL, next_submit_at = ? WHERE id = ?"
-        f" AND status NOT IN {TERMINAL_SQL}",
-        (now, job_id),
+        f"UPDATE jobs SET submitting_at = NULL, next_submit_at = ?, {claims.RELEASED}"
+        f" WHERE id = ? AND submitting_at = ? AND status NOT IN {TERMINAL_SQL}",
+        (now, job_id, submitting_at),
     )
     return changed > 0

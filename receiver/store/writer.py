@@ -91,6 +91,7 @@ class SqliteDb:
     """``db.Db`` on an SQLite connection: each verb answers at once (see ``db.run_sync``)."""
 
     engine = "sqlite"
+    owner: str | None = None
     # One writer at a time holds the whole database: nothing to lock row by row.
     for_update = ""
     skip_locked = ""

@@ -85,9 +85,9 @@ def yaml_block(lines: list[tuple[int, str]], i: int) -> tuple[object, int]:
     return mapping, i
 
 
-def compose() -> dict:
+def compose(name: str = "compose.yaml") -> dict:
     lines = []
-    for raw in read("compose.yaml").splitlines():
+    for raw in read(name).splitlines():
         # compose.yaml quotes no "#", so a comment is whatever follows one.
         if line := re.sub(r"(^|\s)#.*", "", raw).rstrip():
             lines.append((len(line) - len(line.lstrip(" ")), line.strip()))

@@ -37,8 +37,11 @@ def slack_config(slack, **channel):
 
 
 @pytest.fixture
-def service(sandbox, slack, db_path):
-    with running_service(sandbox.url, db_path, extra=slack_config(slack)) as svc:
+def service(sandbox, slack, database):
+    """On both engines: the outbox's rows are the store's."""
+    with running_service(
+        sandbox.url, database.path, extra=slack_config(slack), database_url=database.url
+    ) as svc:
         yield svc
 
 

@@ -30,6 +30,14 @@ def fresh_store(db_path):
     store.close()
 
 
+@pytest.fixture
+def store(database):
+    """A store on each engine in turn."""
+    store = database.store(route_all).open()
+    yield store
+    store.close()
+
+
 def new_job(job_id="job_1", notify=None):
     return NewJob(
         id=job_id,
@@ -74,38 +82,38 @@ def test_writer_uses_synchronous_full(db_path):
         writer.stop()
 
 
-def test_apply_records_transition_and_enqueues_deliveries(fresh_store, db_path):
+def test_apply_records_transition_and_enqueues_deliveries(store, database):
     async def run():
-        await fresh_store.insert_job(new_job())
-        await fresh_store.apply("job_1", Observation(Status.PROCESSING, "processing"), "callback")
+        await store.insert_job(new_job())
+        await store.apply("job_1", Observation(Status.PROCESSING, "processing"), "callback")
         done = Observation(Status.COMPLETED, "success", result_url="https://cdn/x.mp4")
-        return await fresh_store.apply("job_1", done, "poll")
+        return await store.apply("job_1", done, "poll")
 
-    applied = asyncio.run(run())
+    applied = database.run(store, run())
     assert applied.status is Status.COMPLETED and applied.transition_id is not None
-    steps = rows(db_path, "SELECT from_status, to_status, source FROM transitions ORDER BY id")
+    steps = database.rows("SELECT from_status, to_status, source FROM transitions ORDER BY id")
     assert steps == [
         (None, "queued", "api"),
         ("queued", "processing", "callback"),
         ("processing", "completed", "poll"),
     ]
-    job = rows(db_path, "SELECT status, result_url, finished_at IS NOT NULL FROM jobs")[0]
-    assert job == ("completed", "https://cdn/x.mp4", 1)
-    deliveries = rows(db_path, "SELECT channel, event, status, transition_id FROM deliveries")
+    job = database.rows("SELECT status, result_url, finished_at IS NOT NULL FROM jobs")[0]
+    assert job == ("completed", "https://cdn/x.mp4", True)
+    deliveries = database.rows("SELECT channel, event, status, transition_id FROM deliveries")
     assert deliveries == [("team", "completed", "pending", applied.transition_id)]
 
 
-def test_a_due_batch_is_read_with_its_jobs_and_transitions(fresh_store):
+def test_a_due_batch_is_read_with_its_jobs_and_transitions(store, database):
     async def run():
         for i in range(3):
-            await fresh_store.insert_job(new_job(f"job_{i}"))
+            await store.insert_job(new_job(f"job_{i}"))
             done = Observation(Status.COMPLETED, "success", result_url=f"https://cdn/{i}.mp4")
-            await fresh_store.apply(f"job_{i}", done, "poll")
-        batch = await fresh_store.due_deliveries_with_sources("team", 2)
-        one_by_one = [await fresh_store.delivery_source(d["id"]) for d in batch]
-        return batch, one_by_one, await fresh_store.due_deliveries_with_sources("other", 5)
+            await store.apply(f"job_{i}", done, "poll")
+        batch = await store.due_deliveries_with_sources("team", 2)
+        one_by_one = [await store.delivery_source(d["id"]) for d in batch]
+        return batch, one_by_one, await store.due_deliveries_with_sources("other", 5)
 
-    batch, one_by_one, other = asyncio.run(run())
+    batch, one_by_one, other = database.run(store, run())
     assert other == []
     assert [d["job_id"] for d in batch] == ["job_0", "job_1"]
     # The same as reading each delivery's job and transition apart, as the outbox did.
@@ -118,6 +126,8 @@ def test_a_due_batch_is_read_with_its_jobs_and_transitions(fresh_store):
 
 
 def test_commit_listeners_hear_which_tables_were_marked(fresh_store):
+    # SQLite's writer tells every commit, marked or not; PostgreSQL's replicas hear only
+    # commits that marked something (test_replicas.py).
     heard: queue.Queue = queue.Queue()
     fresh_store.writer.listeners.append(heard.put)
 
@@ -141,43 +151,43 @@ def test_commit_listeners_hear_which_tables_were_marked(fresh_store):
     assert told == [nothing, nothing, marked, nothing, nothing, marked]
 
 
-def test_backwards_and_cross_terminal_observations_are_anomalies(fresh_store, db_path):
+def test_backwards_and_cross_terminal_observations_are_anomalies(store, database):
     async def run():
-        await fresh_store.insert_job(new_job())
-        await fresh_store.apply("job_1", Observation(Status.COMPLETED, "success"), "poll")
+        await store.insert_job(new_job())
+        await store.apply("job_1", Observation(Status.COMPLETED, "success"), "poll")
         processing = Observation(Status.PROCESSING, "processing")
-        late = await fresh_store.apply("job_1", processing, "callback")
-        other = await fresh_store.apply("job_1", Observation(Status.FAILED, "failed"), "callback")
+        late = await store.apply("job_1", processing, "callback")
+        other = await store.apply("job_1", Observation(Status.FAILED, "failed"), "callback")
         return late, other
 
-    late, other = asyncio.run(run())
+    late, other = database.run(store, run())
     assert late.transition_id is None and late.anomaly
     assert other.transition_id is None and other.anomaly
-    assert rows(db_path, "SELECT status FROM jobs")[0][0] == "completed"
-    assert rows(db_path, "SELECT count(*) FROM transitions")[0][0] == 2
-    anomalies = rows(db_path, "SELECT anomalies FROM jobs")[0][0]
+    assert database.rows("SELECT status FROM jobs")[0][0] == "completed"
+    assert database.rows("SELECT count(*) FROM transitions")[0][0] == 2
+    anomalies = database.rows("SELECT anomalies FROM jobs")[0][0]
     assert '"observed":"processing"' in anomalies and '"observed":"failed"' in anomalies
 
 
-def test_unknown_provider_status_is_kept_raw_without_anomaly(fresh_store, db_path):
+def test_unknown_provider_status_is_kept_raw_without_anomaly(store, database):
     async def run():
-        await fresh_store.insert_job(new_job())
+        await store.insert_job(new_job())
         obs = Observation(Status.QUEUED, "scheduled", known=False)
-        return await fresh_store.apply("job_1", obs, "poll")
+        return await store.apply("job_1", obs, "poll")
 
-    applied = asyncio.run(run())
+    applied = database.run(store, run())
     assert applied.anomaly is None
-    assert rows(db_path, "SELECT status, provider_status, anomalies FROM jobs")[0] == (
+    assert database.rows("SELECT status, provider_status, anomalies FROM jobs")[0] == (
         "queued",
         "scheduled",
         "[]",
     )
 
 
-def test_apply_to_missing_job_raises_and_writes_nothing(fresh_store, db_path):
+def test_apply_to_missing_job_raises_and_writes_nothing(store, database):
     with pytest.raises(JobNotFound):
-        asyncio.run(fresh_store.apply("nope", Observation(Status.COMPLETED), "poll"))
-    assert rows(db_path, "SELECT count(*) FROM transitions")[0][0] == 0
+        database.run(store, store.apply("nope", Observation(Status.COMPLETED), "poll"))
+    assert database.rows("SELECT count(*) FROM transitions")[0][0] == 0
 
 
 def test_group_commit_isolates_a_failing_request(db_path):
@@ -223,15 +233,15 @@ def _insert_then_fail(conn):
     raise RuntimeError("boom")
 
 
-def test_nonce_purge_removes_only_expired(fresh_store, db_path):
+def test_nonce_purge_removes_only_expired(store, database):
     async def run():
-        await fresh_store.write(
+        await store.write(
             lambda db: db.run_many(
                 "INSERT INTO nonces (provider, nonce, digest, expires_at) VALUES ('vidu',?,'d',?)",
-                [("old", 1.0), ("new", fresh_store.clock() + 600)],
+                [("old", 1.0), ("new", store.clock() + 600)],
             )
         )
-        return await fresh_store.purge_nonces()
+        return await store.purge_nonces()
 
-    assert asyncio.run(run()) == 1
-    assert rows(db_path, "SELECT nonce FROM nonces") == [("new",)]
+    assert database.run(store, run()) == 1
+    assert database.rows("SELECT nonce FROM nonces") == [("new",)]
