@@ -85,8 +85,9 @@ from receiver.providers.base import Observation, Submission
 from receiver.runtime import new_callback_token, new_job_id
 from receiver.sandbox import ServerThread, ViduSandboxSettings, create_sandbox_app
 from receiver.states import Status
-from receiver.store import NewJob, jobs, migrate
-from receiver.store.db import run_sync
+from receiver.store import NewJob, jobs, migrate, postgres
+from receiver.store.db import Db, run_sync
+from receiver.store.postgres import PgSyncDb
 from receiver.store.writer import SqliteDb, connect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +98,7 @@ ADMIN_TOKEN = "bench-admin-token-0123456789"
 ENV = {API_KEY_ENV: API_KEY, "VIDHOOK_ADMIN_TOKEN": ADMIN_TOKEN}
 # Variables that would override the generated config file.
 _OVERRIDES = ("VIDHOOK_CONFIG", "VIDHOOK_PUBLIC_URL", "VIDHOOK_DATABASE", "VIDHOOK_URL")
+DATABASE_URL_ENV = "VIDHOOK_BENCH_DATABASE_URL"
 
 
 def free_port() -> int:
@@ -202,23 +204,32 @@ class ServiceProcess:
         top: str = "",
         log_level: str = "warning",
         serve_args: Sequence[str] = (),
+        database_url: str | None = None,
+        public_url: str | None = None,
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.serve_args = list(serve_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # PostgreSQL instead of the file, and the address callbacks come to (a balancer's).
+        self.database_url = database_url
+        if database_url is not None:
+            top = f'database_url_env = "{DATABASE_URL_ENV}"\n{top}'
+            tables += '[archive]\nstore = "off"\n\n'
         self.db_path = folder / "vidhook.db"
         self.config_path = folder / "vidhook.toml"
         self.log_path = folder / "vidhook.log"
         self.log_level = log_level
         self.config_path.write_text(
-            f"public_url = {_toml_value(self.url)}\n"
+            f"public_url = {_toml_value(public_url or self.url)}\n"
             f"database = {_toml_value(self.db_path)}\n"
             'admin_token_env = "VIDHOOK_ADMIN_TOKEN"\n'
             f'{top}\n\n[server]\nhost = "127.0.0.1"\nport = {self.port}\n\n{tables}',
             encoding="utf-8",
         )
         self.env = {k: v for k, v in os.environ.items() if k not in _OVERRIDES} | ENV
+        if database_url is not None:
+            self.env[DATABASE_URL_ENV] = database_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -255,7 +266,10 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+    def rows(self, sql: str, *params: Any) -> list[Any]:
+        if self.database_url is not None:
+            with postgres.connect(self.database_url) as pg:
+                return pg.execute(postgres.translate(sql), params).fetchall()
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         conn.row_factory = sqlite3.Row
         try:
@@ -284,50 +298,64 @@ def precreate_jobs(
     count: int,
     next_poll_at: float | Callable[[int], float] | None = None,
 ) -> list[BenchJob]:
+    if config.database_url is not None:
+        # The store's own operations on PostgreSQL, on a plain connection (db.run_sync).
+        with postgres.connect(config.database_url.reveal()) as pg, pg.transaction():
+            return _create(config, PgSyncDb(pg), provider, count, next_poll_at)
+    migrate(config.database)
+    conn = connect(config.database)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        created = _create(config, SqliteDb(conn), provider, count, next_poll_at)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return created
+
+
+def _create(
+    config: Config,
+    db: Db,
+    provider: str,
+    count: int,
+    next_poll_at: float | Callable[[int], float] | None,
+) -> list[BenchJob]:
     settings = config.providers[provider]
     takes_callbacks = ADAPTERS[settings.type].supports_callbacks
     fingerprint = settings.api_key.fingerprint
     now = time.time()
     created: list[BenchJob] = []
-    migrate(config.database)
-    conn = connect(config.database)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        db = SqliteDb(conn)
-        for i in range(count):
-            token = new_callback_token() if takes_callbacks else None
-            url = config.callback_url(provider, token) if token else None
-            job = BenchJob(new_job_id(), f"bench-{i}-{os.urandom(4).hex()}", token, url)
-            new = NewJob(
-                id=job.id,
-                provider=provider,
-                model=settings.default_model,
-                prompt=f"bench job {i}",
-                request={"images": [], "mode": None, "options": {}},
-                callback_token=token,
-                callback_url=url,
-                key_fingerprint=fingerprint,
-                notify=None,
-                deadline_at=now + settings.deadline,
+    for i in range(count):
+        token = new_callback_token() if takes_callbacks else None
+        url = config.callback_url(provider, token) if token else None
+        job = BenchJob(new_job_id(), f"bench-{i}-{os.urandom(4).hex()}", token, url)
+        new = NewJob(
+            id=job.id,
+            provider=provider,
+            model=settings.default_model,
+            prompt=f"bench job {i}",
+            request={"images": [], "mode": None, "options": {}},
+            callback_token=token,
+            callback_url=url,
+            key_fingerprint=fingerprint,
+            notify=None,
+            deadline_at=now + settings.deadline,
+        )
+        run_sync(jobs.insert_job(db, new, now=now, route=config.channels_for))
+        if next_poll_at is None:
+            poll_at = now + first_poll_delay(settings, takes_callbacks)
+        elif callable(next_poll_at):
+            poll_at = next_poll_at(i)
+        else:
+            poll_at = next_poll_at
+        observed = Observation(status=Status.QUEUED, provider_status="created")
+        submission = Submission(job.provider_job_id, observed, fingerprint)
+        run_sync(
+            jobs.record_submission(
+                db, job.id, submission, next_poll_at=poll_at, now=now, route=config.channels_for
             )
-            run_sync(jobs.insert_job(db, new, now=now, route=config.channels_for))
-            if next_poll_at is None:
-                poll_at = now + first_poll_delay(settings, takes_callbacks)
-            elif callable(next_poll_at):
-                poll_at = next_poll_at(i)
-            else:
-                poll_at = next_poll_at
-            observed = Observation(status=Status.QUEUED, provider_status="created")
-            submission = Submission(job.provider_job_id, observed, fingerprint)
-            run_sync(
-                jobs.record_submission(
-                    db, job.id, submission, next_poll_at=poll_at, now=now, route=config.channels_for
-                )
-            )
-            created.append(job)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+        )
+        created.append(job)
     return created
 
 

@@ -153,6 +153,8 @@ def test_two_replicas_behind_caddy_lose_and_double_nothing_while_one_is_killed_t
     public = f"http://127.0.0.1:{caddy_port}"
     with ServerThread(visits) as fakes, ServerThread(sink.app) as sink_server:
         top, extra = replica_config(sink_server.url, tmp_path / "media")
+        for name in ("a", "b", "caddy"):
+            (tmp_path / name).mkdir()
         a, b = (
             ServiceProcess(
                 tmp_path / name, fakes.url, top_config=top, extra_config=extra,
