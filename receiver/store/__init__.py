@@ -508,9 +508,11 @@ class ProviderBudget:
         self.provider = provider
 
     async def reserve(self, spacing: float) -> tuple[float, float]:
-        return await self.store.write(
+        until_turn, until_open, answered = await self.store.write(
             partial(budgets.reserve, provider=self.provider, spacing=spacing)
         )
+        spent = time.monotonic() - answered  # the commit, and the way back here
+        return until_turn - spent, until_open - spent
 
     async def block(self, seconds: float) -> None:
         await self.store.write(partial(budgets.block, provider=self.provider, seconds=seconds))

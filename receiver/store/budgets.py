@@ -12,14 +12,20 @@ PostgreSQL only: with SQLite there is one service, and its Gate alone is the bud
 
 from __future__ import annotations
 
+import time
+
 from receiver.store.db import Db
 
 _NOW = "extract(epoch from clock_timestamp())"
 
 
-async def reserve(db: Db, provider: str, spacing: float) -> tuple[float, float]:
-    """Reserve the provider's next request moment: seconds until it, and until the end
-    of a pause the provider asked for (either may be negative: no wait)."""
+async def reserve(db: Db, provider: str, spacing: float) -> tuple[float, float, float]:
+    """Reserve the provider's next request moment: seconds until it and until the end of
+    a pause the provider asked for (either may be negative: no wait), counted from the
+    third value, the time.monotonic() at which the statement answered.
+
+    Counted from the statement, not from the commit: a commit that is slow for one
+    request and quick for the next would otherwise send the two too close together."""
     row = await db.one(
         "INSERT INTO provider_budgets AS b (provider, next_at, blocked_until)"
         f" VALUES (?, {_NOW} + ?, 0) ON CONFLICT (provider) DO UPDATE"
@@ -27,8 +33,9 @@ async def reserve(db: Db, provider: str, spacing: float) -> tuple[float, float]:
         f" RETURNING b.next_at - ? - {_NOW}, b.blocked_until - {_NOW}",
         (provider, spacing, spacing, spacing),
     )
+    answered = time.monotonic()
     assert row is not None
-    return float(row[0]), float(row[1])
+    return float(row[0]), float(row[1]), answered
 
 
 async def block(db: Db, provider: str, seconds: float) -> None:
