@@ -29,6 +29,7 @@ from receiver.sandbox import (
     LumaFakeSettings,
     MiniMaxFakeSettings,
     NewApiFakeSettings,
+    PixVerseFakeSettings,
     ReplicateFakeSettings,
     RunwayFakeSettings,
     ServerThread,
@@ -151,6 +152,8 @@ def demo_extras(provider: str, sandbox_url: str) -> dict[str, str]:
         return {"webhook_secret_env": "VIDHOOK_DEMO_WEBHOOK_SECRET"}
     if provider == "fal":
         return {"jwks_url": f"{sandbox_url}/fal/.well-known/jwks.json"}
+    if provider == "pixverse":
+        return {"webhook_secret_env": "VIDHOOK_DEMO_PIXVERSE_SECRET"}
     return {}
 
 
@@ -162,6 +165,7 @@ def run_demo(timeout: float = 60.0) -> int:
         "VIDHOOK_DEMO_KEY": "demo-" + secrets.token_hex(16),
         "VIDHOOK_DEMO_ACCESS_KEY": "demo-access-" + secrets.token_hex(8),
         "VIDHOOK_DEMO_WEBHOOK_SECRET": standard.new_secret(),
+        "VIDHOOK_DEMO_PIXVERSE_SECRET": secrets.token_urlsafe(24),
     }
     with tempfile.TemporaryDirectory(prefix="vidhook-demo-") as tmp:
         keys = [env["VIDHOOK_DEMO_KEY"]]
@@ -182,12 +186,19 @@ def run_demo(timeout: float = 60.0) -> int:
                 webhook_retry_delays=(0.5, 1.0),
             ),
             fal=FalFakeSettings(api_keys=keys, webhook_retry_delays=(0.5, 1.0)),
+            pixverse=PixVerseFakeSettings(
+                api_keys=keys,
+                webhook_secret=env["VIDHOOK_DEMO_PIXVERSE_SECRET"],
+                webhook_retry_delays=(0.5, 1.0),
+            ),
         )
         with ServerThread(app) as sandbox:
             receiver = ServerThread(None)
             receiver.bind()
             config = demo_config(receiver.url, sandbox.url, Path(tmp) / "demo.db", env)
             receiver.app = create_app(config)
+            # PixVerse's console: every job's webhook goes to the one account-level URL.
+            app.state.pixverse.settings.webhook_url = config.callback_url("pixverse", None)
             with receiver:
                 print(f"sandbox providers: {sandbox.url}")
                 print(f"vidhook receiver:  {receiver.url} (database in {tmp})")

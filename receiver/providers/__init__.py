@@ -13,6 +13,7 @@ from receiver.providers.kvid import Kvid
 from receiver.providers.luma import Luma
 from receiver.providers.minimax import MiniMax
 from receiver.providers.newapi import NewApi
+from receiver.providers.pixverse import PixVerse
 from receiver.providers.replicate import Replicate
 from receiver.providers.revid import Revid
 from receiver.providers.runway import Runway
@@ -30,6 +31,7 @@ ADAPTERS: dict[str, type[Provider]] = {
     "minimax": MiniMax,
     "replicate": Replicate,
     "fal": Fal,
+    "pixverse": PixVerse,
 }
 
 

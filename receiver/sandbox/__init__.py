@@ -20,6 +20,7 @@ from receiver.sandbox.kvid import KvidFake
 from receiver.sandbox.luma import LumaFake, LumaFakeSettings
 from receiver.sandbox.minimax import MiniMaxFake, MiniMaxFakeSettings
 from receiver.sandbox.newapi import NewApiFake, NewApiFakeSettings
+from receiver.sandbox.pixverse import PixVerseFake, PixVerseFakeSettings
 from receiver.sandbox.replicate import ReplicateFake, ReplicateFakeSettings
 from receiver.sandbox.revid import RevidFake
 from receiver.sandbox.runway import RunwayFake, RunwayFakeSettings
@@ -36,6 +37,7 @@ __all__ = [
     "LumaFakeSettings",
     "MiniMaxFakeSettings",
     "NewApiFakeSettings",
+    "PixVerseFakeSettings",
     "ReplicateFakeSettings",
     "RunwayFakeSettings",
     "ServerThread",
@@ -47,7 +49,7 @@ __all__ = [
 
 PREFIXES = (
     "vidu", "kvid", "revid", "apimodels", "newapi", "kling", "runway", "luma", "minimax",
-    "replicate", "fal",
+    "replicate", "fal", "pixverse",
 )  # fmt: skip
 
 
@@ -64,6 +66,7 @@ def create_sandbox_app(
     minimax: MiniMaxFakeSettings | None = None,
     replicate: ReplicateFakeSettings | None = None,
     fal: FalFakeSettings | None = None,
+    pixverse: PixVerseFakeSettings | None = None,
 ) -> Starlette:
     """All fake providers in one app; ``app.state.<prefix>`` is each provider's fake."""
     fakes: dict[str, ViduSandbox | FakeProvider] = {
@@ -78,6 +81,7 @@ def create_sandbox_app(
         "minimax": MiniMaxFake(minimax),
         "replicate": ReplicateFake(replicate),
         "fal": FalFake(fal),
+        "pixverse": PixVerseFake(pixverse),
     }
     mounts = [Mount(f"/{name}", app=fake.app, name=name) for name, fake in fakes.items()]
     app = Starlette(routes=mounts, lifespan=_mounted_lifespans(mounts))
