@@ -29,6 +29,7 @@ from receiver.sandbox import (
     RunwayFakeSettings,
     ServerThread,
     Timing,
+    VeoFakeSettings,
     ViduSandbox,
     ViduSandboxSettings,
     create_sandbox_app,
@@ -91,6 +92,7 @@ class Sandbox:
     replicate: FakeProvider | None = None
     fal: FakeProvider | None = None
     pixverse: FakeProvider | None = None
+    veo: FakeProvider | None = None
 
     @property
     def settings(self) -> ViduSandboxSettings:
@@ -144,11 +146,12 @@ def running_sandbox():
             webhook_secret=PIXVERSE_WEBHOOK_SECRET,
             webhook_retry_delays=(0.1, 0.2),
         ),
+        veo=fake_settings(VeoFakeSettings),
     )
     with ServerThread(app) as server:
         fakes = [getattr(app.state, name) for name in ("vidu", "kvid", "revid", "apimodels")]
         mine = {name: getattr(app.state, name) for name in ("kling", "runway", "luma", "minimax")}
-        mine |= {name: getattr(app.state, name) for name in ("replicate", "fal", "pixverse")}
+        mine |= {name: getattr(app.state, name) for name in ("replicate", "fal", "pixverse", "veo")}
         yield Sandbox(server.url, *fakes, app.state.newapi, **mine)
 
 
@@ -204,6 +207,11 @@ def service_config(public_url, sandbox_url, db_path, overrides=None, extra=None,
         "base_url": f"{sandbox_url}/pixverse",
         "api_key_env": "VIDU_API_KEY",
         "webhook_secret_env": "PIXVERSE_WEBHOOK_SECRET",
+        **FAST_POLLING,
+    }
+    providers["veo"] = {
+        "base_url": f"{sandbox_url}/veo",
+        "api_key_env": "VIDU_API_KEY",
         **FAST_POLLING,
     }
     providers["vidu"].update({"poll_interval": 0.2, "timeout": 5, **vidu})

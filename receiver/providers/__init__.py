@@ -17,6 +17,7 @@ from receiver.providers.pixverse import PixVerse
 from receiver.providers.replicate import Replicate
 from receiver.providers.revid import Revid
 from receiver.providers.runway import Runway
+from receiver.providers.veo import Veo
 from receiver.providers.vidu import Vidu
 
 ADAPTERS: dict[str, type[Provider]] = {
@@ -32,6 +33,7 @@ ADAPTERS: dict[str, type[Provider]] = {
     "replicate": Replicate,
     "fal": Fal,
     "pixverse": PixVerse,
+    "veo": Veo,
 }
 
 

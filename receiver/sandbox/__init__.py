@@ -25,6 +25,7 @@ from receiver.sandbox.replicate import ReplicateFake, ReplicateFakeSettings
 from receiver.sandbox.revid import RevidFake
 from receiver.sandbox.runway import RunwayFake, RunwayFakeSettings
 from receiver.sandbox.server import ServerThread
+from receiver.sandbox.veo import VeoFake, VeoFakeSettings
 from receiver.sandbox.vidu import ViduSandbox, ViduSandboxSettings
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "RunwayFakeSettings",
     "ServerThread",
     "Timing",
+    "VeoFakeSettings",
     "ViduSandbox",
     "ViduSandboxSettings",
     "create_sandbox_app",
@@ -49,7 +51,7 @@ __all__ = [
 
 PREFIXES = (
     "vidu", "kvid", "revid", "apimodels", "newapi", "kling", "runway", "luma", "minimax",
-    "replicate", "fal", "pixverse",
+    "replicate", "fal", "pixverse", "veo",
 )  # fmt: skip
 
 
@@ -67,6 +69,7 @@ def create_sandbox_app(
     replicate: ReplicateFakeSettings | None = None,
     fal: FalFakeSettings | None = None,
     pixverse: PixVerseFakeSettings | None = None,
+    veo: VeoFakeSettings | None = None,
 ) -> Starlette:
     """All fake providers in one app; ``app.state.<prefix>`` is each provider's fake."""
     fakes: dict[str, ViduSandbox | FakeProvider] = {
@@ -82,6 +85,7 @@ def create_sandbox_app(
         "replicate": ReplicateFake(replicate),
         "fal": FalFake(fal),
         "pixverse": PixVerseFake(pixverse),
+        "veo": VeoFake(veo),
     }
     mounts = [Mount(f"/{name}", app=fake.app, name=name) for name, fake in fakes.items()]
     app = Starlette(routes=mounts, lifespan=_mounted_lifespans(mounts))
