@@ -33,6 +33,7 @@ from receiver.sandbox import (
     ReplicateFakeSettings,
     RunwayFakeSettings,
     ServerThread,
+    VeoFakeSettings,
     ViduSandboxSettings,
     create_sandbox_app,
 )
@@ -102,6 +103,46 @@ SAMPLES = (
         "MiniMax: the callback URL's challenge answered; the video file resolved by a poll",
         {"provider": "minimax", "prompt": "Rain on a neon street [Pan left]"},
         "completed",
+    ),
+    Sample(
+        "Kling: unsigned callbacks, requests signed with a JWT; the end confirmed by a poll",
+        {"provider": "kling", "prompt": "A koi pond in autumn, leaves drifting"},
+        "completed",
+    ),
+    Sample(
+        "Runway: no webhooks, polled",
+        {"provider": "runway", "prompt": "A lighthouse on a cliff at dusk, waves below"},
+        "completed",
+    ),
+    Sample(
+        "Replicate: webhooks signed with the account's secret, applied as they say",
+        {"provider": "replicate", "prompt": "A heron lifting off a misty river"},
+        "completed",
+    ),
+    Sample(
+        "fal: one webhook at the end, signed with Ed25519 keys fal publishes",
+        {"provider": "fal", "prompt": "A glass of water catching the morning sun"},
+        "completed",
+    ),
+    Sample(
+        "PixVerse: a signed webhook to the account's one URL, naming its video",
+        {"provider": "pixverse", "prompt": "Cherry blossoms falling on a quiet street"},
+        "completed",
+    ),
+    Sample(
+        "PixVerse whose webhook is lost: found by reconciliation polling",
+        {"provider": "pixverse", "prompt": "A paper lantern rising into the night [lost]"},
+        "completed",
+    ),
+    Sample(
+        "Veo (Gemini API): the operation polled, the video fetched with the key",
+        {"provider": "veo", "prompt": "A hot air balloon over green hills at sunrise"},
+        "completed",
+    ),
+    Sample(
+        "Veo: the video removed by Google's safety filters",
+        {"provider": "veo", "prompt": "A crowd at a stadium, faces in close-up [filtered]"},
+        "failed",
     ),
 )
 # Quick schedules for the demo; real defaults are in vidhook.example.toml.
@@ -191,6 +232,7 @@ def run_demo(timeout: float = 60.0) -> int:
                 webhook_secret=env["VIDHOOK_DEMO_PIXVERSE_SECRET"],
                 webhook_retry_delays=(0.5, 1.0),
             ),
+            veo=VeoFakeSettings(api_keys=keys),
         )
         with ServerThread(app) as sandbox:
             receiver = ServerThread(None)

@@ -44,6 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, scenario_of
+from receiver.sandbox.media import file_response, sample_video
 
 MARKERS = ("fail", "slow", "unknown", "never", "lost", "duplicate", "badjson", "429", "500")
 # What [unknown] requests report between the queue and the run: not a documented status.
@@ -59,7 +60,6 @@ PAYLOAD_ERROR = (
     "Response payload is not JSON serializable. Either return a JSON serializable object "
     "or use the queue endpoint to retrieve the response."
 )
-_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -339,7 +339,7 @@ class FalFake(FakeProvider):
         request.state.task_id = None if queued is None else queued.id
         if queued is None or queued.output is None:
             return Response("not found", status_code=404, media_type="text/plain")
-        return Response(_MP4, media_type="video/mp4")
+        return file_response("mp4", self.settings.files) or Response(status_code=404)
 
     # --- progression and webhooks -------------------------------------------
 
@@ -362,7 +362,7 @@ class FalFake(FakeProvider):
         else:
             url = f"{queued.base_url}/files/{queued.id}/output.mp4"
             video = {"url": url, "content_type": "video/mp4", "file_name": "output.mp4",
-                     "file_size": len(_MP4)}  # fmt: skip
+                     "file_size": len(sample_video(self.settings.files.video_bytes))}  # fmt: skip
             queued.output = {"video": video, "seed": 1234}
         queued.status = "COMPLETED"
         self._send(queued)

@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.sandbox.base import FakeProvider, FakeSettings, bearer_key, scenario_of
+from receiver.sandbox.media import file_response
 
 MODELS = (
     "google/veo-3.1-fast", "google/veo-3", "wan-video/wan-2.2-t2v-fast",
@@ -58,7 +59,6 @@ NO_VERSION = (
 )
 ENDED = ("succeeded", "failed", "canceled")
 _ID_CHARS = string.ascii_lowercase + string.digits
-_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -293,7 +293,7 @@ class ReplicateFake(FakeProvider):
         request.state.task_id = None if prediction is None else prediction.id
         if prediction is None or prediction.status != "succeeded" or self.removed(prediction):
             return Response("not found", status_code=404, media_type="text/plain")
-        return Response(_MP4, media_type="video/mp4")
+        return file_response("mp4", self.settings.files) or Response(status_code=404)
 
     # --- bodies -------------------------------------------------------------
 

@@ -210,7 +210,7 @@ def test_a_prediction_succeeds_with_a_url_and_its_file(url):
     done = until(url, prediction_id, ("succeeded",))
     assert done["output"] == f"{url}/files/{prediction_id}/output.mp4"
     assert done["started_at"] and done["completed_at"] and done["metrics"]["predict_time"] > 0
-    assert httpx.get(done["output"]).content.startswith(b"\x00\x00\x00\x18ftyp")
+    assert httpx.get(done["output"]).content[4:8] == b"ftyp"
 
 
 def test_output_as_a_list(url, fake):
