@@ -277,12 +277,12 @@ def test_injected_faults_answer_in_pixverse_s_shape(url: str, fake: PixVerseFake
 
 
 def test_a_link_stops_working_after_its_lifetime_on_a_setting(url: str, fake: PixVerseFake) -> None:
-    fake.settings.url_lifetime = 0.3
+    fake.settings.url_lifetime = 60.0
     video_id = generate(url)
     statuses(url, video_id)
     link = result(url, video_id)["Resp"]["url"]
     assert httpx.get(link).status_code == 200
-    time.sleep(0.35)
+    fake.settings.url_lifetime = 0.0  # as if a lifetime had passed
     assert httpx.get(link).status_code == 404
 
 
