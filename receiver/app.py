@@ -144,6 +144,7 @@ def create_app(
         routes=[
             # First: the router tries each route in turn, and callbacks are most requests.
             Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
+            Route("/callbacks/{provider}", callbacks.receive_account, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics.endpoint),

@@ -322,8 +322,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"database: {config.database}")
     print("callback URLs (each job adds its own token):")
     for name, provider in config.providers.items():
-        takes = ADAPTERS[provider.type].supports_callbacks
-        where = config.callback_url(name, "<token>") if takes else "none: polled"
+        adapter = ADAPTERS[provider.type]
+        if adapter.account_webhook:
+            where = f"{config.callback_url(name, None)} (set it in the provider's console)"
+        elif adapter.supports_callbacks:
+            where = config.callback_url(name, "<token>")
+        else:
+            where = "none: polled"
         print(f"  {name:<12} {where}")
     found = stored_channels(config.database)
     print("channels:" if config.channels else "channels: none configured")

@@ -170,8 +170,13 @@ class Runtime:
         """
         provider = self.providers[provider_name]
         job_id = new_job_id()
-        token = new_callback_token() if provider.supports_callbacks else None
-        callback_url = self.config.callback_url(provider_name, token) if token else None
+        token = callback_url = None
+        if provider.account_webhook:
+            # Not sent with the job: the URL the provider's console is set to, for the record.
+            callback_url = self.config.callback_url(provider_name, None)
+        elif provider.supports_callbacks:
+            token = new_callback_token()
+            callback_url = self.config.callback_url(provider_name, token)
         created_at = self.store.clock()
         deadline_at = created_at + provider.config.deadline
         await self.store.insert_job(

@@ -35,6 +35,7 @@ from receiver.store.jobs import (
     JobNotFound,
     NewJob,
     Route,
+    UnknownTask,
     UnknownToken,
 )
 from receiver.store.probe import TokenProbe
@@ -53,6 +54,7 @@ __all__ = [
     "NewJob",
     "Store",
     "StoreError",
+    "UnknownTask",
     "UnknownToken",
     "migrate",
 ]
@@ -183,6 +185,15 @@ class Store:
         """
         return await self._op(
             jobs.record_token_callback, provider=provider, token=token, admit=admit
+        )
+
+    async def record_task_callback(
+        self, provider: str, task_id: str, admit: Callable[[CallbackTarget], AdmittedCallback]
+    ) -> tuple[str, CallbackOutcome, AdmittedCallback]:
+        """As record_token_callback, the job found by its provider task (an account-level
+        webhook); UnknownTask when no job has it."""
+        return await self._op(
+            jobs.record_task_callback, provider=provider, task_id=task_id, admit=admit
         )
 
     async def record_poll(self, job_id: str, obs: Observation, *, next_poll_at: float) -> Applied:

@@ -35,6 +35,10 @@ class UnknownToken(LookupError):
     """No job of this provider has the callback token (which is kept out of the message)."""
 
 
+class UnknownTask(LookupError):
+    """No job of this provider has the task an account-level webhook names."""
+
+
 @dataclass(frozen=True)
 class CallbackTarget:
     """What checking a callback needs to know about its job."""
@@ -352,7 +356,39 @@ def record_token_callback(
     ).fetchone()
     if row is None:
         raise UnknownToken(f"no {provider} job has this callback token")
-    target = CallbackTarget(row[0], row[1], row[2], row[3])
+    return _record_admitted(conn, provider, CallbackTarget(*row), admit, now, route)
+
+
+def record_task_callback(
+    conn: sqlite3.Connection,
+    *,
+    provider: str,
+    task_id: str,
+    admit: Callable[[CallbackTarget], AdmittedCallback],
+    now: float,
+    route: Route,
+) -> tuple[str, CallbackOutcome, AdmittedCallback]:
+    """As record_token_callback, for a webhook sent to the provider's one account-level
+    URL: the job is the one whose provider task the webhook's verified body names.
+    Raises UnknownTask, with nothing written, when no job has that task (yet)."""
+    row = conn.execute(
+        "SELECT id, provider_job_id, key_fingerprint, callback_url FROM jobs"
+        " WHERE provider = ? AND provider_job_id = ? ORDER BY created_at DESC LIMIT 1",
+        (provider, task_id),
+    ).fetchone()
+    if row is None:
+        raise UnknownTask(f"no {provider} job has this task")
+    return _record_admitted(conn, provider, CallbackTarget(*row), admit, now, route)
+
+
+def _record_admitted(
+    conn: sqlite3.Connection,
+    provider: str,
+    target: CallbackTarget,
+    admit: Callable[[CallbackTarget], AdmittedCallback],
+    now: float,
+    route: Route,
+) -> tuple[str, CallbackOutcome, AdmittedCallback]:
     admitted = admit(target)
     outcome = record_callback(
         conn,
