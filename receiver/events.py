@@ -124,6 +124,9 @@ class Subscription:
         self.queue: deque[Event] = deque()
         self.queued_bytes = 0
         self.wakeup = asyncio.Event()
+        # Loop time of the last bytes handed to the connection.
+        self.sent_at = asyncio.get_running_loop().time()
+        self.ping = False  # silent too long: a keep-alive comment is due
         self.ended = False  # dropped, or the service is shutting down
         self.task: asyncio.Task[None] | None = None
         self._cutoff: asyncio.TimerHandle | None = None
@@ -139,6 +142,10 @@ class Subscription:
             self.drop()
         elif self.queue:
             self.wakeup.set()
+
+    def keep_alive(self) -> None:
+        self.ping = True
+        self.wakeup.set()
 
     def take(self) -> list[Event]:
         events = list(self.queue)
@@ -198,6 +205,7 @@ class EventHub(Worker):
         self.dropped = 0  # streams dropped for falling behind, since start
         self.reads = 0  # reads of the log, for the benchmark to compare with streams
         self._next_prune = 0.0
+        self._next_keep_alive = 0.0
         self._listener: Callable[[Set[str]], None] | None = None
 
     async def open(self) -> None:
@@ -238,24 +246,41 @@ class EventHub(Worker):
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY
             await self._prune(now - KEEP_EVENTS)
+        self._keep_alive()
         if not self.streams:
             # Nobody to tell: keep up with the log without reading the jobs.
             self.position = self.recent_after = await self.store.event_position()
             self.recent.clear()
-            return IDLE_READ
+            return self.idle_wait
         self.reads += 1
         read = await self.store.read_events(
             self.position, READ_BATCH, partial(batch, render=self.render)
         )
         if read.last_id is None:
-            return IDLE_READ
+            return self.idle_wait
         self.recent.extend(read.events)
         while len(self.recent) > RECENT:
             self.recent_after = self.recent.popleft().id
         self.position = read.last_id
         for stream in list(self.streams):
             stream.offer(read.events)
-        return 0.0 if read.full else IDLE_READ
+        return 0.0 if read.full else self.idle_wait
+
+    @property
+    def idle_wait(self) -> float:
+        return min(IDLE_READ, KEEPALIVE / 2)
+
+    def _keep_alive(self) -> None:
+        """A comment for each stream silent for KEEPALIVE seconds, from here rather than
+        from a timer per stream: one timer fewer to set and cancel for every event sent."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_keep_alive:
+            return
+        self._next_keep_alive = now + min(1.0, KEEPALIVE / 2)
+        quiet_since = now - KEEPALIVE
+        for stream in self.streams:
+            if stream.sent_at <= quiet_since and not stream.queue:
+                stream.keep_alive()
 
     async def _prune(self, before: float) -> None:
         while await self.store.prune_events(before, PRUNE_BATCH) >= PRUNE_BATCH:
@@ -324,22 +349,23 @@ class EventStream(Response):
 
     async def _pump(self, send: Send) -> None:
         stream = self.stream
+        loop = asyncio.get_running_loop()
         missed, seen = await self.hub.missed(stream)
         # The id alone, without data, moves the client's Last-Event-ID without an event: it
         # resumes from here even if no event comes before it reconnects.
         await _body(send, b"retry: %d\n\n%bid: %d\n\n" % (RETRY_MS, missed, seen))
         while True:
             if stream.queue:
-                await _body(send, b"".join(e.block for e in stream.take() if e.id > seen))
+                await _body(send, b"".join([e.block for e in stream.take() if e.id > seen]))
             elif stream.ended:
                 break
+            elif stream.ping:
+                stream.ping = False
+                await _body(send, b": keep-alive\n\n")
             else:
+                stream.sent_at = loop.time()
                 stream.wakeup.clear()
-                try:
-                    async with asyncio.timeout(KEEPALIVE):
-                        await stream.wakeup.wait()
-                except TimeoutError:
-                    await _body(send, b": keep-alive\n\n")
+                await stream.wakeup.wait()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -28,6 +28,7 @@ from tests.conftest import (
 )
 from tests.media.helpers import Clock, archive_extra, service_with_clock, wait_media
 from tests.sse import Parser, Stream, request_bytes
+from tests.test_restart import ServiceProcess
 
 
 def runtime_of(service: Any) -> Any:
@@ -451,3 +452,43 @@ def test_two_hundred_streams_get_one_event_from_one_read(service):
     (only,) = blocks
     assert [event_id for event_id, _ in only] == [2]
     assert reads <= 2  # one read of the log for every stream, not one per stream
+
+
+# -- a real service, stopped and started again --
+
+
+@pytest.mark.slow
+def test_after_a_restart_a_client_resumes_from_the_log(sandbox, tmp_path):
+    keep = "\n[archive]\nallow_private_hosts = true\n"  # the sandbox is on loopback
+    service = ServiceProcess(tmp_path, sandbox.url, extra_config=keep)
+    try:
+        service.start()
+        with Stream(service.url) as first:
+            first.subscribed()
+            job = service.submit("A moth around a lamp")
+            first.wait(lambda p: p.job_events(), what="the first event")
+            last = first.ids()[-1]
+        # Away while the job ends and its copy is kept.
+        kept = "SELECT 1 FROM downloads WHERE job_id = ? AND status = 'kept'"
+        wait_for(lambda: service.rows(kept, job["id"]), timeout=20, what="the kept copy")
+        watching = Stream(service.url).subscribed()
+        started = time.monotonic()
+        assert service.stop() == 0
+        assert time.monotonic() - started < 5  # the open stream did not hold the stop up
+        watching.wait(lambda p: p.ended, what="the open stream's end")
+        watching.close()
+        missed = [row[0] for row in service.rows("SELECT id FROM events WHERE id > ?", last)]
+        assert len(missed) >= 3
+
+        service.start()
+        with Stream(service.url, Last_Event_ID=str(last)) as again:
+            again.wait(lambda p: len(p.job_events()) >= len(missed), what="the missed events")
+            other = service.submit("A second moth")
+            again.wait(lambda p: [e for e in p.job_events() if e.job["id"] == other["id"]])
+            logged_ids = [row[0] for row in service.rows("SELECT id FROM events ORDER BY id")]
+            assert again.ids() == logged_ids[logged_ids.index(last) + 1 :][: len(again.ids())]
+            assert again.ids()[: len(missed)] == missed
+            assert all(e.job["id"] == job["id"] for e in again.job_events()[: len(missed)])
+            assert again.job_events()[len(missed) - 1].job["media"]["status"] == "kept"
+    finally:
+        service.close()
