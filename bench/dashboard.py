@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--sse", action="store_true", help="the event stream's fan-out")
     parser.add_argument("--clients", type=int, default=500, help="open streams per server")
-    parser.add_argument("--rounds", type=int, default=60, help="rounds measured")
+    parser.add_argument("--rounds", type=int, default=200, help="rounds measured")
     parser.add_argument("--warmup", type=int, default=5, help="rounds not counted")
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between rounds")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a round waits")
