@@ -203,7 +203,7 @@ class EventHub(Worker):
         self.recent_after = 0  # ``recent`` holds every event after this id
         self.closing = False
         self.dropped = 0  # streams dropped for falling behind, since start
-        self.reads = 0  # reads of the log, for the benchmark to compare with streams
+        self.reads = 0  # reads of the log: one per batch of events, however many streams
         self._next_prune = 0.0
         self._next_keep_alive = 0.0
         self._listener: Callable[[Set[str]], None] | None = None
@@ -342,8 +342,8 @@ class EventStream(Response):
                 for task in (pump, left):
                     task.cancel()
                 await asyncio.gather(pump, left, return_exceptions=True)
-            if not pump.cancelled() and pump.exception() is not None:
-                raise pump.exception()  # type: ignore[misc]
+            if not pump.cancelled() and (failure := pump.exception()) is not None:
+                raise failure
         finally:
             stream.close()
 
