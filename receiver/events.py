@@ -203,7 +203,7 @@ class EventHub(Worker):
         self.recent_after = 0  # ``recent`` holds every event after this id
         self.closing = False
         self.dropped = 0  # streams dropped for falling behind, since start
-        self.reads = 0  # reads of the log: one per batch of events, however many streams
+        self.reads = 0  # reads that found events: one per batch, however many streams
         self._next_prune = 0.0
         self._next_keep_alive = 0.0
         self._listener: Callable[[Set[str]], None] | None = None
@@ -249,15 +249,18 @@ class EventHub(Worker):
         self._keep_alive()
         if not self.streams:
             # Nobody to tell: keep up with the log without reading the jobs.
-            self.position = self.recent_after = await self.store.event_position()
+            newest = await self.store.event_position()
+            if self.streams:
+                return 0.0  # one came meanwhile, from the old position: read for it
+            self.position = self.recent_after = newest
             self.recent.clear()
             return self.idle_wait
-        self.reads += 1
         read = await self.store.read_events(
             self.position, READ_BATCH, partial(batch, render=self.render)
         )
         if read.last_id is None:
             return self.idle_wait
+        self.reads += 1
         self.recent.extend(read.events)
         while len(self.recent) > RECENT:
             self.recent_after = self.recent.popleft().id
