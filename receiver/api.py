@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver import events
+from receiver.access import has_bearer_token
 from receiver.bodies import BodyTooLarge, OverBudget, closing, hold_body, over_budget
 from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
 from receiver.responses import JSON, dumps, error
@@ -29,11 +30,7 @@ DELIVERY_STATUSES = STATUSES
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Vidu takes base64 images up to 20 MB
 
 
-def has_admin_credentials(request: Request) -> bool:
-    runtime: Runtime = request.app.state.runtime
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = runtime.config.admin_token.reveal().encode()
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+has_admin_credentials = has_bearer_token
 
 
 def admin(handler: Handler) -> Handler:
@@ -409,4 +406,5 @@ routes = [
     Route("/deliveries", list_deliveries, methods=["GET"]),
     Route("/deliveries/retry", retry_deliveries, methods=["POST"]),
     Route("/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),
+    Route("/events", events.stream, methods=["GET"]),
 ]

@@ -24,6 +24,7 @@ from receiver.media import serve as media
 from receiver.proxy import AllowedHosts, PathPrefix
 from receiver.responses import JSON, error
 from receiver.runtime import Runtime
+from receiver.server import CLOSING
 from receiver.store import DatabaseUnavailable
 
 log = logging.getLogger("vidhook.http")
@@ -133,10 +134,10 @@ def create_app(
     runtime = Runtime(config, clock=clock, transport=transport)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         await runtime.start()
         try:
-            yield
+            yield {CLOSING: runtime.events.close}
         finally:
             await runtime.stop()
 

@@ -16,6 +16,7 @@ import httpx
 from receiver import notify
 from receiver import providers as adapters
 from receiver.config import Config
+from receiver.events import EventHub
 from receiver.media import Archive
 from receiver.metrics import Metrics
 from receiver.notify.base import Channel
@@ -118,6 +119,9 @@ class Runtime:
             render=self.render_job, hold=self.archive.hold,
         )  # fmt: skip
         self.json_loads: Callable[[str | bytes], Any] = strict_json
+        # Streams hold their connections: half of them stay for callbacks and the API.
+        streams = max(1, config.server.max_connections // 2)
+        self.events = EventHub(self.store, self.render_job, max_streams=streams)
 
     def open_database(self) -> None:
         """Lock, check and upgrade the database; DatabaseUnusable says what is wrong.
@@ -133,6 +137,7 @@ class Runtime:
         self.submitter.start()
         self.outbox.start()
         self.archive.start()
+        await self.events.open()
         log.info(
             "vidhook ready: database %s, providers %s",
             self.config.database,
@@ -140,6 +145,7 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        await self.events.stop()
         await self.submitter.stop()
         await self.poller.stop()
         await self.outbox.stop()
@@ -149,7 +155,7 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        workers = (self.poller, self.submitter, self.outbox, self.archive.worker)
+        workers = (self.poller, self.submitter, self.outbox, self.archive.worker, self.events)
         return self.store.writer.running and all(worker.running for worker in workers)
 
     def render_job(self, job: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def counts_of(service: Service, job_id: str) -> dict[str, Any]:
     the number of jobs. (The jobs earlier tests left on this shared service go on and
     write theirs meanwhile.)"""
     found: dict[str, Any] = {"jobs": service.rows("SELECT count(*) FROM jobs")[0][0]}
-    for table in ("transitions", "callbacks", "deliveries"):
+    for table in ("transitions", "callbacks", "deliveries", "events"):
         found[table] = service.rows(f"SELECT count(*) FROM {table} WHERE job_id = ?", job_id)
     found["job"] = service.rows("SELECT * FROM jobs WHERE id = ?", job_id)
     return found

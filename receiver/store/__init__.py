@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from receiver.providers.base import Observation, Submission
-from receiver.store import health, jobs, lock, media, outbox, queries, submissions
+from receiver.store import detail, events, health, jobs, lock, media, outbox, queries, submissions
 from receiver.store.errors import (
     DatabaseInUse,
     DatabaseUnavailable,
@@ -50,6 +51,7 @@ __all__ = [
     "DatabaseInUse",
     "DatabaseUnavailable",
     "DatabaseUnusable",
+    "EventRows",
     "JobNotFound",
     "NewJob",
     "Store",
@@ -60,6 +62,18 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EventRows:
+    """(id, job_id) of events, oldest first, each job in full, and how far events have
+    been pruned (a reader resuming from before that has missed some)."""
+
+    rows: list[tuple[int, str]]
+    jobs: dict[str, dict[str, Any]]
+    pruned_through: int
+
+
 # How long a worker waits for a heartbeat to learn whether an outage is over.
 PROBE_WAIT = 1.0
 
@@ -419,13 +433,45 @@ class Store:
         return await self.read(page)
 
     async def job_detail(self, job_id: str) -> dict[str, Any] | None:
-        def detail(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            job = queries.get_job(conn, job_id)
-            if job is not None:
-                job["transitions"] = queries.transitions(conn, job_id)
-                job["deliveries"] = queries.deliveries(conn, job_id)
-                job["callbacks"] = queries.callbacks(conn, job_id)
-                media.attach(conn, [job])
-            return job
+        return await self.read(lambda conn: detail.details(conn, [job_id]).get(job_id))
 
-        return await self.read(detail)
+    # -- the events log --
+
+    async def event_position(self) -> int:
+        return await self.read(events.position)
+
+    async def read_events(
+        self,
+        after: int,
+        limit: int,
+        shape: Callable[[EventRows], T],
+        *,
+        until: int | None = None,
+        job: str | None = None,
+    ) -> T:
+        """The events after ``after`` (up to ``until``, at most ``limit``, of ``job`` only
+        when given) with their jobs in full, read in one snapshot and handed to ``shape``
+        on the reader thread."""
+
+        def read(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                rows = events.after(conn, after, limit, until, job)
+                found = EventRows(
+                    rows=rows,
+                    jobs=detail.details(conn, (job_id for _id, job_id in rows)),
+                    pruned_through=events.pruned_through(conn),
+                )
+            finally:
+                conn.execute("COMMIT")
+            return shape(found)
+
+        return await self.read(read)
+
+    async def count_events(self, after: int, until: int, at_most: int) -> int:
+        """How many events there are after ``after`` up to ``until``, counting no further
+        than ``at_most``."""
+        return await self.read(lambda conn: len(events.after(conn, after, at_most, until)))
+
+    async def prune_events(self, before: float, limit: int) -> int:
+        return await self.write(lambda conn: events.prune(conn, before, limit))

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from receiver.providers.base import Observation, Submission
 from receiver.states import TERMINAL_SQL, Status, decide
+from receiver.store import events
 from receiver.store.media import queue_download
 from receiver.store.writer import mark, on_commit
 
@@ -244,6 +245,7 @@ def _transition(
     )  # fmt: skip
     tid = cur.lastrowid
     assert tid is not None
+    events.record(conn, job_id, tid, now)
     for channel in route(new, notify):
         conn.execute(
             "INSERT INTO deliveries (job_id, transition_id, channel, event, status,"

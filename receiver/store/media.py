@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from receiver.states import Status
+from receiver.store import events
 from receiver.store.queries import _row, _rows
 from receiver.store.writer import mark
 
@@ -124,6 +125,7 @@ def finish(
         " next_attempt_at = NULL, updated_at = ?, finished_at = ? WHERE job_id = ?",
         (status, error, now, now, job_id),
     )
+    events.record_media(conn, [job_id], now)
     release_deliveries(conn, job_id, now)
 
 
@@ -167,11 +169,14 @@ def requeue(conn: sqlite3.Connection, job_id: str, now: float) -> None:
         " queued_at = excluded.queued_at, updated_at = excluded.queued_at, finished_at = NULL",
         (job_id, now, now, now),
     )
+    events.record_media(conn, [job_id], now)
     mark(conn, "downloads")
 
 
 def switch_off(conn: sqlite3.Connection, now: float) -> int:
     """With the archive off, what was queued is not downloaded; --backfill can pick it up."""
+    queued = conn.execute("SELECT job_id FROM downloads WHERE status = 'pending'").fetchall()
+    events.record_media(conn, (job_id for (job_id,) in queued), now)
     return conn.execute(
         "UPDATE downloads SET status = 'off', next_attempt_at = NULL, updated_at = ?"
         " WHERE status = 'pending'",
@@ -215,6 +220,8 @@ def prunable(conn: sqlite3.Connection, before: float, limit: int) -> list[dict[s
 def mark_pruned(
     conn: sqlite3.Connection, pruned: Iterable[tuple[str, str]], keep_days: float, now: float
 ) -> None:
+    pruned = list(pruned)
+    events.record_media(conn, (job_id for job_id, _kind in pruned), now)
     for job_id, kind in pruned:
         conn.execute(
             "UPDATE media SET pruned_at = ? WHERE job_id = ? AND kind = ?", (now, job_id, kind)
