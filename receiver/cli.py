@@ -81,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from receiver.demo import run_demo
 
-    return run_demo(timeout=args.timeout)
+    return run_demo(timeout=args.timeout, serve=args.serve)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run everything on loopback with sample jobs")
     demo.add_argument("--timeout", type=float, default=60.0)
+    demo.add_argument(
+        "--serve", action="store_true", help="keep running afterwards, with the dashboard open"
+    )
     demo.set_defaults(func=cmd_demo)
 
     sandbox = commands.add_parser("sandbox", help="run the fake providers alone")

@@ -154,7 +154,7 @@ def demo_extras(provider: str, sandbox_url: str) -> dict[str, str]:
     return {}
 
 
-def run_demo(timeout: float = 60.0) -> int:
+def run_demo(timeout: float = 60.0, serve: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     env = {
@@ -192,7 +192,22 @@ def run_demo(timeout: float = 60.0) -> int:
                 print(f"sandbox providers: {sandbox.url}")
                 print(f"vidhook receiver:  {receiver.url} (database in {tmp})")
                 print("\nnotifications (console channel) as they happen:")
-                return _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
+                code = _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
+                if serve:
+                    _serve(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"])
+                return code
+
+
+def _serve(url: str, admin_token: str) -> None:
+    """Keep the demo's service up for a look at the dashboard, until Ctrl-C."""
+    print(f"\ndashboard:   {url}/ui/")
+    print(f"login token: {admin_token}")
+    print("the demo keeps running; Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\ndemo stopped")
 
 
 def _run(url: str, admin_token: str, timeout: float) -> int:
