@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -65,6 +66,35 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+@jinja2.pass_context
+def when(context: jinja2.runtime.Context, value: str | None) -> Markup:
+    """A <time> element: relative to the page's ``now``, exact in its title."""
+    if not value:
+        return Markup("\N{EN DASH}")
+    moment = datetime.fromisoformat(value)
+    # Made by hand: Markup.format costs ten times more, on every time of every row. The
+    # value is escaped; the other two are made here from a datetime.
+    return Markup(  # noqa: S704
+        f'<time datetime="{escape(value)}" title="{exact(moment)}" data-relative>'
+        f"{ago(moment, context['now'])}</time>"
+    )
+
+
+def status(value: str) -> Markup:
+    """A status as a coloured mark and its word: never colour alone."""
+    word = escape(value)
+    return Markup(  # noqa: S704 - the only input is escaped
+        f'<span class="status status-{word}"><span class="dot" aria-hidden="true"></span>'
+        f"{word}</span>"
+    )
+
+
+def took(start: str | None, end: str | None) -> str:
+    if not start or not end:
+        return "\N{EN DASH}"
+    return duration((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+
+
 def _file_versions() -> dict[str, str]:
     """A short hash of each static file, put in its URL so browsers may cache it for long."""
     return {
@@ -88,7 +118,7 @@ class Pages:
         )
         self.versions = _file_versions()
         self.env.filters.update(size=human_size, duration=duration)
-        self.env.globals.update(parse_iso=parse_iso, ago=ago, exact=exact, iso=iso)
+        self.env.globals.update(when=when, status=status, took=took, iso=iso)
 
     def static(self, root: str, name: str) -> str:
         return f"{root}/ui/static/{name}?v={self.versions[name]}"
