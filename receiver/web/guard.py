@@ -81,7 +81,9 @@ def form(handler: FormHandler) -> Page:
         if not bearer and session is None:
             return login_redirect(request)
         length = request.headers.get("content-length")
-        if length is None or not length.isdigit() or int(length) > MAX_FORM_BYTES:
+        if length is None or not length.isdigit():
+            return problem(request, 411, "Length required", "Send the form with its length.")
+        if int(length) > MAX_FORM_BYTES:
             limit = MAX_FORM_BYTES // (1024 * 1024)
             message = f"A form may send at most {limit} MB; send smaller images or links."
             return problem(request, 413, "Too large", message)

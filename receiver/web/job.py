@@ -17,6 +17,7 @@ from receiver.responses import iso
 from receiver.states import Status
 from receiver.store import pages as queries
 from receiver.web import guard
+from receiver.web.new import submit_payload
 from receiver.web.templating import base_path
 
 if TYPE_CHECKING:
@@ -199,8 +200,6 @@ async def keep_again(request: Request, form: FormData) -> Response:
 @guard.form
 async def again(request: Request, form: FormData) -> Response:
     """A new job with the same provider, prompt, model, images, mode, options and channels."""
-    from receiver.web.new import submit_payload
-
     runtime: Runtime = request.app.state.runtime
     job_id = request.path_params["job_id"]
     job = await runtime.store.get_job(job_id)

@@ -43,10 +43,10 @@ def cookie_spec(config: Config) -> CookieSpec:
     if secure and not prefix:
         # __Host-: the browser accepts it only with Secure, Path=/ and no Domain, so no
         # other host, sibling subdomains included, can set or shadow it.
-        return CookieSpec("__Host-vidhook_session", "/", True)
+        return CookieSpec("__Host-vidhook-session", "/", True)
     if secure:
-        return CookieSpec("__Secure-vidhook_session", prefix + "/", True)
-    return CookieSpec("vidhook_session", (prefix or "") + "/", False)
+        return CookieSpec("__Secure-vidhook-session", prefix + "/", True)
+    return CookieSpec("vidhook-session", (prefix or "") + "/", False)
 
 
 def _key(config: Config) -> bytes:

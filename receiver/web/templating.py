@@ -26,10 +26,6 @@ def base_path(request: Request) -> str:
     return prefix
 
 
-def parse_iso(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
 def ago(moment: datetime, now: datetime) -> str:
     """Relative time in words: "just now", "4 min ago", "in 2 h", "3 days ago"."""
     seconds = (now - moment).total_seconds()

@@ -88,9 +88,9 @@ def test_a_csrf_token_belongs_to_its_session_only():
 @pytest.mark.parametrize(
     ("public_url", "name", "path", "secure"),
     [
-        ("http://127.0.0.1:8000", "vidhook_session", "/", False),
-        ("https://hooks.example.com", "__Host-vidhook_session", "/", True),
-        ("https://example.com/vidhook", "__Secure-vidhook_session", "/vidhook/", True),
+        ("http://127.0.0.1:8000", "vidhook-session", "/", False),
+        ("https://hooks.example.com", "__Host-vidhook-session", "/", True),
+        ("https://example.com/vidhook", "__Secure-vidhook-session", "/vidhook/", True),
     ],
 )
 def test_the_cookie_is_secure_and_scoped_when_the_public_url_is_https(
@@ -129,7 +129,7 @@ def test_logging_in_sets_an_httponly_strict_expiring_cookie_without_the_token(se
     response = Browser(service.url).login()
     assert response.status_code == 303
     name, morsel = set_cookie(response)
-    assert name == "vidhook_session"  # the service is on http://127.0.0.1: not Secure
+    assert name == "vidhook-session"  # the service is on http://127.0.0.1: not Secure
     assert morsel["httponly"]
     assert morsel["samesite"].lower() == "strict"
     assert int(morsel["max-age"]) == SESSION_SECONDS
