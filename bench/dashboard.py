@@ -1,359 +1,29 @@
-"""The dashboard's costs: the live event stream's fan-out (``--sse``).
+"""The dashboard's costs, measured against bare routes serving the same bytes.
 
-    .venv/bin/python -m bench.dashboard --sse [--clients N] [--rounds R] ...
+    .venv/bin/python -m bench.dashboard            # both halves, one RESULT line
+    .venv/bin/python -m bench.dashboard --pages    # the pages over a million jobs
+    .venv/bin/python -m bench.dashboard --sse      # the event stream's fan-out
 
-``--sse``, all on 127.0.0.1:
+``--pages`` (bench/dashboard_pages.py): the job list (first page, filtered, searched)
+and a job's page over ``--jobs`` jobs, p50/p99 against a bare route.
+``--sse`` (bench/dashboard_sse.py): ``--clients`` open event streams receiving one
+transition, the time from the commit to every client, against a bare broadcaster.
 
-1. Pre-creates one Vidu job per round (and a few for the warm-up) straight into a fresh
-   database (bench.common.precreate_jobs), then starts ``vidhook serve`` on it (one Vidu
-   provider that nothing polls during the run, the archive off, ``max_connections``
-   raised so that ``--clients`` streams fit in the half of it that streams may take).
-2. Starts the baseline (``--serve-bare-sse``): a bare Starlette app, served as vidhook is
-   (receiver.server), whose ``POST /fire`` hands its body to every open ``GET /events``
-   stream through an asyncio queue per stream, with no database at all.
-3. Opens ``--clients`` event streams to each, from this process's event loop on raw
-   sockets, and waits until every one has started.
-4. Rounds, vidhook then the baseline (the first ``--warmup`` rounds not counted): vidhook
-   is sent a signed Vidu ``processing`` callback for a fresh job, which moves the job
-   (one transition, one event); the baseline is sent an event of the same size. A
-   round's time runs from just before the request is sent (so it includes the callback's
-   own handling, up to its commit) to when each client has the whole event; the next
-   round starts once every client has it, after ``--gap`` seconds.
-5. Prints per server the p50 and p99 over the rounds of the time until the last client
-   had the event (fan-out), the p50 and p99 over every client of every round, the
-   callback's own answer time, and the server's CPU time per round.
-
-Output ends with ``RESULT sse_fanout_p99_ms=<n> sse_clients=<n>``: vidhook's p99 over
-the rounds of the time from the callback to the last of the clients having its event.
+Output ends with ``RESULT list_p99_ms=<n> job_p99_ms=<n> sse_fanout_p99_ms=<n>
+sse_clients=<n>`` (the figures of the halves that ran).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import subprocess
+import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from bench.callbacks import callback_body
-from bench.common import (
-    ADMIN_TOKEN,
-    API_KEY,
-    PYTHON,
-    REPO,
-    BenchJob,
-    ServiceProcess,
-    cpu_seconds,
-    free_port,
-    machine,
-    percentile,
-    precreate_jobs,
-    provider_toml,
-    rss_mb,
-)
-from signing import vidu as vidu_signing
-
-EVENT_MARK = b"\nevent: job\n"
-
-
-# -- the bare baseline ----------------------------------------------------------------------
-
-
-def serve_bare_sse(port: int, log_level: str) -> None:
-    """Streams fed from memory: what fan-out costs with no database and no rendering."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response, StreamingResponse
-    from starlette.routing import Route
-
-    from receiver import logs
-    from receiver.config import ServerConfig
-    from receiver.server import serve, uvicorn_config
-
-    queues: set[asyncio.Queue[bytes]] = set()
-
-    async def events(request: Request) -> Response:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        queues.add(queue)
-
-        async def body() -> object:
-            try:
-                yield b"retry: 2000\n\n"
-                while True:
-                    yield await queue.get()
-            finally:
-                queues.discard(queue)
-
-        return StreamingResponse(body(), media_type="text/event-stream")
-
-    async def fire(request: Request) -> Response:
-        block = await request.body()
-        for queue in queues:
-            queue.put_nowait(block)
-        return Response(status_code=204)
-
-    logs.configure(log_level, "text")
-    routes = [Route("/events", events), Route("/fire", fire, methods=["POST"])]
-    server = ServerConfig(max_connections=10_000)
-    serve(uvicorn_config(Starlette(routes=routes), server, host="127.0.0.1", port=port,
-                         log_level=log_level))  # fmt: skip
-
-
-class BareSse:
-    def __init__(self, folder: Path, log_level: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = folder / "bare.log"
-        self.log_level = log_level
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "not started"
-        return self.proc.pid
-
-    def start(self) -> None:
-        command = [PYTHON, "-m", "bench.dashboard", "--serve-bare-sse", str(self.port)]
-        command += ["--log-level", self.log_level]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                httpx.post(f"{self.url}/fire", content=b"", timeout=0.5)
-                return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the bare server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-
-
-# -- the clients ----------------------------------------------------------------------------
-
-
-class Client:
-    """One event stream on a raw socket: when each whole ``job`` event arrived."""
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer  # held: a writer collected closes its connection
-        self.started = False
-        self.arrivals: list[float] = []
-        self._raw = b""
-        self._head = True
-
-    def feed(self, data: bytes, now: float) -> None:
-        self._raw += data
-        if self._head:
-            if b"\r\n\r\n" not in self._raw:
-                return
-            head, self._raw = self._raw.split(b"\r\n\r\n", 1)
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"the stream was refused: {head.decode(errors='replace')}")
-            self._head = False
-        # Chunked: a chunk is counted once whole, and each holds whole events.
-        while b"\r\n" in self._raw:
-            size_line, rest = self._raw.split(b"\r\n", 1)
-            size = int(size_line, 16)
-            if len(rest) < size + 2:
-                return
-            chunk, self._raw = rest[:size], rest[size + 2 :]
-            if b"retry:" in chunk:
-                self.started = True
-            self.arrivals += [now] * chunk.count(EVENT_MARK)
-
-
-async def open_streams(url: str, path: str, count: int, token: str | None) -> list[Client]:
-    host, port = url.removeprefix("http://").split(":")
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n").encode()
-    clients = []
-    for _ in range(count):
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(request)
-        client = Client(writer)
-        clients.append(client)
-        asyncio.get_running_loop().create_task(_follow(reader, client))
-    deadline = time.monotonic() + 30
-    while not all(c.started for c in clients):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {sum(c.started for c in clients)} streams of {count} began")
-        await asyncio.sleep(0.05)
-    return clients
-
-
-async def _follow(reader: asyncio.StreamReader, client: Client) -> None:
-    while data := await reader.read(65536):
-        client.feed(data, time.perf_counter())
-
-
-# -- the rounds -----------------------------------------------------------------------------
-
-
-@dataclass
-class Series:
-    name: str
-    fanout_ms: list[float] = field(default_factory=list)  # to the last client, per round
-    each_ms: list[float] = field(default_factory=list)  # to every client, every round
-    answer_ms: list[float] = field(default_factory=list)  # the triggering request's answer
-    lost: int = 0  # clients that did not get a round's event within the timeout
-    cpu_s: float = 0.0
-
-    def describe(self, clients: int) -> str:
-        rounds = len(self.fanout_ms)
-        last = percentile(self.fanout_ms, 50), percentile(self.fanout_ms, 99)
-        each = percentile(self.each_ms, 50), percentile(self.each_ms, 99)
-        return (
-            f"{self.name}: {rounds} rounds to {clients} streams: to the last client"
-            f" p50 {last[0]:.1f} ms, p99 {last[1]:.1f} ms, max {max(self.fanout_ms):.1f} ms;"
-            f" to each client p50 {each[0]:.1f} ms, p99 {each[1]:.1f} ms;"
-            f" trigger answered p50 {percentile(self.answer_ms, 50):.1f} ms;"
-            f" server CPU {1000 * self.cpu_s / max(rounds, 1):.1f} ms per round; lost {self.lost}"
-        )
-
-
-async def one_round(
-    http: httpx.AsyncClient,
-    clients: Sequence[Client],
-    send: tuple[str, dict[str, str], bytes],
-    series: Series | None,
-    timeout: float,
-) -> None:
-    want = [len(c.arrivals) + 1 for c in clients]
-    path, headers, body = send
-    began = time.perf_counter()
-    response = await http.post(path, headers=headers, content=body)
-    answered = time.perf_counter()
-    if response.status_code not in (200, 204):
-        raise RuntimeError(f"POST {path} answered {response.status_code}: {response.text}")
-    deadline = began + timeout
-    while any(len(c.arrivals) < n for c, n in zip(clients, want, strict=True)):
-        if time.perf_counter() > deadline:
-            break
-        await asyncio.sleep(0.001)
-    if series is None:
-        return
-    arrived = [
-        c.arrivals[n - 1] for c, n in zip(clients, want, strict=True) if len(c.arrivals) >= n
-    ]
-    series.lost += len(clients) - len(arrived)
-    series.answer_ms.append((answered - began) * 1000)
-    series.each_ms += [(t - began) * 1000 for t in arrived]
-    series.fanout_ms.append((max(arrived, default=deadline) - began) * 1000)
-
-
-def signed_callback(job: BenchJob) -> tuple[str, dict[str, str], bytes]:
-    assert job.callback_url is not None
-    headers = vidu_signing.sign(API_KEY, "POST", job.callback_url)
-    headers["Content-Type"] = "application/json"
-    path = "/" + job.callback_url.split("/", 3)[3]
-    return path, headers, callback_body(job, "processing", "").encode()
-
-
-@dataclass
-class SseResult:
-    clients: int
-    vidhook: Series
-    bare: Series
-
-    @property
-    def fanout_p99_ms(self) -> float:
-        return percentile(self.vidhook.fanout_ms, 99)
-
-
-async def drive(
-    args: argparse.Namespace, service: ServiceProcess, bare: BareSse, jobs: list[BenchJob]
-) -> SseResult:
-    vidhook_clients = await open_streams(service.url, "/api/events", args.clients, ADMIN_TOKEN)
-    bare_clients = await open_streams(bare.url, "/events", args.clients, None)
-    print(f"{args.clients} streams open to each server", flush=True)
-    vidhook, baseline = Series("vidhook"), Series("bare")
-    block = b""
-    timeout = args.timeout
-    async with (
-        httpx.AsyncClient(base_url=service.url, timeout=30) as to_vidhook,
-        httpx.AsyncClient(base_url=bare.url, timeout=30) as to_bare,
-    ):
-        assert service.pid is not None
-        for number, job in enumerate(jobs):
-            counted = number >= args.warmup
-            if number == args.warmup:
-                cpu = cpu_seconds(service.pid)[1], cpu_seconds(bare.pid)[1]
-            await one_round(
-                to_vidhook, vidhook_clients, signed_callback(job), vidhook if counted else None,
-                timeout,
-            )  # fmt: skip
-            if not block:
-                block = await first_block(service.url)
-            await asyncio.sleep(args.gap)
-            await one_round(
-                to_bare, bare_clients, ("/fire", {}, block), baseline if counted else None,
-                timeout,
-            )  # fmt: skip
-            await asyncio.sleep(args.gap)
-        vidhook.cpu_s = cpu_seconds(service.pid)[1] - cpu[0]
-        baseline.cpu_s = cpu_seconds(bare.pid)[1] - cpu[1]
-    return SseResult(args.clients, vidhook, baseline)
-
-
-async def first_block(url: str) -> bytes:
-    """An event as vidhook sends it (the newest, resumed from the one before): the
-    baseline sends blocks of the same size."""
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Last-Event-ID": "0"}
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=10) as http,
-        http.stream("GET", "/api/events", headers=headers) as response,
-    ):
-        text = b""
-        async for chunk in response.aiter_bytes():
-            text += chunk
-            if EVENT_MARK in text and text.endswith(b"\n\n"):
-                break
-    start = text.index(b"id: ", text.index(b"retry:"))
-    return text[start : text.index(b"\n\n", start) + 2]
-
-
-def run_sse(args: argparse.Namespace, folder: Path) -> SseResult:
-    # Streams take at most half of max_connections; keys before the first table after
-    # ServiceProcess's [server] header belong to it.
-    server = f"max_connections = {max(1000, 3 * args.clients)}\n\n"
-    vidu = provider_toml(
-        "vidu", "http://127.0.0.1:9/vidu", reconcile_after=3600, poll_interval=3600,
-        poll_max_interval=3600, timeout=5,
-    )  # fmt: skip
-    service = ServiceProcess(
-        folder / "vidhook", tables=server + vidu + '[archive]\nstore = "off"\n',
-        log_level=args.log_level,
-    )  # fmt: skip
-    jobs = precreate_jobs(service.config(), "vidu", args.warmup + args.rounds)
-    bare = BareSse(folder, args.log_level)
-    with service:
-        service.start()
-        bare.start()
-        try:
-            result = asyncio.run(drive(args, service, bare, jobs))
-            assert service.pid is not None
-            print(f"vidhook: peak RSS {rss_mb(service.pid, peak=True):.0f} MiB", flush=True)
-        finally:
-            bare.stop()
-            code = service.stop()
-            print(f"vidhook: exit code {code} after SIGTERM with {args.clients} streams open")
-    moved = service.rows(
-        "SELECT count(*) FROM transitions WHERE source = 'callback' AND to_status = 'processing'"
-    )[0][0]
-    print(f"check: {moved} of {len(jobs)} callbacks moved their job")
-    return result
+from bench import dashboard_pages, dashboard_sse
+from bench.common import machine, percentile
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -362,30 +32,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--sse", action="store_true", help="the event stream's fan-out")
-    parser.add_argument("--clients", type=int, default=500, help="open streams per server")
-    parser.add_argument("--rounds", type=int, default=200, help="rounds measured")
-    parser.add_argument("--warmup", type=int, default=5, help="rounds not counted")
-    parser.add_argument("--gap", type=float, default=0.05, help="seconds between rounds")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds a round waits")
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--pages", action="store_true", help="the pages half")
+    parser.add_argument("--sse", action="store_true", help="the event stream's half")
+    pages = parser.add_argument_group("pages")
+    pages.add_argument("--jobs", type=int, default=1_000_000)
+    pages.add_argument("--rounds", type=int, default=3)
+    pages.add_argument("--requests", type=int, default=200, help="per page per round")
+    pages.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    sse = parser.add_argument_group("event stream")
+    sse.add_argument("--clients", type=int, default=500, help="open streams per server")
+    sse.add_argument("--sse-rounds", type=int, default=200, help="rounds measured")
+    sse.add_argument("--warmup", type=int, default=5, help="rounds not counted")
+    sse.add_argument("--gap", type=float, default=0.05, help="seconds between rounds")
+    sse.add_argument("--timeout", type=float, default=10.0, help="seconds a round waits")
+    sse.add_argument("--log-level", default="warning")
+    parser.add_argument("--serve-bare", nargs=2, metavar=("PORT", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare-sse", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_bare_sse:
-        serve_bare_sse(args.serve_bare_sse, args.log_level)
+    if args.serve_bare:
+        dashboard_pages.serve_bare(int(args.serve_bare[0]), Path(args.serve_bare[1]))
         return 0
+    if args.serve_bare_sse:
+        dashboard_sse.serve_bare_sse(args.serve_bare_sse, args.log_level)
+        return 0
+    both = not (args.pages or args.sse)
     print(machine(), flush=True)
-    with tempfile.TemporaryDirectory(prefix="vidhook-bench-dashboard-") as tmp:
-        result = run_sse(args, Path(tmp))
-    for series in (result.vidhook, result.bare):
-        print(series.describe(result.clients))
-    for pct in (50, 99):
-        ratio = percentile(result.vidhook.fanout_ms, pct) / percentile(result.bare.fanout_ms, pct)
-        print(f"fan-out p{pct} ratio vidhook/bare: {ratio:.2f}")
-    cpu = result.vidhook.cpu_s / result.bare.cpu_s if result.bare.cpu_s else 0.0
-    print(f"server CPU ratio vidhook/bare: {cpu:.2f}")
-    print(f"RESULT sse_fanout_p99_ms={result.fanout_p99_ms:.1f} sse_clients={result.clients}")
-    return 1 if result.vidhook.lost else 0
+    figures: dict[str, str] = {}
+    code = 0
+    if args.pages or both:
+        folder = Path(tempfile.mkdtemp(prefix="vidhook-bench-dashboard-"))
+        try:
+            measured = dashboard_pages.measure_pages(args, folder)
+        finally:
+            if args.keep:
+                print(f"kept: {folder}")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+        figures |= {name: f"{value:.2f}" for name, value in measured.items()}
+    if args.sse or both:
+        with tempfile.TemporaryDirectory(prefix="vidhook-bench-dashboard-") as tmp:
+            result = dashboard_sse.run_sse(args, Path(tmp))
+        for series in (result.vidhook, result.bare):
+            print(series.describe(result.clients))
+        for pct in (50, 99):
+            vid, bare = (percentile(s.fanout_ms, pct) for s in (result.vidhook, result.bare))
+            print(f"fan-out p{pct} ratio vidhook/bare: {vid / bare:.2f}")
+        cpu = result.vidhook.cpu_s / result.bare.cpu_s if result.bare.cpu_s else 0.0
+        print(f"server CPU ratio vidhook/bare: {cpu:.2f}")
+        figures["sse_fanout_p99_ms"] = f"{result.fanout_p99_ms:.1f}"
+        figures["sse_clients"] = str(result.clients)
+        code = 1 if result.vidhook.lost else 0
+    print("RESULT " + " ".join(f"{name}={value}" for name, value in figures.items()))
+    return code
 
 
 if __name__ == "__main__":

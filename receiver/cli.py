@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from receiver.demo import run_demo
 
-    return run_demo(timeout=args.timeout, keep=args.keep)
+    return run_demo(timeout=args.timeout, keep=args.keep, serve=args.serve)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=60.0)
     demo.add_argument(
         "--keep", action="store_true", help="keep the demo's database and say where it is"
+    )
+    demo.add_argument(
+        "--serve", action="store_true", help="keep running afterwards, with the dashboard open"
     )
     demo.set_defaults(func=cmd_demo)
 

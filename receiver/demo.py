@@ -201,7 +201,7 @@ def demo_extras(provider: str, sandbox_url: str) -> dict[str, str]:
     return {}
 
 
-def run_demo(timeout: float = 60.0, keep: bool = False) -> int:
+def run_demo(timeout: float = 60.0, keep: bool = False, serve: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     env = {
@@ -213,7 +213,7 @@ def run_demo(timeout: float = 60.0, keep: bool = False) -> int:
     }
     tmp = tempfile.mkdtemp(prefix="vidhook-demo-")
     try:
-        code = _serve_and_run(tmp, env, timeout)
+        code = _serve_and_run(tmp, env, timeout, serve)
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -224,7 +224,7 @@ def run_demo(timeout: float = 60.0, keep: bool = False) -> int:
     return code
 
 
-def _serve_and_run(tmp: str, env: dict[str, str], timeout: float) -> int:
+def _serve_and_run(tmp: str, env: dict[str, str], timeout: float, serve: bool) -> int:
     keys = [env["VIDHOOK_DEMO_KEY"]]
     pair = {env["VIDHOOK_DEMO_ACCESS_KEY"]: env["VIDHOOK_DEMO_KEY"]}
     app = create_sandbox_app(
@@ -261,7 +261,22 @@ def _serve_and_run(tmp: str, env: dict[str, str], timeout: float) -> int:
             print(f"sandbox providers: {sandbox.url}")
             print(f"vidhook receiver:  {receiver.url} (database in {tmp})")
             print("\nnotifications (console channel) as they happen:")
-            return _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
+            code = _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
+            if serve:
+                _serve(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"])
+            return code
+
+
+def _serve(url: str, admin_token: str) -> None:
+    """Keep the demo's service up for a look at the dashboard, until Ctrl-C."""
+    print(f"\ndashboard:   {url}/ui/")
+    print(f"login token: {admin_token}")
+    print("the demo keeps running; Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\ndemo stopped")
 
 
 def _run(url: str, admin_token: str, timeout: float) -> int:

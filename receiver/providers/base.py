@@ -141,6 +141,14 @@ class AccountCallback(NamedTuple):
     nonce: str
 
 
+@dataclass(frozen=True)
+class LastError:
+    """The latest error a poll or a submission met at the provider (for the dashboard)."""
+
+    at: float
+    message: str
+
+
 class CancelUnsupported(Exception):
     """The provider has no way to cancel a job (the message says so)."""
 
@@ -184,6 +192,7 @@ class Provider(ABC):
         self.name = config.name
         self.client = client
         self.gate = Gate(config.requests_per_second, config.max_concurrency)
+        self.last_error: LastError | None = None
 
     def key_for(self, job: JobRef) -> Secret:
         """The key that created the job if it is still configured, else the current one."""
