@@ -53,7 +53,8 @@ from receiver.runtime import new_job_id
 from receiver.states import Status
 from receiver.store import NewJob, migrate
 from receiver.store import jobs as job_rows
-from receiver.store.writer import connect
+from receiver.store.db import run_sync
+from receiver.store.writer import SqliteDb, connect
 
 # The sandbox's file serving alone, in its own process: any name ending .mp4 is the video.
 SERVER = """
@@ -86,14 +87,15 @@ def completed_jobs(service: ServiceProcess, files_url: str, count: int) -> list[
     urls = []
     try:
         conn.execute("BEGIN IMMEDIATE")
+        db = SqliteDb(conn)
         now = time.time()
         for i in range(count):
             job_id = new_job_id()
             new = NewJob(job_id, "kvid", "v2", f"bench {i}", {}, None, None, None, None)
-            job_rows.insert_job(conn, new, now=now, route=config.channels_for)
+            run_sync(job_rows.insert_job(db, new, now=now, route=config.channels_for))
             url = f"{files_url}/files/{job_id}.mp4"
             done = Observation(Status.COMPLETED, "completed", result_url=url)
-            job_rows.apply(conn, job_id, done, "poll", now=now, route=config.channels_for)
+            run_sync(job_rows.apply(db, job_id, done, "poll", now=now, route=config.channels_for))
             urls.append(url)
         conn.execute("DELETE FROM downloads")  # queued at the measured start instead
         conn.execute("COMMIT")

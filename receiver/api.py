@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -11,12 +10,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver import actions, events
+from receiver.access import is_admin
+from receiver.actions import Refused
 from receiver.bodies import BodyTooLarge, OverBudget, closing, hold_body, over_budget
-from receiver.providers.base import InvalidRequest, ProviderError, SubmitRequest
+from receiver.providers.base import InvalidRequest, SubmitRequest
 from receiver.responses import JSON, dumps, error
-from receiver.runtime import CannotCancel
 from receiver.states import Status
-from receiver.store.outbox import DEAD, HELD, STATUSES
+from receiver.store.outbox import STATUSES
 from receiver.views import render_delivery
 
 if TYPE_CHECKING:
@@ -30,10 +31,7 @@ MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Vidu takes base64 images up to 20 MB
 
 
 def has_admin_credentials(request: Request) -> bool:
-    runtime: Runtime = request.app.state.runtime
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = runtime.config.admin_token.reveal().encode()
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+    return is_admin(request)
 
 
 def admin(handler: Handler) -> Handler:
@@ -237,38 +235,20 @@ async def get_job(request: Request) -> Response:
 @admin
 async def refresh_job(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    job_id = request.path_params["job_id"]
-    job = await runtime.store.get_job(job_id)
-    if job is None:
-        return error(404, "unknown_job", "no job has this id")
-    if job["provider_job_id"] is not None and not Status(job["status"]).terminal:
-        try:
-            await runtime.poller.poll(job, raise_errors=True)
-        except ProviderError as exc:
-            return error(502, "provider_error", str(exc), transient=exc.transient)
-    detail = await runtime.store.job_detail(job_id)
-    assert detail is not None
+    try:
+        detail = await actions.refresh(runtime, request.path_params["job_id"])
+    except Refused as refused:
+        return refusal(refused)
     return JSON(runtime.render_job(detail))
 
 
 @admin
 async def archive_job(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    job_id = request.path_params["job_id"]
-    job = await runtime.store.get_job(job_id)
-    if job is None:
-        return error(404, "unknown_job", "no job has this id")
-    if not runtime.archive.enabled:
-        return error(
-            409, "archive_off", 'the archive is off; set [archive] store = "local" or "s3"'
-        )
-    if job["status"] != Status.COMPLETED or not job["result_url"]:
-        return error(
-            409, "no_result", f"only a completed job's result is kept; this one is {job['status']}"
-        )
-    await runtime.store.requeue_download(job_id)
-    detail = await runtime.store.job_detail(job_id)
-    assert detail is not None
+    try:
+        detail = await actions.keep_again(runtime, request.path_params["job_id"])
+    except Refused as refused:
+        return refusal(refused)
     return JSON(runtime.render_job(detail), status_code=202)
 
 
@@ -305,16 +285,10 @@ async def cancel_job(request: Request) -> Response:
     """200 with the job once canceled; 202 when the provider took the request and a poll,
     due now, will tell how the job ended."""
     runtime: Runtime = request.app.state.runtime
-    job_id = request.path_params["job_id"]
     try:
-        outcome = await runtime.cancel(job_id)
-    except CannotCancel as exc:
-        return error(404 if exc.code == "unknown_job" else 409, exc.code, exc.message)
-    except ProviderError as exc:
-        message = f"the provider refused to cancel the job: {exc}"
-        return error(502, "provider_refused", message, transient=exc.transient)
-    job = await runtime.store.job_detail(job_id)
-    assert job is not None
+        outcome, job = await actions.cancel(runtime, request.path_params["job_id"])
+    except Refused as refused:
+        return refusal(refused)
     return JSON(runtime.render_job(job), status_code=200 if outcome == "canceled" else 202)
 
 
@@ -349,26 +323,10 @@ async def list_deliveries(request: Request) -> Response:
 @admin
 async def retry_delivery(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    delivery_id = _whole(request.path_params["delivery_id"])
-    source = None if delivery_id is None else await runtime.store.delivery_source(delivery_id)
-    if delivery_id is None or source is None:
-        return error(404, "unknown_delivery", "no delivery has this id")
-    if source["status"] not in (DEAD, HELD):
-        return error(
-            409,
-            "not_dead",
-            f"only dead or held deliveries are retried; this one is {source['status']}",
-        )
-    channel = source["channel"]
-    if channel not in runtime.channels:
-        return error(
-            409,
-            "channel_not_configured",
-            f"channel {channel} is not in the configuration; add it back to send this delivery",
-        )
-    delivery = await runtime.store.requeue_delivery(delivery_id)
-    assert delivery is not None
-    runtime.outbox.enabled([channel])
+    try:
+        delivery = await actions.retry_delivery(runtime, _whole(request.path_params["delivery_id"]))
+    except Refused as refused:
+        return refusal(refused)
     return JSON(render_delivery(delivery))
 
 
@@ -377,19 +335,15 @@ async def retry_deliveries(request: Request) -> Response:
     """Every dead delivery queued again, and the channels enabled again with their held
     deliveries released: of one channel (``?channel=``) or of every configured one."""
     runtime: Runtime = request.app.state.runtime
-    channel = request.query_params.get("channel")
-    if channel is not None and channel not in runtime.channels:
-        known = ", ".join(sorted(runtime.channels)) or "none"
-        return error(
-            422,
-            "invalid_fields",
-            "some query parameters are invalid",
-            fields={"channel": f"not a configured channel; configured: {known}"},
-        )
-    channels = [channel] if channel is not None else list(runtime.channels)
-    requeued = await runtime.store.requeue_deliveries(channels)
-    runtime.outbox.enabled(channels)
+    try:
+        requeued = await actions.retry_channel(runtime, request.query_params.get("channel"))
+    except Refused as refused:
+        return refusal(refused)
     return JSON({"queued": requeued.total, "dead": requeued.dead, "held": requeued.held})
+
+
+def refusal(refused: Refused) -> Response:
+    return error(refused.status, refused.code, refused.message, **refused.extra)
 
 
 def _whole(text: str | None) -> int | None:
@@ -409,4 +363,5 @@ routes = [
     Route("/deliveries", list_deliveries, methods=["GET"]),
     Route("/deliveries/retry", retry_deliveries, methods=["POST"]),
     Route("/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),
+    Route("/events", events.stream, methods=["GET"]),
 ]

@@ -24,7 +24,10 @@ from receiver.media import serve as media
 from receiver.proxy import AllowedHosts, PathPrefix
 from receiver.responses import JSON, error
 from receiver.runtime import Runtime
+from receiver.server import CLOSING
 from receiver.store import DatabaseUnavailable
+from receiver.web.dashboard import Dashboard, home
+from receiver.web.dashboard import mount as dashboard_routes
 
 log = logging.getLogger("vidhook.http")
 # Seconds /readyz waits for its write; a write takes milliseconds when all is well.
@@ -131,24 +134,30 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     runtime = Runtime(config, clock=clock, transport=transport)
+    dashboard = Dashboard(runtime)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         await runtime.start()
+        dashboard.start()
         try:
-            yield
+            yield {CLOSING: runtime.events.close}
         finally:
+            await dashboard.stop()
             await runtime.stop()
 
     app = Starlette(
         routes=[
             # First: the router tries each route in turn, and callbacks are most requests.
             Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
+            Route("/callbacks/{provider}", callbacks.receive_account, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics.endpoint),
             Mount("/api", routes=api.routes),
             Mount("/media", routes=media.routes),
+            Route("/", home),
+            dashboard_routes(),
         ],
         exception_handlers={
             404: not_found,
@@ -159,6 +168,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.dashboard = dashboard
     app.state.bodies = BodyBudget(config.server.max_body_memory)
     # Added last runs first: forwarding headers, then the Host check, then the prefix.
     # Each is left out where it would do nothing: every request passes through them all.

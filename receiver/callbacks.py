@@ -3,6 +3,10 @@
 A callback is answered 2xx only after it is on disk. A callback that would end a job is
 not trusted on its own (Vidu signs the headers, not the body): it is stored and the job
 is scheduled for a confirming status fetch, which the poller performs.
+
+POST /callbacks/{provider} takes the webhooks of a provider that sends every job's to
+one URL set in its console (PixVerse): there is no token, so the signature is checked
+first and the job is the one whose task the verified body names.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 import signing
-from receiver.bodies import BodyTooLarge, OverBudget, closing, hold_body, over_budget
+from receiver.bodies import BodyTooLarge, HeldBody, OverBudget, closing, hold_body, over_budget
 from receiver.logs import access_note
-from receiver.providers.base import JobRef, Provider, ProviderError
+from receiver.providers.base import AccountCallback, JobRef, Provider, ProviderError
 from receiver.responses import JSON, dumps, error
-from receiver.store import AdmittedCallback, CallbackTarget, UnknownToken
+from receiver.store import AdmittedCallback, CallbackTarget, UnknownTask, UnknownToken
 
 if TYPE_CHECKING:
     from receiver.runtime import Runtime
@@ -84,19 +88,57 @@ async def receive(request: Request) -> Response:
         return error(
             404, "unknown_provider", f"no provider named {provider_name!r} takes callbacks"
         )
-    if not is_json_media(request.headers.get("content-type")):
-        runtime.count_callback(provider_name, "wrong_content_type")
-        return closing(
-            error(415, "unsupported_media_type", "send the callback as application/json")
-        )
+    if (refused := wrong_content_type(request, runtime, provider_name)) is not None:
+        return refused
     # Before a byte of the body is read: a flood of bodies to made-up tokens costs one
     # indexed read each, and never holds their bytes.
     if not await runtime.store.has_callback_token(provider_name, token):
         runtime.count_callback(provider_name, "unknown_token")
         return closing(error(404, "unknown_token", "no job has this callback URL"))
+    body = await read_body(request, runtime, provider_name)
+    if isinstance(body, Response):
+        return body
+    try:
+        return await record(request, runtime, provider, body.content, token=token)
+    finally:
+        body.release()
+
+
+async def receive_account(request: Request) -> Response:
+    """POST /callbacks/{provider}: a webhook sent to the provider's account-level URL."""
+    runtime: Runtime = request.app.state.runtime
+    provider_name = request.path_params["provider"]
+    provider = runtime.providers.get(provider_name)
+    if provider is None or not provider.account_webhook:
+        return error(
+            404,
+            "unknown_provider",
+            f"no provider named {provider_name!r} sends webhooks to one account-level URL; "
+            "callback URLs end in the job's token",
+        )
+    if (refused := wrong_content_type(request, runtime, provider_name)) is not None:
+        return refused
+    body = await read_body(request, runtime, provider_name)
+    if isinstance(body, Response):
+        return body
+    try:
+        return await record(request, runtime, provider, body.content, token=None)
+    finally:
+        body.release()
+
+
+def wrong_content_type(request: Request, runtime: Runtime, provider_name: str) -> Response | None:
+    if is_json_media(request.headers.get("content-type")):
+        return None
+    runtime.count_callback(provider_name, "wrong_content_type")
+    return closing(error(415, "unsupported_media_type", "send the callback as application/json"))
+
+
+async def read_body(request: Request, runtime: Runtime, provider_name: str) -> HeldBody | Response:
+    """The whole body within the callback limit and the memory budget, or the refusal."""
     limit = runtime.config.callbacks.max_body_bytes
     try:
-        body = await hold_body(request, limit, request.app.state.bodies)
+        return await hold_body(request, limit, request.app.state.bodies)
     except BodyTooLarge:
         runtime.count_callback(provider_name, "too_large")
         return closing(
@@ -107,16 +149,13 @@ async def receive(request: Request) -> Response:
         return over_budget()
     except ClientDisconnect:
         return Response(status_code=400)
-    try:
-        return await record(request, runtime, provider, token, body.content)
-    finally:
-        body.release()
 
 
 async def record(
-    request: Request, runtime: Runtime, provider: Provider, token: str, body: bytes
+    request: Request, runtime: Runtime, provider: Provider, body: bytes, *, token: str | None
 ) -> Response:
-    """Check the callback and store it, in one trip to the writer."""
+    """Check the callback and store it, in one trip to the writer. ``token`` is None for a
+    webhook to the account-level URL, whose job its verified body names."""
     provider_name = request.path_params["provider"]
     try:
         await provider.prepare_callback(request.headers, body)
@@ -128,17 +167,30 @@ async def record(
         return refused
 
     tolerance = runtime.config.callbacks.date_tolerance
+    account: AccountCallback | None = None
+    if token is None:
+        # No token found the job: the signature comes first, and the body then says
+        # which job it is about. A forgery costs no trip to the writer.
+        try:
+            account = provider.verify_account_callback(request.headers, body, tolerance=tolerance)
+        except signing.SignatureError as exc:
+            runtime.count_callback(provider_name, "bad_signature", reason=exc.reason)
+            log.warning("webhook to %s refused: %s (%s)", provider_name, exc.reason, exc.message)
+            return error(401, "invalid_signature", exc.message, reason=exc.reason)
     checked: list[str] = []  # the job's id once found, for the refusal's log line
 
     def admit(job: CallbackTarget) -> AdmittedCallback:
         # Runs on the writer thread inside the transaction (one trip for the lookup, the
         # checks and the writes); raising refuses the callback with nothing written.
         checked.append(job.id)
-        # Answered for a known token only, and rolled back: a URL check is not news.
-        if (answer := provider.handshake(body)) is not None:
-            raise Handshake(answer)
-        ref = JobRef(job.id, job.provider_job_id, job.key_fingerprint, job.callback_url)
-        nonce = provider.verify_callback(ref, request.headers, body, tolerance=tolerance)
+        if account is not None:
+            nonce = account.nonce
+        else:
+            # Answered for a known token only, and rolled back: a URL check is not news.
+            if (answer := provider.handshake(body)) is not None:
+                raise Handshake(answer)
+            ref = JobRef(job.id, job.provider_job_id, job.key_fingerprint, job.callback_url)
+            nonce = provider.verify_callback(ref, request.headers, body, tolerance=tolerance)
         try:
             text = body.decode("utf-8")
             payload = runtime.json_loads(text)
@@ -161,16 +213,33 @@ async def record(
             body=text,
             obs=obs,
             confirm=provider.needs_confirmation(obs),
-            received_url=received_url(request.scope).replace(token, "***"),
+            received_url=received_url(request.scope).replace(token, "***")
+            if token
+            else received_url(request.scope),
         )
 
     try:
-        job_id, outcome, admitted = await runtime.store.record_token_callback(
-            provider_name, token, admit
-        )
+        if account is not None:
+            job_id, outcome, admitted = await runtime.store.record_task_callback(
+                provider_name, account.task_id, admit
+            )
+        else:
+            assert token is not None
+            job_id, outcome, admitted = await runtime.store.record_token_callback(
+                provider_name, token, admit
+            )
     except UnknownToken:
         runtime.count_callback(provider_name, "unknown_token")
         return error(404, "unknown_token", "no job has this callback URL")
+    except UnknownTask:
+        runtime.count_callback(provider_name, "unknown_task")
+        log.warning("webhook to %s refused: no job has the task it names", provider_name)
+        return error(
+            404,
+            "unknown_task",
+            "no job has the task this webhook names; one that overtook the answer to its "
+            "submission is taken when the provider sends it again",
+        )
     except signing.SignatureError as exc:
         runtime.count_callback(provider_name, "bad_signature", reason=exc.reason)
         log.warning("callback for job %s refused: %s (%s)", checked[0], exc.reason, exc.message)
@@ -197,4 +266,6 @@ async def record(
         said += ", confirming"
     if not access_note(request.scope, said):
         log.info("callback for job %s", said)
+    if provider.callback_reply is not None:
+        return Response(provider.callback_reply, media_type="text/plain")
     return Response(_DUPLICATE if outcome == "duplicate" else _ACCEPTED, media_type=JSON.media_type)

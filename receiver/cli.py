@@ -96,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from receiver.demo import run_demo
 
-    return run_demo(timeout=args.timeout, keep=args.keep)
+    return run_demo(timeout=args.timeout, keep=args.keep, serve=args.serve)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -351,8 +351,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"database: {database}")
     print("callback URLs (each job adds its own token):")
     for name, provider in config.providers.items():
-        takes = ADAPTERS[provider.type].supports_callbacks
-        where = config.callback_url(name, "<token>") if takes else "none: polled"
+        adapter = ADAPTERS[provider.type]
+        if adapter.account_webhook:
+            where = f"{config.callback_url(name, None)} (set it in the provider's console)"
+        elif adapter.supports_callbacks:
+            where = config.callback_url(name, "<token>")
+        else:
+            where = "none: polled"
         print(f"  {name:<12} {where}")
     found = stored_channels(config)
     print("channels:" if config.channels else "channels: none configured")
@@ -436,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=60.0)
     demo.add_argument(
         "--keep", action="store_true", help="keep the demo's database and say where it is"
+    )
+    demo.add_argument(
+        "--serve", action="store_true", help="keep running afterwards, with the dashboard open"
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -72,6 +72,17 @@ PROVIDER_TYPES: dict[str, dict[str, Any]] = {
     "fal": {"base_url": "https://queue.fal.run",
             "default_model": "fal-ai/kling-video/v2.5-turbo/pro/text-to-video",
             "jwks_url": "https://rest.alpha.fal.ai/.well-known/jwks.json", "deadline": 7200.0},
+    # PixVerse sends every job's webhooks to the one URL set in its console, signed with
+    # the account's secret (no default: it must be set). A video takes a minute or two;
+    # a job no webhook ended (the URL not set, say) is looked at after two.
+    "pixverse": {"base_url": "https://app-api.pixverse.ai", "default_model": "v5",
+                 "webhook_secret_env": None, "reconcile_after": 120.0,
+                 "reconcile_interval": 30.0},
+    # Veo through the Gemini API: long-running operations, polled (Google's samples ask
+    # every 10 s); a video takes one to several minutes.
+    "veo": {"base_url": "https://generativelanguage.googleapis.com",
+            "default_model": "veo-3.1-generate-preview", "initial_delay": 20.0,
+            "poll_interval": 10.0, "poll_max_interval": 30.0},
 }  # fmt: skip
 # Keys only some types take: a type takes one when its PROVIDER_TYPES entry names it,
 # with its default (None: no default, the key must be set).
@@ -314,7 +325,10 @@ class Config:
         public = urlsplit(self.public_url).hostname or ""
         return (public, "localhost", "127.0.0.1", "::1")
 
-    def callback_url(self, provider: str, token: str) -> str:
+    def callback_url(self, provider: str, token: str | None) -> str:
+        """A job's callback URL; without a token, the provider's account-level webhook URL."""
+        if token is None:
+            return f"{self.public_url}/callbacks/{provider}"
         return f"{self.public_url}/callbacks/{provider}/{token}"
 
     def channels_for(self, status: Status, notify: list[str] | None) -> list[str]:

@@ -31,9 +31,11 @@ from receiver.sandbox import (
     LumaFakeSettings,
     MiniMaxFakeSettings,
     NewApiFakeSettings,
+    PixVerseFakeSettings,
     ReplicateFakeSettings,
     RunwayFakeSettings,
     ServerThread,
+    VeoFakeSettings,
     ViduSandboxSettings,
     create_sandbox_app,
 )
@@ -105,6 +107,46 @@ SAMPLES = (
         {"provider": "minimax", "prompt": "Rain on a neon street [Pan left]"},
         "completed",
     ),
+    Sample(
+        "Kling: unsigned callbacks, requests signed with a JWT; the end confirmed by a poll",
+        {"provider": "kling", "prompt": "A koi pond in autumn, leaves drifting"},
+        "completed",
+    ),
+    Sample(
+        "Runway: no webhooks, polled",
+        {"provider": "runway", "prompt": "A lighthouse on a cliff at dusk, waves below"},
+        "completed",
+    ),
+    Sample(
+        "Replicate: webhooks signed with the account's secret, applied as they say",
+        {"provider": "replicate", "prompt": "A heron lifting off a misty river"},
+        "completed",
+    ),
+    Sample(
+        "fal: one webhook at the end, signed with Ed25519 keys fal publishes",
+        {"provider": "fal", "prompt": "A glass of water catching the morning sun"},
+        "completed",
+    ),
+    Sample(
+        "PixVerse: a signed webhook to the account's one URL, naming its video",
+        {"provider": "pixverse", "prompt": "Cherry blossoms falling on a quiet street"},
+        "completed",
+    ),
+    Sample(
+        "PixVerse whose webhook is lost: found by reconciliation polling",
+        {"provider": "pixverse", "prompt": "A paper lantern rising into the night [lost]"},
+        "completed",
+    ),
+    Sample(
+        "Veo (Gemini API): the operation polled, the video fetched with the key",
+        {"provider": "veo", "prompt": "A hot air balloon over green hills at sunrise"},
+        "completed",
+    ),
+    Sample(
+        "Veo: the video removed by Google's safety filters",
+        {"provider": "veo", "prompt": "A crowd at a stadium, faces in close-up [filtered]"},
+        "failed",
+    ),
 )
 # Quick schedules for the demo; real defaults are in vidhook.example.toml.
 DEMO_POLLING = {
@@ -154,10 +196,12 @@ def demo_extras(provider: str, sandbox_url: str) -> dict[str, str]:
         return {"webhook_secret_env": "VIDHOOK_DEMO_WEBHOOK_SECRET"}
     if provider == "fal":
         return {"jwks_url": f"{sandbox_url}/fal/.well-known/jwks.json"}
+    if provider == "pixverse":
+        return {"webhook_secret_env": "VIDHOOK_DEMO_PIXVERSE_SECRET"}
     return {}
 
 
-def run_demo(timeout: float = 60.0, keep: bool = False) -> int:
+def run_demo(timeout: float = 60.0, keep: bool = False, serve: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     env = {
@@ -165,10 +209,11 @@ def run_demo(timeout: float = 60.0, keep: bool = False) -> int:
         "VIDHOOK_DEMO_KEY": "demo-" + secrets.token_hex(16),
         "VIDHOOK_DEMO_ACCESS_KEY": "demo-access-" + secrets.token_hex(8),
         "VIDHOOK_DEMO_WEBHOOK_SECRET": standard.new_secret(),
+        "VIDHOOK_DEMO_PIXVERSE_SECRET": secrets.token_urlsafe(24),
     }
     tmp = tempfile.mkdtemp(prefix="vidhook-demo-")
     try:
-        code = _serve_and_run(tmp, env, timeout)
+        code = _serve_and_run(tmp, env, timeout, serve)
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -179,7 +224,7 @@ def run_demo(timeout: float = 60.0, keep: bool = False) -> int:
     return code
 
 
-def _serve_and_run(tmp: str, env: dict[str, str], timeout: float) -> int:
+def _serve_and_run(tmp: str, env: dict[str, str], timeout: float, serve: bool) -> int:
     keys = [env["VIDHOOK_DEMO_KEY"]]
     pair = {env["VIDHOOK_DEMO_ACCESS_KEY"]: env["VIDHOOK_DEMO_KEY"]}
     app = create_sandbox_app(
@@ -198,17 +243,40 @@ def _serve_and_run(tmp: str, env: dict[str, str], timeout: float) -> int:
             webhook_retry_delays=(0.5, 1.0),
         ),
         fal=FalFakeSettings(api_keys=keys, webhook_retry_delays=(0.5, 1.0)),
+        pixverse=PixVerseFakeSettings(
+            api_keys=keys,
+            webhook_secret=env["VIDHOOK_DEMO_PIXVERSE_SECRET"],
+            webhook_retry_delays=(0.5, 1.0),
+        ),
+        veo=VeoFakeSettings(api_keys=keys),
     )
     with ServerThread(app) as sandbox:
         receiver = ServerThread(None)
         receiver.bind()
         config = demo_config(receiver.url, sandbox.url, Path(tmp) / "demo.db", env)
         receiver.app = create_app(config)
+        # PixVerse's console: every job's webhook goes to the one account-level URL.
+        app.state.pixverse.settings.webhook_url = config.callback_url("pixverse", None)
         with receiver:
             print(f"sandbox providers: {sandbox.url}")
             print(f"vidhook receiver:  {receiver.url} (database in {tmp})")
             print("\nnotifications (console channel) as they happen:")
-            return _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
+            code = _run(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"], timeout)
+            if serve:
+                _serve(receiver.url, env["VIDHOOK_DEMO_ADMIN_TOKEN"])
+            return code
+
+
+def _serve(url: str, admin_token: str) -> None:
+    """Keep the demo's service up for a look at the dashboard, until Ctrl-C."""
+    print(f"\ndashboard:   {url}/ui/")
+    print(f"login token: {admin_token}")
+    print("the demo keeps running; Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\ndemo stopped")
 
 
 def _run(url: str, admin_token: str, timeout: float) -> int:

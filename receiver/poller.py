@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.config import ProviderConfig
-from receiver.providers.base import JobRef, Observation, Provider, ProviderError
+from receiver.providers.base import JobRef, LastError, Observation, Provider, ProviderError
 from receiver.states import Status
 from receiver.store import Applied, DatabaseUnavailable, Store, queries
 from receiver.store.db import Db
@@ -161,6 +161,9 @@ class Poller(Worker):
         delay = IDLE_WAIT if plan.upcoming is None else plan.upcoming - self.store.clock()
         return max(0.0, min(IDLE_WAIT, delay, *paused))
 
+    def in_flight(self, provider: str) -> int:
+        return len(self._inflight.get(provider, ()))
+
     def _room(self) -> dict[str, int]:
         """Free request slots of each provider that may be asked now."""
         return {
@@ -205,6 +208,7 @@ class Poller(Worker):
         try:
             obs = await provider.fetch(ref)
         except ProviderError as exc:
+            provider.last_error = LastError(self.store.clock(), str(exc))
             self._count(row["provider"], "transient_error" if exc.transient else "permanent_error")
             if raise_errors:
                 raise

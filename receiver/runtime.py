@@ -16,6 +16,7 @@ import httpx
 from receiver import notify
 from receiver import providers as adapters
 from receiver.config import Config
+from receiver.events import EventHub
 from receiver.media import Archive
 from receiver.metrics import Metrics
 from receiver.notify.base import Channel
@@ -128,6 +129,9 @@ class Runtime:
             render=self.render_job, hold=self.archive.hold,
         )  # fmt: skip
         self.json_loads: Callable[[str | bytes], Any] = strict_json
+        # Streams hold their connections: half of them stay for callbacks and the API.
+        streams = max(1, config.server.max_connections // 2)
+        self.events = EventHub(self.store, self.render_job, max_streams=streams)
 
     def open_database(self) -> None:
         """Lock, check and upgrade the database; DatabaseUnusable says what is wrong.
@@ -144,6 +148,7 @@ class Runtime:
         self.submitter.start()
         self.outbox.start()
         self.archive.start()
+        await self.events.open()
         log.info(
             "vidhook ready: database %s, providers %s",
             self.store.engine.where,
@@ -151,6 +156,7 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        await self.events.stop()
         await self.submitter.stop()
         await self.poller.stop()
         await self.outbox.stop()
@@ -160,7 +166,7 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        workers = (self.poller, self.submitter, self.outbox, self.archive.worker)
+        workers = (self.poller, self.submitter, self.outbox, self.archive.worker, self.events)
         return self.store.running and all(worker.running for worker in workers)
 
     def render_job(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +187,13 @@ class Runtime:
         """
         provider = self.providers[provider_name]
         job_id = new_job_id()
-        token = new_callback_token() if provider.supports_callbacks else None
-        callback_url = self.config.callback_url(provider_name, token) if token else None
+        token = callback_url = None
+        if provider.account_webhook:
+            # Not sent with the job: the URL the provider's console is set to, for the record.
+            callback_url = self.config.callback_url(provider_name, None)
+        elif provider.supports_callbacks:
+            token = new_callback_token()
+            callback_url = self.config.callback_url(provider_name, token)
         created_at = self.store.clock()
         deadline_at = created_at + provider.config.deadline
         await self.store.insert_job(

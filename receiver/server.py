@@ -360,12 +360,30 @@ def accept_errors(every: Every) -> Callable[[asyncio.AbstractEventLoop, dict[str
     return handle
 
 
+# The lifespan state key of a function to call when the server begins to shut down,
+# before it waits for the responses under way: a response that never ends by itself (an
+# event stream) ends then, rather than holding the shutdown up to its timeout.
+CLOSING = "vidhook.closing"
+
+
+def begin_closing(server: uvicorn.Server) -> None:
+    lifespan = getattr(server, "lifespan", None)
+    closing = getattr(lifespan, "state", {}).get(CLOSING)
+    if callable(closing):
+        closing()
+
+
 class Server(uvicorn.Server):
     """uvicorn's server, ending with a return rather than the signal that stopped it.
 
     uvicorn raises SIGTERM (or SIGINT) again once it has shut down, so that the process
     ends as killed by it; a clean shutdown is a success here, and `vidhook serve` exits 0.
+    Open event streams are ended as the shutdown begins (``CLOSING``).
     """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        begin_closing(self)
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

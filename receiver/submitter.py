@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from receiver.poller import first_poll_delay, retry_delay
-from receiver.providers.base import InvalidRequest, Provider, ProviderError, SubmitRequest
+from receiver.providers.base import (
+    InvalidRequest,
+    LastError,
+    Provider,
+    ProviderError,
+    SubmitRequest,
+)
 from receiver.responses import iso
 from receiver.store import Store
 from receiver.worker import IDLE_WAIT, Worker
@@ -155,6 +161,7 @@ class Submitter(Worker):
         self, job: Pending, provider: Provider, exc: ProviderError, sent_at: float, number: int
     ) -> Outcome:
         job_id, error = job.job_id, str(exc)
+        provider.last_error = LastError(self.store.clock(), error)
         judged = verdict(exc, idempotent=provider.idempotent_submit)
         if judged == "refused":
             log.warning("job %s: %s refused the submission: %s", job_id, provider.name, exc)

@@ -5,7 +5,8 @@ wrong ends in :class:`SignatureError`, whose ``reason`` names the check that fai
 
 One module per scheme: :mod:`signing.vidu` (HMAC over the request line and headers),
 :mod:`signing.standard` (Standard Webhooks: Replicate's, and vidhook's own outgoing
-webhooks) and :mod:`signing.fal` (Ed25519 against fal's published keys).
+webhooks), :mod:`signing.fal` (Ed25519 against fal's published keys) and
+:mod:`signing.pixverse` (HMAC over the time, a nonce and the body's fields).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ class SignatureError(Exception):
     """A signature did not verify; ``reason`` is a short machine-readable code.
 
     Reasons: ``missing_header``, ``malformed_header``, ``unsupported_algorithm``,
-    ``malformed_date``, ``stale_date``, ``bad_signature``; and ``wrong_task``, raised by
+    ``malformed_date``, ``stale_date``, ``malformed_body`` (a signature over parsed
+    fields, whose body cannot be parsed), ``bad_signature``; and ``wrong_task``, raised by
     receivers when a genuine callback is about another job than the one it was sent to.
     The message never contains a secret or an expected signature.
     """

@@ -191,7 +191,12 @@ def _key(secret: str) -> bytes:
         raise TypeError("secret must be a str")
     if not secret:  # anyone can compute an HMAC under an empty key
         raise ValueError("the Vidu API key is empty; configure it")
-    return secret.encode("utf-8")
+    try:
+        # A key read from the environment holds its non-UTF-8 bytes as escapes: give
+        # them back as they were.
+        return secret.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # any other lone surrogate: still a key, never a crash
+        return secret.encode("utf-8", "surrogatepass")
 
 
 def _mac(key: bytes, text: str) -> bytes:

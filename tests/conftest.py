@@ -28,10 +28,12 @@ from receiver.sandbox import (
     LumaFakeSettings,
     MiniMaxFakeSettings,
     NewApiFakeSettings,
+    PixVerseFakeSettings,
     ReplicateFakeSettings,
     RunwayFakeSettings,
     ServerThread,
     Timing,
+    VeoFakeSettings,
     ViduSandbox,
     ViduSandboxSettings,
     create_sandbox_app,
@@ -56,6 +58,8 @@ ENV |= {
 }
 REPLICATE_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"replicate-test-secret-0123456789").decode()
 ENV |= {"REPLICATE_WEBHOOK_SECRET": REPLICATE_WEBHOOK_SECRET}
+PIXVERSE_WEBHOOK_SECRET = "pixverse-test-webhook-secret-7d2e"
+ENV |= {"PIXVERSE_WEBHOOK_SECRET": PIXVERSE_WEBHOOK_SECRET}
 
 
 POLL_ONLY = ("kvid", "revid", "newapi")
@@ -93,6 +97,8 @@ class Sandbox:
     minimax: FakeProvider | None = None
     replicate: FakeProvider | None = None
     fal: FakeProvider | None = None
+    pixverse: FakeProvider | None = None
+    veo: FakeProvider | None = None
 
     @property
     def settings(self) -> ViduSandboxSettings:
@@ -141,11 +147,17 @@ def running_sandbox():
             webhook_retry_delays=(0.1, 0.2),
         ),
         fal=fake_settings(FalFakeSettings, webhook_retry_delays=(0.1, 0.2)),
+        pixverse=fake_settings(
+            PixVerseFakeSettings,
+            webhook_secret=PIXVERSE_WEBHOOK_SECRET,
+            webhook_retry_delays=(0.1, 0.2),
+        ),
+        veo=fake_settings(VeoFakeSettings),
     )
     with ServerThread(app) as server:
         fakes = [getattr(app.state, name) for name in ("vidu", "kvid", "revid", "apimodels")]
         mine = {name: getattr(app.state, name) for name in ("kling", "runway", "luma", "minimax")}
-        mine |= {name: getattr(app.state, name) for name in ("replicate", "fal")}
+        mine |= {name: getattr(app.state, name) for name in ("replicate", "fal", "pixverse", "veo")}
         yield Sandbox(server.url, *fakes, app.state.newapi, **mine)
 
 
@@ -212,6 +224,17 @@ def service_config(
         "base_url": f"{sandbox_url}/fal",
         "api_key_env": "VIDU_API_KEY",
         "jwks_url": f"{sandbox_url}/fal/.well-known/jwks.json",
+        **FAST_POLLING,
+    }
+    providers["pixverse"] = {
+        "base_url": f"{sandbox_url}/pixverse",
+        "api_key_env": "VIDU_API_KEY",
+        "webhook_secret_env": "PIXVERSE_WEBHOOK_SECRET",
+        **FAST_POLLING,
+    }
+    providers["veo"] = {
+        "base_url": f"{sandbox_url}/veo",
+        "api_key_env": "VIDU_API_KEY",
         **FAST_POLLING,
     }
     providers["vidu"].update({"poll_interval": 0.2, "timeout": 5, **vidu})

@@ -179,3 +179,24 @@ def test_check_names_a_missing_variable_and_exits_non_zero(tmp_path, env, slack)
     assert result.stdout == ""
     assert slack[1].requests == []
     assert_no_secret(env, result.stdout, result.stderr)
+
+
+def test_check_prints_each_provider_s_callback_url(tmp_path, env, monkeypatch, capsys):
+    """A token per job for most; PixVerse's one URL, to set in its console; none for Veo."""
+    monkeypatch.setenv("PIXVERSE_SECRET", "pixverse-check-secret")
+    path = write(
+        tmp_path,
+        '[providers.pixverse]\napi_key_env = "VIDU_API_KEY"\n'
+        'webhook_secret_env = "PIXVERSE_SECRET"\n'
+        '[providers.veo]\napi_key_env = "VIDU_API_KEY"\n',
+    )
+    assert main(["check", "--config", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    urls = {line.split()[0]: line.split(maxsplit=1)[1] for line in lines if line.startswith("  ")}
+    assert urls["vidu"] == "https://hooks.example.com/vh/callbacks/vidu/<token>"
+    assert urls["pixverse"] == (
+        "https://hooks.example.com/vh/callbacks/pixverse (set it in the provider's console)"
+    )
+    assert urls["veo"] == "none: polled"
+    assert_no_secret(env, "\n".join(lines))
+    assert "pixverse-check-secret" not in "\n".join(lines)

@@ -51,15 +51,20 @@ def test_example_file_documents_a_loadable_config():
         "REPLICATE_API_TOKEN",
         "REPLICATE_WEBHOOK_SECRET",
         "FAL_KEY",
+        "PIXVERSE_API_KEY",
+        "PIXVERSE_WEBHOOK_SECRET",
+        "GEMINI_API_KEY",
     )
     config = load_config(ROOT / "vidhook.example.toml", {**ENV, **dict.fromkeys(keys, "k")})
     known = {"vidu", "kvid", "revid", "apimodels", "gateway", "kling", "runway", "luma", "minimax",
-             "replicate", "fal"}  # fmt: skip
+             "replicate", "fal", "pixverse", "veo"}  # fmt: skip
     assert set(config.providers) == known
     assert config.providers["luma"].base_url == "https://api.lumalabs.ai/dream-machine/v1"
     assert config.providers["minimax"].reconcile_after == 300
     assert config.providers["gateway"].type == "newapi"
     assert config.providers["revid"].initial_delay == 45
+    assert config.providers["pixverse"].webhook_secret is not None
+    assert config.providers["veo"].base_url == "https://generativelanguage.googleapis.com"
 
 
 def test_secrets_do_not_show_in_reprs(tmp_path):

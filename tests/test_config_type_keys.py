@@ -1,4 +1,5 @@
-"""Keys only some provider types take: Replicate's webhook secret, fal's JWKS URL."""
+"""Keys only some provider types take: Replicate's and PixVerse's webhook secrets, fal's JWKS
+URL."""
 
 import pytest
 
@@ -50,6 +51,21 @@ def test_replicate_needs_its_webhook_secret():
     )
 
 
+def test_pixverse_needs_its_webhook_secret_and_gets_its_defaults():
+    env = {**ENV, "PIXVERSE_API_KEY": "pv-key", "PIXVERSE_WEBHOOK_SECRET": "pv-secret"}
+    section = {"api_key_env": "PIXVERSE_API_KEY"}
+    assert problems({"pixverse": section}, env) == [
+        "<memory>: providers.pixverse.webhook_secret_env: missing; name the environment "
+        "variable that holds the secret"
+    ]
+    section |= {"webhook_secret_env": "PIXVERSE_WEBHOOK_SECRET"}
+    pixverse = config({"pixverse": section}, env).providers["pixverse"]
+    assert pixverse.webhook_secret is not None and pixverse.webhook_secret.reveal() == "pv-secret"
+    assert (pixverse.base_url, pixverse.default_model) == ("https://app-api.pixverse.ai", "v5")
+    assert (pixverse.reconcile_after, pixverse.reconcile_interval) == (120, 30)
+    assert "pv-secret" in config_secrets(config({"pixverse": section}, env))
+
+
 def test_a_secret_written_in_the_file_is_refused_without_echoing_it():
     (problem,) = problems({"replicate": REPLICATE | {"webhook_secret": SECRET}})
     assert "put it in an environment variable" in problem and SECRET not in problem
@@ -72,8 +88,9 @@ def test_a_jwks_url_must_be_an_http_url(value):
 @pytest.mark.parametrize(
     ("kind", "key", "takers"),
     [
-        ("vidu", "webhook_secret_env", "replicate"),
-        ("fal", "webhook_secret_env", "replicate"),
+        ("vidu", "webhook_secret_env", "pixverse, replicate"),
+        ("fal", "webhook_secret_env", "pixverse, replicate"),
+        ("veo", "webhook_secret_env", "pixverse, replicate"),
         ("replicate", "jwks_url", "fal"),
     ],
 )
@@ -88,7 +105,7 @@ def test_a_key_of_another_type_is_refused_naming_who_takes_it(kind, key, takers)
 
 def test_which_types_take_which_keys_is_said_by_their_defaults():
     assert {k: sorted(t for t, d in PROVIDER_TYPES.items() if k in d) for k in TYPE_KEYS} == {
-        "webhook_secret_env": ["replicate"],
+        "webhook_secret_env": ["pixverse", "replicate"],
         "jwks_url": ["fal"],
     }
 

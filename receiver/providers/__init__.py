@@ -13,9 +13,11 @@ from receiver.providers.kvid import Kvid
 from receiver.providers.luma import Luma
 from receiver.providers.minimax import MiniMax
 from receiver.providers.newapi import NewApi
+from receiver.providers.pixverse import PixVerse
 from receiver.providers.replicate import Replicate
 from receiver.providers.revid import Revid
 from receiver.providers.runway import Runway
+from receiver.providers.veo import Veo
 from receiver.providers.vidu import Vidu
 
 ADAPTERS: dict[str, type[Provider]] = {
@@ -30,6 +32,8 @@ ADAPTERS: dict[str, type[Provider]] = {
     "minimax": MiniMax,
     "replicate": Replicate,
     "fal": Fal,
+    "pixverse": PixVerse,
+    "veo": Veo,
 }
 
 

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -118,9 +118,12 @@ class ProviderError(Exception):
     @property
     def may_have_acted(self) -> bool:
         """Whether the provider may have carried the request out: it was sent, and no
-        error status came back (a timeout or a dropped connection after sending, or a
-        success answer vidhook could not use)."""
-        return self.sent and (self.status_code is None or self.status_code < 400)
+        error came back (a timeout or a dropped connection after sending, or a success
+        answer vidhook could not use). An error status is a refusal, and so is an error
+        code in the provider's own words inside a 200 (Kling's, MiniMax's, PixVerse's)."""
+        if not self.sent or self.code is not None:
+            return False
+        return self.status_code is None or self.status_code < 400
 
     def __str__(self) -> str:
         parts = [f"{self.provider}"]
@@ -129,6 +132,21 @@ class ProviderError(Exception):
         if self.code:
             parts.append(self.code)
         return f"{' '.join(parts)}: {self.message}"
+
+
+class AccountCallback(NamedTuple):
+    """A verified webhook sent to the account's one URL: the task it names, its nonce."""
+
+    task_id: str
+    nonce: str
+
+
+@dataclass(frozen=True)
+class LastError:
+    """The latest error a poll or a submission met at the provider (for the dashboard)."""
+
+    at: float
+    message: str
 
 
 class CancelUnsupported(Exception):
@@ -150,6 +168,14 @@ class Provider(ABC):
     # PixVerse's HMAC). A callback whose body is not signed is evidence of a status only:
     # receiver.callbacks keeps nothing else of it (Observation.evidence).
     signs_callback_body: bool = False
+    # Whether the provider sends every job's webhooks to one URL set in its console
+    # (PixVerse) rather than to a callback URL given with each job: that URL is
+    # {public_url}/callbacks/{name}, with no token, and the job is the one whose task the
+    # verified body names (verify_account_callback).
+    account_webhook: bool = False
+    # The body of the answer to a stored callback, where the provider wants a particular
+    # one (PixVerse retries anything but "ok"); None: vidhook's JSON.
+    callback_reply: bytes | None = None
     supports_cancel: bool = False
     # Whether the provider deduplicates submissions on SubmitRequest.job_id (as Kling does
     # on external_task_id): only then is a submission whose outcome is unknown (sent, and
@@ -166,6 +192,7 @@ class Provider(ABC):
         self.name = config.name
         self.client = client
         self.gate = Gate(config.requests_per_second, config.max_concurrency)
+        self.last_error: LastError | None = None
 
     def key_for(self, job: JobRef) -> Secret:
         """The key that created the job if it is still configured, else the current one."""
@@ -200,6 +227,14 @@ class Provider(ABC):
         provider sends one, otherwise something derived from the request itself.
         """
         raise NotImplementedError(f"{self.name} does not send callbacks")
+
+    def verify_account_callback(
+        self, headers: Mapping[str, str], body: bytes, *, tolerance: float
+    ) -> AccountCallback:
+        """Check a webhook sent to the account-level URL; return the task it names and its
+        nonce. Raises SignatureError. Runs before the job is looked up, so a forgery
+        costs no trip to the database."""
+        raise NotImplementedError(f"{self.name} has no account-level webhook")
 
     def replay_digest(self, headers: Mapping[str, str], body: bytes) -> str:
         """What must match for a repeated nonce to count as a retry rather than a replay."""

@@ -21,10 +21,12 @@ from receiver.sandbox.kvid import KvidFake
 from receiver.sandbox.luma import LumaFake, LumaFakeSettings
 from receiver.sandbox.minimax import MiniMaxFake, MiniMaxFakeSettings
 from receiver.sandbox.newapi import NewApiFake, NewApiFakeSettings
+from receiver.sandbox.pixverse import PixVerseFake, PixVerseFakeSettings
 from receiver.sandbox.replicate import ReplicateFake, ReplicateFakeSettings
 from receiver.sandbox.revid import RevidFake
 from receiver.sandbox.runway import RunwayFake, RunwayFakeSettings
 from receiver.sandbox.server import ServerThread
+from receiver.sandbox.veo import VeoFake, VeoFakeSettings
 from receiver.sandbox.vidu import ViduSandbox, ViduSandboxSettings
 
 __all__ = [
@@ -38,10 +40,12 @@ __all__ = [
     "LumaFakeSettings",
     "MiniMaxFakeSettings",
     "NewApiFakeSettings",
+    "PixVerseFakeSettings",
     "ReplicateFakeSettings",
     "RunwayFakeSettings",
     "ServerThread",
     "Timing",
+    "VeoFakeSettings",
     "ViduSandbox",
     "ViduSandboxSettings",
     "create_sandbox_app",
@@ -51,7 +55,7 @@ __all__ = [
 
 PREFIXES = (
     "vidu", "kvid", "revid", "apimodels", "newapi", "kling", "runway", "luma", "minimax",
-    "replicate", "fal",
+    "replicate", "fal", "pixverse", "veo",
 )  # fmt: skip
 
 
@@ -68,6 +72,8 @@ def create_sandbox_app(
     minimax: MiniMaxFakeSettings | None = None,
     replicate: ReplicateFakeSettings | None = None,
     fal: FalFakeSettings | None = None,
+    pixverse: PixVerseFakeSettings | None = None,
+    veo: VeoFakeSettings | None = None,
 ) -> Starlette:
     """All fake providers in one app; ``app.state.<prefix>`` is each provider's fake."""
     fakes: dict[str, ViduSandbox | FakeProvider] = {
@@ -82,6 +88,8 @@ def create_sandbox_app(
         "minimax": MiniMaxFake(minimax),
         "replicate": ReplicateFake(replicate),
         "fal": FalFake(fal),
+        "pixverse": PixVerseFake(pixverse),
+        "veo": VeoFake(veo),
     }
     mounts = [Mount(f"/{name}", app=fake.app, name=name) for name, fake in fakes.items()]
     app = Starlette(routes=mounts, lifespan=_mounted_lifespans(mounts))

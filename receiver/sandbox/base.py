@@ -89,6 +89,10 @@ MARKER_MEANINGS: dict[str, str] = {
     "arrears": "the submission is refused: the account is in arrears",
     "list": "the result comes as a list of URLs rather than one",
     "badjson": "the webhook says the result could not be sent as JSON",
+    "moderation": "the generated video fails the provider's content moderation",
+    "concurrent": "the submission is refused for now: too many jobs at once",
+    "filtered": "the provider's safety filter withholds the video",
+    "inline": "the video comes inline in the answer rather than as a link",
 }
 
 

@@ -339,9 +339,7 @@ class FalFake(FakeProvider):
         request.state.task_id = None if queued is None else queued.id
         if queued is None or queued.output is None:
             return Response("not found", status_code=404, media_type="text/plain")
-        served = file_response("mp4", self.settings.files)
-        assert served is not None
-        return served
+        return file_response("mp4", self.settings.files) or Response(status_code=404)
 
     # --- progression and webhooks -------------------------------------------
 

@@ -293,9 +293,7 @@ class ReplicateFake(FakeProvider):
         request.state.task_id = None if prediction is None else prediction.id
         if prediction is None or prediction.status != "succeeded" or self.removed(prediction):
             return Response("not found", status_code=404, media_type="text/plain")
-        served = file_response("mp4", self.settings.files)
-        assert served is not None
-        return served
+        return file_response("mp4", self.settings.files) or Response(status_code=404)
 
     # --- bodies -------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from types import TracebackType
 import uvicorn
 from starlette.types import ASGIApp
 
+from receiver.server import Server
+
 __all__ = ["ServerThread"]
 
 _STARTUP_TIMEOUT = 10.0
@@ -84,7 +86,8 @@ class ServerThread:
             # client keeps a connection open.
             timeout_graceful_shutdown=5,
         )
-        self._server = uvicorn.Server(config)
+        # vidhook's server: it ends event streams as it shuts down.
+        self._server = Server(config)
         self._thread = threading.Thread(
             target=self._run, name=f"ServerThread:{self.port}", daemon=True
         )

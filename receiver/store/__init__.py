@@ -22,6 +22,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,8 @@ from receiver.providers.base import Observation, Submission
 from receiver.store import (
     budgets,
     claims,
+    detail,
+    events,
     heartbeat,
     jobs,
     media,
@@ -53,6 +56,7 @@ from receiver.store.jobs import (
     JobNotFound,
     NewJob,
     Route,
+    UnknownTask,
     UnknownToken,
 )
 from receiver.store.sqlite import SqliteEngine
@@ -66,15 +70,29 @@ __all__ = [
     "DatabaseInUse",
     "DatabaseUnavailable",
     "DatabaseUnusable",
+    "EventRows",
     "JobNotFound",
     "NewJob",
     "Store",
     "StoreError",
+    "UnknownTask",
     "UnknownToken",
 ]
 
 log = logging.getLogger("vidhook.store")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EventRows:
+    """(id, job_id) of events, oldest first, each job in full, and how far events have
+    been pruned (a reader resuming from before that has missed some)."""
+
+    rows: list[tuple[int, str]]
+    jobs: dict[str, dict[str, Any]]
+    pruned_through: int
+
+
 # How long a worker waits for a heartbeat to learn whether an outage is over.
 PROBE_WAIT = 1.0
 
@@ -267,6 +285,15 @@ class Store:
         """
         return await self._op(
             jobs.record_token_callback, provider=provider, token=token, admit=admit
+        )
+
+    async def record_task_callback(
+        self, provider: str, task_id: str, admit: Callable[[CallbackTarget], AdmittedCallback]
+    ) -> tuple[str, CallbackOutcome, AdmittedCallback]:
+        """As record_token_callback, the job found by its provider task (an account-level
+        webhook); UnknownTask when no job has it."""
+        return await self._op(
+            jobs.record_task_callback, provider=provider, task_id=task_id, admit=admit
         )
 
     async def record_poll(self, job_id: str, obs: Observation, *, next_poll_at: float) -> Applied:
@@ -488,16 +515,52 @@ class Store:
         return await self.read(page)
 
     async def job_detail(self, job_id: str) -> dict[str, Any] | None:
-        async def detail(db: Db) -> dict[str, Any] | None:
-            job = await queries.get_job(db, job_id)
-            if job is not None:
-                job["transitions"] = await queries.transitions(db, job_id)
-                job["deliveries"] = await queries.deliveries(db, job_id)
-                job["callbacks"] = await queries.callbacks(db, job_id)
-                await media.attach(db, [job])
-            return job
+        return await self.read(lambda db: _one_detail(db, job_id))
 
-        return await self.read(detail)
+    # -- the events log --
+
+    async def event_position(self) -> int:
+        return await self.read(events.position)
+
+    async def read_events(
+        self,
+        after: int,
+        limit: int,
+        shape: Callable[[EventRows], T],
+        *,
+        until: int | None = None,
+        job: str | None = None,
+    ) -> T:
+        """The events after ``after`` (up to ``until``, at most ``limit``, of ``job`` only
+        when given) with their jobs in full, read in one snapshot (a read is one
+        transaction) and handed to ``shape`` (on the reader thread, with SQLite)."""
+
+        async def read(db: Db) -> T:
+            rows = await events.after(db, after, limit, until, job)
+            found = EventRows(
+                rows=rows,
+                jobs=await detail.details(db, (job_id for _id, job_id in rows)),
+                pruned_through=await events.pruned_through(db),
+            )
+            return shape(found)
+
+        return await self.read(read)
+
+    async def count_events(self, after: int, until: int, at_most: int) -> int:
+        """How many events there are after ``after`` up to ``until``, counting no further
+        than ``at_most``."""
+
+        async def count(db: Db) -> int:
+            return len(await events.after(db, after, at_most, until))
+
+        return await self.read(count)
+
+    async def prune_events(self, before: float, limit: int) -> int:
+        return await self.write(lambda db: events.prune(db, before, limit))
+
+
+async def _one_detail(db: Db, job_id: str) -> dict[str, Any] | None:
+    return (await detail.details(db, [job_id])).get(job_id)
 
 
 class ProviderBudget:

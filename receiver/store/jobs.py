@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from receiver.providers.base import Observation, Submission
 from receiver.states import TERMINAL_SQL, Status, decide
-from receiver.store import claims
+from receiver.store import claims, events
 from receiver.store.db import Db
 from receiver.store.media import queue_download
 
@@ -33,6 +33,10 @@ class JobNotFound(LookupError):
 
 class UnknownToken(LookupError):
     """No job of this provider has the callback token (which is kept out of the message)."""
+
+
+class UnknownTask(LookupError):
+    """No job of this provider has the task an account-level webhook names."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,7 @@ async def _transition(
         (job_id, old and old.value, new.value, source, now,
          dumps({k: v for k, v in detail.items() if v is not None}) if detail else None),
     )  # fmt: skip
+    await events.record(db, job_id, tid, now)
     for channel in route(new, notify):
         await db.run(
             "INSERT INTO deliveries (job_id, transition_id, channel, event, status,"
@@ -357,7 +362,40 @@ async def record_token_callback(
     )
     if row is None:
         raise UnknownToken(f"no {provider} job has this callback token")
-    target = CallbackTarget(row[0], row[1], row[2], row[3])
+    return await _record_admitted(db, provider, CallbackTarget(*row), admit, now, route)
+
+
+async def record_task_callback(
+    db: Db,
+    *,
+    provider: str,
+    task_id: str,
+    admit: Callable[[CallbackTarget], AdmittedCallback],
+    now: float,
+    route: Route,
+) -> tuple[str, CallbackOutcome, AdmittedCallback]:
+    """As record_token_callback, for a webhook sent to the provider's one account-level
+    URL: the job is the one whose provider task the webhook's verified body names.
+    Raises UnknownTask, with nothing written, when no job has that task (yet)."""
+    row = await db.one(
+        "SELECT id, provider_job_id, key_fingerprint, callback_url FROM jobs"
+        " WHERE provider = ? AND provider_job_id = ? ORDER BY created_at DESC LIMIT 1"
+        f"{db.for_update}",
+        (provider, task_id),
+    )
+    if row is None:
+        raise UnknownTask(f"no {provider} job has this task")
+    return await _record_admitted(db, provider, CallbackTarget(*row), admit, now, route)
+
+
+async def _record_admitted(
+    db: Db,
+    provider: str,
+    target: CallbackTarget,
+    admit: Callable[[CallbackTarget], AdmittedCallback],
+    now: float,
+    route: Route,
+) -> tuple[str, CallbackOutcome, AdmittedCallback]:
     admitted = admit(target)
     outcome = await record_callback(
         db,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from receiver.states import Status
-from receiver.store import claims
+from receiver.store import claims, events
 from receiver.store.db import Db, among
 from receiver.store.queries import _row, _rows
 
@@ -129,6 +129,7 @@ async def finish(db: Db, job_id: str, *, status: str, error: str | None, now: fl
         " WHERE job_id = ?",
         (status, error, now, now, job_id),
     )
+    await events.record_media(db, [job_id], now)
     await release_deliveries(db, job_id, now)
 
 
@@ -180,11 +181,14 @@ async def requeue(db: Db, job_id: str, now: float) -> None:
         " queued_at = excluded.queued_at, updated_at = excluded.queued_at, finished_at = NULL",
         (job_id, now, now, now),
     )
+    await events.record_media(db, [job_id], now)
     db.mark("downloads")
 
 
 async def switch_off(db: Db, now: float) -> int:
     """With the archive off, what was queued is not downloaded; --backfill can pick it up."""
+    queued = await db.all("SELECT job_id FROM downloads WHERE status = 'pending'")
+    await events.record_media(db, (job_id for (job_id,) in queued), now)
     return await db.run(
         "UPDATE downloads SET status = 'off', next_attempt_at = NULL, updated_at = ?"
         " WHERE status = 'pending'",
@@ -228,6 +232,8 @@ async def prunable(db: Db, before: float, limit: int) -> list[dict[str, Any]]:
 async def mark_pruned(
     db: Db, pruned: Iterable[tuple[str, str]], keep_days: float, now: float
 ) -> None:
+    pruned = list(pruned)
+    await events.record_media(db, (job_id for job_id, _kind in pruned), now)
     for job_id, kind in pruned:
         await db.run(
             "UPDATE media SET pruned_at = ? WHERE job_id = ? AND kind = ?", (now, job_id, kind)

@@ -225,7 +225,22 @@ def m006_archive(db: Database) -> None:
 
 
 @migrations()
-def m007_claims(db: Database) -> None:
+def m007_events(db: Database) -> None:
+    # The live stream's log: one row per transition and per change of a job's kept copy,
+    # written in the transaction that makes the change. A client resumes after the last
+    # id it saw (Last-Event-ID). AUTOINCREMENT: an id is never given out twice, not even
+    # once the newest rows are gone.
+    db.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,"
+        " transition_id INTEGER, at FLOAT NOT NULL)"
+    )
+    # One row: every event up to ``through`` has been pruned, so a client that resumes
+    # from before it has missed some for good and is told to start over.
+    db.table("events_pruned").create({"id": int, "through": int}, pk="id", not_null={"through"})
+
+
+@migrations()
+def m008_claims(db: Database) -> None:
     # Work a replica has claimed (PostgreSQL: several replicas share the database), until
     # claimed_until, which it renews while it works (receiver.store.claims).
     for table in ("jobs", "deliveries", "downloads"):

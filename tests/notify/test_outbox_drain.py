@@ -194,13 +194,13 @@ def test_only_commits_that_queue_deliveries_concern_the_outbox(endpoint, db_path
             await until(lambda: outbox.scans == 1, "the first round's scan")
             before = (outbox.rounds, outbox.scans, outbox.batches, outbox.drains)
 
-            # Its queued transition is announced nowhere: the commit queues no delivery.
+            # Its queued transition makes an event for the live stream and no delivery.
             await store.insert_job(new_job("job_quiet", "team"))
             for _ in range(10):
                 await store.ping()
                 await store.purge_nonces()
             quiet = [await heard.get() for _ in range(21)]
-            assert quiet == [frozenset()] * 21
+            assert quiet == [frozenset({"events"})] + [frozenset()] * 20
             await asyncio.sleep(0.1)  # time for a round, had anything asked for one
             assert (outbox.rounds, outbox.scans, outbox.batches, outbox.drains) == before
 

@@ -86,3 +86,10 @@ def test_a_provider_paused_past_the_timeout_is_not_asked_at_all():
     error, calls = asyncio.run(run())
     assert calls == 0
     assert not error.sent and error.retry_after is not None and error.retry_after > 29
+
+
+def test_an_error_code_in_a_success_answer_is_a_refusal():
+    # Kling, MiniMax and PixVerse refuse inside a 200, in their own codes.
+    error = ProviderError("p", "concurrency limit", transient=True, status_code=200, code="1303")
+    assert error.sent and not error.may_have_acted
+    assert not ProviderError("p", "busy", transient=True, code="1002").may_have_acted

@@ -28,8 +28,8 @@ class HookReceiver:
     """POST /cb/{answer}/{token}, where answer says how to reply.
 
     ``ok``: 200, echoing a ``challenge``; ``mute``: 200 with an empty object; ``slow``: as
-    ok, after ``slow_delay`` seconds; ``picky``: as ok to a challenge, 500 to the rest; a
-    number: that HTTP status.
+    ok, after ``slow_delay`` seconds; ``picky``: as ok to a challenge, 500 to the rest;
+    ``plain``: 200 with the text ``ok``; a number: that HTTP status.
     """
 
     def __init__(self, slow_delay: float = 3.5) -> None:
@@ -48,6 +48,8 @@ class HookReceiver:
             return Response(status_code=int(answer))
         if answer == "mute":
             return JSONResponse({})
+        if answer == "plain":
+            return Response("ok", media_type="text/plain")
         if answer == "slow":
             await asyncio.sleep(self.slow_delay)
         body = received.json

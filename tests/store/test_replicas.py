@@ -233,7 +233,7 @@ def test_a_commit_at_one_replica_wakes_the_other(pg_url):
             await stopped(a, b)
 
     asyncio.run(go())
-    assert frozenset({"deliveries", "deliveries:team"}) in heard
+    assert frozenset({"deliveries", "deliveries:team", "events"}) in heard
 
 
 def test_a_shared_budget_keeps_two_replicas_to_the_providers_rate(pg_url):
