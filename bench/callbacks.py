@@ -52,6 +52,7 @@ database check failed, 2 if wrk is missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -72,6 +73,7 @@ from bench.common import (
     REPO,
     BenchJob,
     ServiceProcess,
+    caddy_balancer,
     cpu_seconds,
     free_port,
     machine,
@@ -84,6 +86,7 @@ from bench.common import (
 from receiver.sandbox import ViduSandboxSettings
 from receiver.server import Stack
 from signing import vidu as vidu_signing
+from tests.pg import running_cluster
 
 LUA = Path(__file__).with_name("callbacks.lua")
 # vidhook's own answer to an accepted callback, so both servers send the same bytes.
@@ -253,7 +256,7 @@ class Run:
 def run_wrk(
     name: str,
     url: str,
-    pid: int,
+    pid: int | Sequence[int],
     requests_file: Path,
     *,
     connections: int,
@@ -262,17 +265,19 @@ def run_wrk(
 ) -> Run:
     """One wrk run over ``requests_file``; it ends when every request is answered.
 
-    Also takes the server's CPU time over the run (``pid``): unlike a rate, CPU per
-    request hardly moves when something else runs on the machine.
+    Also takes the server's CPU time over the run (``pid``, or the sum over several
+    replicas' pids): unlike a rate, CPU per request hardly moves when something else runs
+    on the machine.
     """
-    cpu_before = cpu_seconds(pid)
+    pids = [pid] if isinstance(pid, int) else list(pid)
+    cpu_before = _cpu(pids)
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, math.ceil(duration))}s"]
     command += ["--timeout", "30s", "-s", str(LUA), url, "--", str(requests_file), f"{rate:.3f}"]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
     line = next((x for x in done.stdout.splitlines() if x.startswith("WRK ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    cpu_after = cpu_seconds(pid)
+    cpu_after = _cpu(pids)
     values = dict(item.split("=", 1) for item in line.split()[1:])
     errors = ("connect_errors", "read_errors", "write_errors", "timeouts")
     answers = max(1, int(values["answered"]))
@@ -293,6 +298,11 @@ def run_wrk(
     )
 
 
+def _cpu(pids: Sequence[int]) -> tuple[float, float]:
+    times = [cpu_seconds(pid) for pid in pids]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
 # -- the database check ---------------------------------------------------------------------
 
 
@@ -309,10 +319,10 @@ def check_database(
         )
     }
     applied = {
-        row[0]
+        json.loads(row[0]).get("callback_id")
         for row in service.rows(
-            "SELECT json_extract(detail, '$.callback_id') FROM transitions"
-            " WHERE source = 'callback' AND to_status = 'processing'"
+            "SELECT detail FROM transitions"
+            " WHERE source = 'callback' AND to_status = 'processing' AND detail IS NOT NULL"
         )
     }
     sent: set[str] = set()
@@ -351,7 +361,7 @@ def check_database(
     if unsent:
         problems.append(f"{len(unsent)} callbacks are stored that were never sent")
     doubled = service.rows(
-        "SELECT job_id, to_status, count(*) AS n FROM transitions GROUP BY 1, 2 HAVING n > 1"
+        "SELECT job_id, to_status, count(*) FROM transitions GROUP BY 1, 2 HAVING count(*) > 1"
     )
     if doubled:
         problems.append(f"{len(doubled)} transitions are stored twice")
@@ -381,6 +391,7 @@ class Round:
     bare: Run
     vidhook: Run
     plain: Run | None = None  # vidhook on h11 and the stock loop (--compare-stack)
+    pg: Run | None = None  # vidhook on PostgreSQL (--database postgres)
 
     @property
     def ratio(self) -> float:
@@ -411,6 +422,11 @@ class Bench:
             serve_args=["--http-stack", "h11"],
         )
         self.plain_sent: list[tuple[Run, list[Signed]]] = []
+        # --database postgres: the replicas on PostgreSQL, and where callbacks reach them
+        # (Caddy in front of several, or the one replica itself).
+        self.pg: list[ServiceProcess] = []
+        self.pg_url = ""
+        self.pg_sent: list[tuple[Run, list[Signed]]] = []
         # More requests than connections in a block: a job's processing callback has
         # been answered before its success callback, a block later, is sent.
         self.block = max(256, 4 * args.connections)
@@ -421,6 +437,31 @@ class Bench:
 
     def plain_jobs(self, count: int) -> list[BenchJob]:
         return precreate_jobs(self.plain.config(), "vidu", max(1, count))
+
+    def on_postgres(self, database_url: str, replicas: int, sandbox_url: str) -> None:
+        balancer = f"http://127.0.0.1:{free_port()}" if replicas > 1 else None
+        self.pg = [
+            ServiceProcess(
+                self.folder / f"vidhook-pg-{i}",
+                tables=vidu_table(sandbox_url),
+                log_level=self.args.log_level,
+                database_url=database_url,
+                public_url=balancer,
+            )
+            for i in range(replicas)
+        ]
+        self.pg_url = balancer or self.pg[0].url
+
+    def pg_jobs(self, count: int) -> list[BenchJob]:
+        return precreate_jobs(self.pg[0].config(), "vidu", max(1, count))
+
+    def drive_pg(self, name: str, jobs: Sequence[BenchJob], rate: float = 0) -> Run:
+        signed, path = self.requests(name.replace(" ", "-"), jobs)
+        pids = [svc.pid for svc in self.pg if svc.pid is not None]
+        run = run_wrk(name, self.pg_url, pids, path, rate=rate, **self._load())
+        self.pg_sent.append((run, signed))
+        print(run.describe(), flush=True)
+        return run
 
     def drive_plain(self, name: str, jobs: Sequence[BenchJob]) -> Run:
         signed, path = self.requests(name.replace(" ", "-"), jobs)
@@ -452,72 +493,104 @@ class Bench:
 
 
 def run_bench(args: argparse.Namespace, folder: Path) -> int:
-    with sandbox(ViduSandboxSettings(status_outage=True)) as fakes:
+    with contextlib.ExitStack() as stack:
+        fakes = stack.enter_context(sandbox(ViduSandboxSettings(status_outage=True)))
         bench = Bench(args, folder, fakes.url)
+        postgres = args.database == "postgres"
+        if postgres:
+            # Commits wait for the disk, as SQLite's do with synchronous=FULL.
+            cluster = stack.enter_context(running_cluster(free_port(), durable=True))
+            bench.on_postgres(cluster.fresh_database(), args.replicas, fakes.url)
         began = time.monotonic()
         warm_jobs = bench.jobs(args.warmup_jobs)
         round_jobs = [bench.jobs(args.jobs) for _ in range(args.rounds)]
         compare = args.compare_stack
         plain_jobs = [bench.plain_jobs(args.jobs) for _ in range(args.rounds if compare else 0)]
         plain_warm = bench.plain_jobs(args.warmup_jobs) if compare else []
-        created = (args.warmup_jobs + args.rounds * args.jobs) * (2 if compare else 1)
+        pg_jobs = [bench.pg_jobs(args.jobs) for _ in range(args.rounds if postgres else 0)]
+        pg_warm = bench.pg_jobs(args.warmup_jobs) if postgres else []
+        created = (args.warmup_jobs + args.rounds * args.jobs) * (1 + compare + postgres)
         print(f"{created} jobs created in {time.monotonic() - began:.1f} s", flush=True)
         rounds: list[Round] = []
-        with bench.service, bench.plain:
-            bench.bare.start()
-            bench.service.start()
+        for service in (bench.service, bench.plain, *bench.pg):
+            stack.enter_context(service)
+        bench.bare.start()
+        bench.service.start()
+        if compare:
+            bench.plain.start()
+        for replica in bench.pg:
+            replica.start()
+        if len(bench.pg) > 1:
+            port = int(bench.pg_url.rsplit(":", 1)[1])
+            upstreams = [replica.port for replica in bench.pg]
+            stack.enter_context(caddy_balancer(port, upstreams, folder / "caddy"))
+        assert bench.service.pid is not None
+        try:
+            signed, path = bench.requests("warmup", warm_jobs)
+            bench.drive_bare("bare warm-up", path)
+            bench.drive_vidhook("vidhook warm-up", signed, path)
             if compare:
-                bench.plain.start()
-            assert bench.service.pid is not None
-            try:
-                signed, path = bench.requests("warmup", warm_jobs)
-                bench.drive_bare("bare warm-up", path)
-                bench.drive_vidhook("vidhook warm-up", signed, path)
-                if compare:
-                    bench.drive_plain("vidhook on h11 warm-up", plain_warm)
-                spy = start_py_spy(bench.service.pid, args.py_spy) if args.py_spy else None
-                for number, jobs in enumerate(round_jobs, 1):
-                    signed, path = bench.requests(f"round{number}", jobs)
-                    # Each server goes first every other round, so that a drift in what
-                    # else the machine runs falls on both alike.
-                    plain_run = None
-                    if number % 2:
-                        bare_run = bench.drive_bare(f"round {number} bare", path)
-                        vidhook_run = bench.drive_vidhook(f"round {number} vidhook", signed, path)
-                        if compare:
-                            name = f"round {number} vidhook on h11"
-                            plain_run = bench.drive_plain(name, plain_jobs[number - 1])
-                    else:
-                        if compare:
-                            name = f"round {number} vidhook on h11"
-                            plain_run = bench.drive_plain(name, plain_jobs[number - 1])
-                        vidhook_run = bench.drive_vidhook(f"round {number} vidhook", signed, path)
-                        bare_run = bench.drive_bare(f"round {number} bare", path)
-                    rounds.append(Round(bare_run, vidhook_run, plain_run))
-                if spy is not None:
-                    spy.send_signal(signal.SIGINT)  # py-spy writes its output, then exits
-                    spy.wait(timeout=120)
-                    print(f"profile written to {args.py_spy}")
-            finally:
-                bench.bare.stop()
-                if compare:
-                    print(f"vidhook on h11: exit code {bench.plain.stop()} after SIGTERM")
+                bench.drive_plain("vidhook on h11 warm-up", plain_warm)
+            if postgres:
+                bench.drive_pg("vidhook on postgres warm-up", pg_warm)
+            spy = start_py_spy(bench.service.pid, args.py_spy) if args.py_spy else None
+            for number, jobs in enumerate(round_jobs, 1):
+                signed, path = bench.requests(f"round{number}", jobs)
+                # Each server goes first every other round, so that a drift in what
+                # else the machine runs falls on all alike.
+                runs: dict[str, Run] = {}
 
-            # Half the rate vidhook reached, paced, on fresh jobs.
-            rate = median([r.vidhook.rps for r in rounds]) / 2
-            signed, path = bench.requests(
-                "paced", bench.jobs(math.ceil(rate * args.paced_duration / 2))
-            )
+                def others(number: int = number, runs: dict[str, Run] = runs) -> None:
+                    if compare:
+                        name = f"round {number} vidhook on h11"
+                        runs["plain"] = bench.drive_plain(name, plain_jobs[number - 1])
+                    if postgres:
+                        name = f"round {number} vidhook on postgres"
+                        runs["pg"] = bench.drive_pg(name, pg_jobs[number - 1])
+
+                if number % 2:
+                    runs["bare"] = bench.drive_bare(f"round {number} bare", path)
+                    runs["vidhook"] = bench.drive_vidhook(f"round {number} vidhook", signed, path)
+                    others()
+                else:
+                    others()
+                    runs["vidhook"] = bench.drive_vidhook(f"round {number} vidhook", signed, path)
+                    runs["bare"] = bench.drive_bare(f"round {number} bare", path)
+                rounds.append(
+                    Round(runs["bare"], runs["vidhook"], runs.get("plain"), runs.get("pg"))
+                )
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output, then exits
+                spy.wait(timeout=120)
+                print(f"profile written to {args.py_spy}")
+        finally:
+            bench.bare.stop()
+            if compare:
+                print(f"vidhook on h11: exit code {bench.plain.stop()} after SIGTERM")
+
+        # Half the rate the measured vidhook reached, paced, on fresh jobs.
+        measured = [r.pg if postgres and r.pg else r.vidhook for r in rounds]
+        rate = median([run.rps for run in measured]) / 2
+        fresh = math.ceil(rate * args.paced_duration / 2)
+        if postgres:
+            paced = bench.drive_pg("vidhook on postgres at half rate", bench.pg_jobs(fresh), rate)
+        else:
+            signed, path = bench.requests("paced", bench.jobs(fresh))
             paced = bench.drive_vidhook("vidhook at half rate", signed, path, rate=rate)
-            peak = rss_mb(bench.service.pid, peak=True)
-            code = bench.service.stop()
-            print(f"vidhook: peak RSS {peak:.0f} MiB; exit code {code} after SIGTERM")
+        peak = rss_mb(bench.service.pid, peak=True)
+        code = bench.service.stop()
+        print(f"vidhook: peak RSS {peak:.0f} MiB; exit code {code} after SIGTERM")
+        for replica in bench.pg:
+            print(f"vidhook on postgres: exit code {replica.stop()} after SIGTERM")
 
         problems = check_database(bench.service, bench.sent)
         if compare:
             problems += check_database(bench.plain, bench.plain_sent)
-        answered = sum(run.ok for run, _ in bench.sent)
-        stored = bench.service.rows("SELECT count(*) FROM callbacks")[0][0]
+        if postgres:
+            problems += check_database(bench.pg[0], bench.pg_sent)
+        checked = bench.pg[0] if postgres else bench.service
+        answered = sum(run.ok for run, _ in (bench.pg_sent if postgres else bench.sent))
+        stored = checked.rows("SELECT count(*) FROM callbacks")[0][0]
     if problems:
         print("CHECK FAILED:", *problems, sep="\n  ")
     else:
@@ -525,10 +598,15 @@ def run_bench(args: argparse.Namespace, folder: Path) -> int:
             f"check: {answered} callbacks answered 2xx, {stored} stored, each one in its job"
             " (processing applied, success awaiting confirmation); no transition stored twice"
         )
+    report(args, rounds, paced, rate)
+    return 1 if problems else 0
 
-    # Medians over the rounds; the latencies are those of the median vidhook run.
-    middle = sorted(rounds, key=lambda r: r.vidhook.rps)[len(rounds) // 2]
+
+def report(args: argparse.Namespace, rounds: list[Round], paced: Run, rate: float) -> None:
+    # Medians over the rounds; the latencies are those of the median run.
+    postgres = args.database == "postgres"
     bare_rps = median([r.bare.rps for r in rounds])
+    sqlite_middle = sorted(rounds, key=lambda r: r.vidhook.rps)[len(rounds) // 2].vidhook
     print("ratio by round: " + ", ".join(f"{r.ratio:.2f}" for r in rounds))
     # CPU time per answer hardly moves with the machine's other load, unlike a rate.
     vidhook_cpu = median([r.vidhook.cpu_total_us for r in rounds])
@@ -538,7 +616,7 @@ def run_bench(args: argparse.Namespace, folder: Path) -> int:
         f"CPU per callback (medians): vidhook {vidhook_cpu:.0f} us ({loop_cpu:.0f} us in the"
         f" event loop thread), bare {bare_cpu:.0f} us"
     )
-    if compare:
+    if args.compare_stack:
         plain_runs = [r.plain for r in rounds if r.plain is not None]
         plain_rps = median([r.rps for r in plain_runs])
         vidhook_rps = median([r.vidhook.rps for r in rounds])
@@ -556,12 +634,30 @@ def run_bench(args: argparse.Namespace, folder: Path) -> int:
         f"PACED target_rps={rate:.0f} achieved_rps={paced.rps:.0f}"
         f" p50_ms={paced.p50_ms:.2f} p99_ms={paced.p99_ms:.2f}"
     )
+    if not postgres:
+        print(
+            f"RESULT callbacks_rps={sqlite_middle.rps:.0f} bare_rps={bare_rps:.0f}"
+            f" ratio={sqlite_middle.rps / bare_rps if bare_rps else 0:.2f}"
+            f" p50_ms={sqlite_middle.p50_ms:.2f} p99_ms={sqlite_middle.p99_ms:.2f}"
+        )
+        return
+    pg_runs = [r.pg for r in rounds if r.pg is not None]
+    middle = sorted(pg_runs, key=lambda run: run.rps)[len(pg_runs) // 2]
+    pg_cpu = median([run.cpu_total_us for run in pg_runs])
     print(
-        f"RESULT callbacks_rps={middle.vidhook.rps:.0f} bare_rps={bare_rps:.0f}"
-        f" ratio={middle.vidhook.rps / bare_rps if bare_rps else 0:.2f}"
-        f" p50_ms={middle.vidhook.p50_ms:.2f} p99_ms={middle.vidhook.p99_ms:.2f}"
+        "postgres/sqlite by round: "
+        + ", ".join(f"{r.pg.rps / r.vidhook.rps:.2f}" for r in rounds if r.pg)
     )
-    return 1 if problems else 0
+    print(f"CPU per callback on postgres (median, all replicas): {pg_cpu:.0f} us")
+    sqlite_rps = sqlite_middle.rps
+    print(
+        f"RESULT callbacks_rps={middle.rps:.0f} bare_rps={bare_rps:.0f}"
+        f" ratio={middle.rps / bare_rps if bare_rps else 0:.2f}"
+        f" p50_ms={middle.p50_ms:.2f} p99_ms={middle.p99_ms:.2f}"
+        f" database=postgres replicas={args.replicas}"
+        f" sqlite_rps={sqlite_rps:.0f} sqlite_ratio={sqlite_rps / bare_rps if bare_rps else 0:.2f}"
+        f" sqlite_p50_ms={sqlite_middle.p50_ms:.2f} sqlite_p99_ms={sqlite_middle.p99_ms:.2f}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -587,6 +683,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also run vidhook on h11 and the stock asyncio loop (vidhook serve --http-stack"
         " h11) in every round, and report the default stack's rate against it",
     )
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="postgres: also run vidhook on a throwaway PostgreSQL server in every round and"
+        " report it, with the SQLite figure of the same rounds beside it",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="with --database postgres: this many replicas behind Caddy (round robin)",
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--http-stack", default="httptools", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -598,6 +707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.jobs < 1 or args.rounds < 1:
         parser.error("--jobs and --rounds must be at least 1")
+    if args.replicas < 1 or (args.replicas > 1 and args.database != "postgres"):
+        parser.error("--replicas takes a number from 1, and more than 1 needs --database postgres")
     folder = Path(tempfile.mkdtemp(prefix="vidhook-bench-callbacks-"))
     print(f"machine: {machine()}", flush=True)
     try:

@@ -89,6 +89,7 @@ from receiver.store import NewJob, jobs, migrate, postgres
 from receiver.store.db import Db, run_sync
 from receiver.store.postgres import PgSyncDb
 from receiver.store.writer import SqliteDb, connect
+from tests.deploy.test_deploy_files import newest_caddy
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -406,3 +407,36 @@ class SideProcess:
 
     def count(self) -> int:
         return int(self.http.get("/_bench/count").json()["count"])
+
+
+@contextlib.contextmanager
+def caddy_balancer(port: int, upstreams: Sequence[int], folder: Path) -> Iterator[str]:
+    """deploy/Caddyfile.replicas on http://127.0.0.1:port, round robin over the ports in
+    ``upstreams``; yields its URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(folder),
+        "XDG_DATA_HOME": str(folder / "data"),
+        "XDG_CONFIG_HOME": str(folder / "config"),
+        "VIDHOOK_DOMAIN": f"http://127.0.0.1:{port}",
+        "ACME_EMAIL": "bench@example.com",
+        "VIDHOOK_UPSTREAMS": " ".join(f"127.0.0.1:{p}" for p in upstreams),
+    }
+    command = [newest_caddy(), "adapt", "--config", str(REPO / "deploy" / "Caddyfile.replicas")]
+    adapted = subprocess.run(
+        [*command, "--adapter", "caddyfile"], env=env, capture_output=True, text=True, check=True
+    )
+    config = json.loads(adapted.stdout)
+    config["admin"] = {"disabled": True}
+    (folder / "caddy.json").write_text(json.dumps(config))
+    with open(folder / "caddy.log", "wb") as log:
+        process = subprocess.Popen(
+            [newest_caddy(), "run", "--config", str(folder / "caddy.json")], env=env, stderr=log
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 30, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(timeout=10)

@@ -81,7 +81,9 @@ def _as_server_user(command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_cluster(port: int) -> Iterator[Cluster]:
+def running_cluster(port: int, *, durable: bool = False) -> Iterator[Cluster]:
+    """A cluster on ``port``; ``durable``: commits wait for the disk, as a production
+    server's do (benchmarks), instead of fsync off (tests)."""
     bindir = binaries()
     if bindir is None:
         raise RuntimeError("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
@@ -96,14 +98,13 @@ def running_cluster(port: int) -> Iterator[Cluster]:
         subprocess.run(
             _as_server_user(
                 [str(bindir / "initdb"), "-D", str(data), "-U", ADMIN, "--auth=trust",
-                 "-E", "UTF8", "--locale=C", "--no-sync"]
+                 "-E", "UTF8", "--locale=C", *([] if durable else ["--no-sync"])]
             ),
             check=True, capture_output=True, cwd=folder,
         )  # fmt: skip
-        options = (
-            f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-        )
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run(
             _as_server_user(
                 [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",

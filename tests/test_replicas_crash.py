@@ -42,7 +42,7 @@ from receiver.sandbox import ViduSandboxSettings, create_sandbox_app
 from receiver.sandbox.server import ServerThread
 from tests.conftest import OLD_VIDU_KEY, VIDU_KEY, free_port, wait_for
 from tests.deploy import DEPLOY
-from tests.deploy.test_deploy_files import CADDY_VARS, caddy_binaries, caddy_env
+from tests.deploy.test_deploy_files import CADDY_VARS, caddy_env, newest_caddy
 from tests.test_crash import (
     SECRET,
     SECRET_ENV,
@@ -89,7 +89,7 @@ class Visits:
 @contextlib.contextmanager
 def caddy_in_front(port: int, upstreams: list[int], folder: Path):
     """deploy/Caddyfile.replicas on http://127.0.0.1:port, over the replicas' ports."""
-    caddy = caddy_binaries()[0]
+    caddy = newest_caddy()
     variables = {
         **CADDY_VARS,
         "VIDHOOK_DOMAIN": f"http://127.0.0.1:{port}",

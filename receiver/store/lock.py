@@ -6,6 +6,9 @@ SQLite's POSIX locks on the database, which a process loses whenever it closes a
 descriptor of the file. The holder writes its pid and host into the file, so that the
 one refused can name it. The file stays when the service stops: removing it could let
 two processes lock two different files of the same name.
+
+SQLite's alone: replicas on PostgreSQL share their database by design, each claiming
+the work it does (``claims``), and have no file to lock.
 """
 
 from __future__ import annotations

@@ -54,6 +54,10 @@ POOL_WAIT = 5.0
 RETRIES = 5  # runs of a transaction that lost a deadlock or a serialization check
 RETRY_UNREACHABLE = 5
 RETRY_FAILING = 30
+# How long a statement waits for a lock another transaction holds, as SQLite's busy
+# timeout (receiver.store.writer.BUSY_TIMEOUT): past it the write is refused (503) rather
+# than left waiting for whatever holds it. Replicas hold a job's row for milliseconds.
+LOCK_TIMEOUT_MS = 5000
 LISTEN_BACKOFF = (0.5, 30.0)
 REMEMBERED = 4096  # callback tokens known to exist, as the SQLite probe remembers them
 MIN_VERSION = 13
@@ -203,6 +207,8 @@ def unavailable(exc: BaseException) -> DatabaseUnavailable:
         return DatabaseUnavailable("PostgreSQL is read-only (a standby?)", RETRY_FAILING)
     if isinstance(exc, errors.DiskFull):
         return DatabaseUnavailable("PostgreSQL's disk is full", RETRY_FAILING)
+    if isinstance(exc, errors.LockNotAvailable):
+        return DatabaseUnavailable("a lock is held by another program", RETRY_UNREACHABLE)
     if sqlstate is None:
         return DatabaseUnavailable("the connection to PostgreSQL failed", RETRY_UNREACHABLE)
     return DatabaseUnavailable(
@@ -303,7 +309,11 @@ class PostgresEngine:
             self._url,
             min_size=min(2, self.pool_size),
             max_size=self.pool_size,
-            kwargs={"autocommit": True, "row_factory": pg_row},
+            kwargs={
+                "autocommit": True,
+                "row_factory": pg_row,
+                "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+            },
             timeout=POOL_WAIT,
             name="vidhook",
             open=False,
@@ -335,22 +345,26 @@ class PostgresEngine:
         for attempt in itertools.count(1):
             db: PgDb | None = None
             try:
-                async with pool.connection() as conn:
+                async with pool.connection() as conn, conn.transaction():
                     db = PgDb(conn, self.owner)
-                    async with conn.transaction():
-                        result = await op(db)
-                        if db.touched:
-                            payload = ",".join(sorted(db.touched))
-                            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                    result = await op(db)
+                    if db.touched:
+                        payload = ",".join(sorted(db.touched))
+                        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
             except (errors.SerializationFailure, errors.DeadlockDetected):
                 if attempt >= RETRIES:
                     raise
                 await asyncio.sleep(0.01 * attempt)
                 continue
             except Exception as exc:
-                if is_unavailable(exc):
-                    raise self._refused(unavailable(exc)) from None
-                raise
+                if not is_unavailable(exc):
+                    raise
+                if db is None and attempt < RETRIES and not isinstance(exc, PoolTimeout):
+                    # A pooled connection the server had closed (a restart, a failover):
+                    # nothing was sent. Its idle siblings are likely gone too.
+                    await pool.check()
+                    continue
+                raise self._refused(unavailable(exc)) from None
             self._recovered()
             for fn in db.committed:
                 try:
@@ -364,13 +378,20 @@ class PostgresEngine:
         pool = self._pool
         if pool is None:
             raise RuntimeError("the store is closed")
-        try:
-            async with pool.connection() as conn, conn.transaction():
-                return await op(PgDb(conn, self.owner))
-        except Exception as exc:
-            if is_unavailable(exc):
+        for attempt in itertools.count(1):
+            started = False
+            try:
+                async with pool.connection() as conn, conn.transaction():
+                    started = True
+                    return await op(PgDb(conn, self.owner))
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                if not started and attempt < RETRIES and not isinstance(exc, PoolTimeout):
+                    await pool.check()  # a pooled connection the server had closed
+                    continue
                 raise unavailable(exc) from None
-            raise
+        raise AssertionError("unreachable")
 
     async def has_token(self, provider: str, token: str) -> bool:
         key = (provider, token)

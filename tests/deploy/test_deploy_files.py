@@ -173,6 +173,19 @@ def caddy_binaries() -> list[str]:
     return list(found.values())
 
 
+def caddy_version(caddy: str) -> tuple[int, ...]:
+    done = subprocess.run([caddy, "version"], capture_output=True, text=True, check=True)
+    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", done.stdout.strip())
+    return tuple(int(part) for part in match.groups()) if match else (0,)
+
+
+def newest_caddy() -> str:
+    """The newest of caddy_binaries(). In front of replicas Caddy must be 2.7 or later, as
+    the compose file's image is: 2.6 (Debian 12's) answers 503 to a POST whose round-robin
+    turns both fell on a replica that is down, and does not try the live one."""
+    return max(caddy_binaries(), key=caddy_version)
+
+
 def caddy_env(folder: Path, **variables: str) -> dict[str, str]:
     """No real home: Caddy must not touch the user's certificates or config."""
     home = {"HOME": str(folder), "XDG_DATA_HOME": str(folder / "data")}

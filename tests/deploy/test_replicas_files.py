@@ -1,7 +1,7 @@
 """deploy/compose.replicas.yaml, Caddyfile.replicas and vidhook.replicas.toml: two replicas
 on one PostgreSQL behind Caddy. No Docker engine runs here: the files are parsed and
 cross-checked, Caddy validates and adapts its file, and vidhook loads its config.
-(tests/test_replicas_caddy.py runs the Caddyfile in front of two real replicas.)"""
+(tests/test_replicas_crash.py runs the Caddyfile in front of two real replicas.)"""
 
 from __future__ import annotations
 
