@@ -591,3 +591,46 @@ def test_signed_odd_dates_only_raise_signature_error(secret: str, date: str) -> 
         assert error.reason in {"missing_header", "malformed_date"}
     else:
         assert result.date.tzinfo is UTC
+
+
+# --- limits at their edges ------------------------------------------------------------------
+
+
+def test_a_signed_value_of_4096_characters_is_the_longest() -> None:
+    for size, verdict in ((4096, "ok"), (4097, "malformed_header")):
+        headers = resigned("Date;x-request-nonce;X-Extra", {"X-Extra": "v" * size})
+        if verdict == "ok":
+            assert vidu.verify(SECRET, "POST", URL, headers, now=WHEN).nonce == NONCE
+        else:
+            assert reason(headers) == verdict
+
+
+def test_the_signed_list_and_the_signature_have_the_same_4096_limit() -> None:
+    names = ["Date", "x-request-nonce"]
+    filler = "x-" + "n" * (4096 - len(";".join(names)) - 3)
+    listed = ";".join([*names, filler])
+    assert len(listed) == 4096
+    # Too long for nothing but the value limit would refuse it as missing its header.
+    assert reason(example_headers(x_hmac_signed_headers=listed + "n")) == "malformed_header"
+    assert reason(example_headers(x_hmac_signature="A" * 4097)) == "malformed_header"
+
+
+def test_twenty_signed_headers_are_the_most() -> None:
+    extra = {f"x-h{i}": f"value-{i}" for i in range(18)}
+    listed = ";".join(["Date", "x-request-nonce", *extra])
+    headers = resigned(listed, extra)
+    assert vidu.verify(SECRET, "POST", URL, headers, now=WHEN).nonce == NONCE
+    more = {**extra, "x-h18": "value-18"}
+    assert reason(resigned(";".join(["Date", "x-request-nonce", *more]), more)) == (
+        "malformed_header"
+    )
+
+
+def test_a_naive_now_is_refused_and_an_aware_one_in_any_zone_is_the_same_moment() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN.replace(tzinfo=None))
+    elsewhere = WHEN.astimezone(timezone(timedelta(hours=-7)))
+    assert vidu.verify(SECRET, "POST", URL, example_headers(), now=elsewhere).date == WHEN
+    assert vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN.timestamp() + 300)
+    with pytest.raises(SignatureError):
+        vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN.timestamp() + 301)
