@@ -1,5 +1,5 @@
-"""receiver.store.jobs, called as the writer calls it: on a real SQLite file, with a fixed
-clock and a router that records what it was asked."""
+"""receiver.store.jobs, called as the writer calls it: on a real SQLite file (``conn``),
+with a fixed clock and a router that records what it was asked (``route``)."""
 
 from __future__ import annotations
 
@@ -12,37 +12,11 @@ import pytest
 
 from receiver.providers.base import Observation, Submission
 from receiver.states import Status
-from receiver.store import jobs, migrate
+from receiver.store import jobs
 from receiver.store.jobs import AdmittedCallback, CallbackTarget, JobNotFound, NewJob, UnknownToken
-from receiver.store.writer import connect
 
 NOW = 1_767_000_000.0
 EVENT_ID = re.compile(r"evt_[0-9a-f]{24}")
-
-
-class Router:
-    """Routes every status to the job's own channels, or to "team"; remembers each call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Status, list[str] | None]] = []
-
-    def __call__(self, status: Status, notify: list[str] | None) -> list[str]:
-        self.calls.append((status, notify))
-        return ["team"] if notify is None else list(notify)
-
-
-@pytest.fixture
-def conn(tmp_path):
-    path = tmp_path / "vidhook.db"
-    migrate(path)
-    connection = connect(path)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def route():
-    return Router()
 
 
 def new_job(job_id="job_1", notify=None, provider="vidu", **fields: Any) -> NewJob:
