@@ -293,6 +293,34 @@ def test_new_keys_are_random_and_usable() -> None:
         standard.new_secret(16)
 
 
+def test_a_new_secret_may_be_as_short_as_24_bytes() -> None:
+    assert len(base64.b64decode(standard.new_secret(24).removeprefix("whsec_"))) == 24
+    with pytest.raises(ValueError, match="at least 24 bytes"):
+        standard.new_secret(23)
+
+
+def test_only_a_secret_key_has_a_public_key() -> None:
+    assert standard.public_key(SK) == standard.public_key(SK64) == PK
+    with pytest.raises(ValueError, match="cannot sign"):
+        standard.public_key(PK)
+    with pytest.raises(ValueError, match="only a whsk_ secret"):
+        standard.public_key(VECTOR_SECRET)
+
+
+def test_a_public_key_is_exactly_32_bytes() -> None:
+    for size in (31, 33, 64):
+        wrong = "whpk_" + base64.b64encode((RFC_PUBLIC * 2)[:size]).decode()
+        with pytest.raises(ValueError, match="must hold 32 bytes"):
+            standard.verify(wrong, headers(SK), BODY, now=TS)
+
+
+def test_times_and_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        standard.sign_headers(VECTOR_SECRET, ID, BODY, TS)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        standard.verify(VECTOR_SECRET, headers(), BODY, TS)  # type: ignore[misc]
+
+
 # --- rotation -------------------------------------------------------------------------------
 
 
