@@ -6,9 +6,9 @@ import threading
 import pytest
 from sqlite_utils import Database
 
-from receiver.providers.base import Observation
+from receiver.providers.base import Observation, Submission
 from receiver.states import Status
-from receiver.store import JobNotFound, NewJob, Store, migrate
+from receiver.store import AdmittedCallback, JobNotFound, NewJob, Store, migrate
 from receiver.store.schema import migrations
 from receiver.store.writer import Writer
 
@@ -235,3 +235,120 @@ def test_nonce_purge_removes_only_expired(fresh_store, db_path):
 
     assert asyncio.run(run()) == 1
     assert rows(db_path, "SELECT nonce FROM nonces") == [("new",)]
+
+
+# -- the Store's own methods, each through the writer or a reader ----------------------------
+
+NOW = 1_767_000_000.0
+
+
+@pytest.fixture
+def clocked_store(db_path):
+    store = Store(db_path, route=route_all, clock=lambda: NOW, readers=2).open()
+    yield store
+    store.close()
+
+
+def test_job_detail_gathers_the_history_and_none_for_an_unknown_id(clocked_store):
+    store = clocked_store
+
+    def admit(target):
+        return AdmittedCallback(
+            nonce="n", digest="d", nonce_expires_at=NOW + 60, headers={}, body="{}",
+            obs=Observation(Status.COMPLETED, "success"), confirm=True,
+        )  # fmt: skip
+
+    async def run():
+        await store.insert_job(new_job())
+        sub = Submission("task-1", Observation(Status.PROCESSING, "processing"), "sha256:k")
+        submitted = await store.record_submission("job_1", sub, next_poll_at=NOW + 5)
+        taken = await store.record_token_callback("vidu", "tok-job_1", admit)
+        polled = await store.record_poll("job_1", Observation(Status.COMPLETED), next_poll_at=NOW)
+        return (
+            submitted,
+            taken,
+            polled,
+            await store.job_detail("job_1"),
+            await store.job_detail("x"),
+        )
+
+    submitted, taken, polled, detail, missing = asyncio.run(run())
+    assert submitted.status is Status.PROCESSING and polled.status is Status.COMPLETED
+    assert taken[:2] == ("job_1", "accepted")
+    assert missing is None
+    assert detail["provider_job_id"] == "task-1" and detail["status"] == "completed"
+    assert [t["source"] for t in detail["transitions"]] == ["api", "submit", "poll"]
+    assert [d["event"] for d in detail["deliveries"]] == ["completed"]
+    assert [c["outcome"] for c in detail["callbacks"]] == ["confirming"]
+    assert (detail["created_at"], detail["finished_at"], detail["last_callback_at"]) == (
+        NOW, NOW, NOW,
+    )  # fmt: skip
+
+
+def test_schedules_through_the_store_use_its_clock(clocked_store, db_path):
+    store = clocked_store
+
+    async def run():
+        for job_id in ("job_a", "job_b", "job_c"):
+            await store.insert_job(new_job(job_id))
+        scheduled = await store.schedule_poll("job_a", NOW - 10)
+        await store.schedule_poll("job_b", NOW - 20)
+        failures = await store.record_poll_failure("job_c", next_poll_at=NOW + 100)
+        spread = await store.spread_overdue("vidu", 10, 1)
+        deferred = await store.defer_provider("vidu", NOW + 50)
+        listed = [j["id"] for j in await store.list_jobs(status="queued", limit=2)]
+        one = await store.get_job("job_a")
+        return scheduled, failures, spread, deferred, listed, one
+
+    scheduled, failures, spread, deferred, listed, one = asyncio.run(run())
+    assert (scheduled, failures, spread, deferred) == (True, 1, 2, 2)
+    assert listed == ["job_c", "job_b"]
+    assert one is not None and one["next_poll_at"] == NOW + 50
+    polls = dict(rows(db_path, "SELECT id, next_poll_at FROM jobs"))
+    assert polls == {"job_a": NOW + 50, "job_b": NOW + 50, "job_c": NOW + 100}
+
+
+def test_the_outbox_through_the_store(clocked_store):
+    store = clocked_store
+
+    async def run():
+        await store.insert_job(new_job())
+        await store.apply("job_1", Observation(Status.FAILED), "poll")
+        due = await store.next_delivery_due()
+        (delivery,) = await store.due_deliveries_with_sources("team", 5)
+        await store.queue_attempt(
+            delivery["id"], outcome="dead", status="dead", next_attempt_at=None,
+            error="gone", status_code=410, duration_ms=2.0,
+        )  # fmt: skip
+        await store.disable_channel("team", "HTTP 410", "fp")
+        disabled = await store.channel_states()
+        tried = await store.delivery_attempts(delivery["id"])
+        back = await store.requeue_delivery(delivery["id"])
+        return (
+            due,
+            disabled,
+            tried,
+            back,
+            await store.channel_states(),
+            await store.enable_channel("team"),
+        )
+
+    due, disabled, tried, back, after, enabled = asyncio.run(run())
+    assert due == {"team": NOW}
+    assert [(s["name"], s["disabled_at"]) for s in disabled] == [("team", NOW)]
+    assert [(a["at"], a["outcome"]) for a in tried] == [(NOW, "dead")]
+    assert (back["status"], back["requeued_at"]) == ("pending", NOW)
+    assert (after, enabled) == ([], False)
+
+
+def test_closing_closes_every_reader_connection(db_path):
+    store = Store(db_path, route=route_all).open()
+    asyncio.run(store.list_jobs())
+    readers = list(store._reader_conns)
+    assert readers
+    store.close()
+    assert store._reader_conns == []
+    for conn in readers:
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
+    assert not store.writer.running
