@@ -1098,7 +1098,8 @@ def test_retrying_any_delivery_id_is_never_a_5xx(vidhook: Harness, delivery_id: 
     # 404: no such delivery, or a number no row could have; 409: one that exists is still
     # pending (the outbox is not running here); 405: a "/" took the path to another route.
     assert answer.status in (404, 405, 409), answer.body[:300]
-    if delivery_id.isascii() and delivery_id.isdigit() and len(delivery_id) > 19:
+    digits = delivery_id.lstrip("0") if delivery_id.isascii() and delivery_id.isdigit() else ""
+    if len(digits) > 19 or (digits and int(digits) >= 2**63):  # no row can have such an id
         assert answer.status == 404
     assert vidhook.snapshot() == snapshot
 
