@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import string
@@ -38,6 +39,7 @@ SK64 = "whsk_" + base64.b64encode(RFC_SEED + RFC_PUBLIC).decode()
 PK = "whpk_" + base64.b64encode(RFC_PUBLIC).decode()
 
 OTHER_SECRET = "whsec_" + base64.b64encode(b"another-secret-of-32-bytes-long!").decode()
+SIGNATURE = "webhook-signature"
 ID, TS, BODY = "dlv_01HZX3", 1_767_000_000, b'{"type":"job.completed","id":"dlv_01HZX3"}'
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -175,6 +177,7 @@ def test_several_secrets_give_one_signature_each_in_order() -> None:
         "whsec_" + base64.b64encode(b"too-short-16byte").decode(),
         "whsk_" + base64.b64encode(b"\x01" * 48).decode(),
         "whsk_" + base64.b64encode(RFC_SEED + b"\x00" * 32).decode(),  # not its public half
+        "whsk_" + base64.b64encode(RFC_SEED + b"\xff" * 32).decode(),  # nor this
         "whpk_" + base64.b64encode(RFC_PUBLIC).decode(),  # cannot sign
         "whpk_" + base64.b64encode(RFC_PUBLIC[:31]).decode(),
     ],
@@ -419,13 +422,22 @@ def test_missing_or_empty_header(header: str, value: str | None) -> None:
 
 def test_header_names_are_case_insensitive_and_pairs_work() -> None:
     pairs = [(name.upper(), value) for name, value in headers().items()]
-    pairs.append(("WEBHOOK-ID", ID))  # the same value twice is fine
-    assert standard.verify(VECTOR_SECRET, pairs, BODY, now=TS).id == ID
+    pairs.append(("WEBHOOK-ID", ID[:3] + ID[3:]))  # the same value twice is fine
+    pairs.append((1, "a name that is no text"))  # type: ignore[arg-type]
+    pairs.append((b"webhook-id", b"other"))  # type: ignore[arg-type]
+    verified = standard.verify(VECTOR_SECRET, pairs, BODY, now=TS)
+    assert verified == standard.Verified(ID, TS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.id = "other"  # type: ignore[misc]
 
 
-def test_header_repeated_with_another_value_is_malformed() -> None:
-    pairs = [*headers().items(), ("Webhook-Signature", "v1,AAAA")]
-    assert reason(pairs) == "malformed_header"
+@pytest.mark.parametrize("other", ["v1,AAAA", "v1,zzzz", "v2,AAAA"])
+@pytest.mark.parametrize("first", [True, False])
+def test_header_repeated_with_another_value_is_malformed(other: str, first: bool) -> None:
+    signed = headers()["webhook-signature"]
+    listed = [(SIGNATURE, other), (SIGNATURE, signed)]
+    pairs = [(k, v) for k, v in headers().items() if k != SIGNATURE]
+    assert reason(pairs + (listed if first else listed[::-1])) == "malformed_header"
 
 
 @pytest.mark.parametrize(
@@ -446,6 +458,7 @@ def test_header_repeated_with_another_value_is_malformed() -> None:
         {"signature": "v1,"},
         {"signature": "v1,not base64!"},
         {"signature": "v1," + base64.b64encode(b"\x00" * 16).decode()},
+        {"signature": "v1," + base64.b64encode(b"\x00" * 64).decode()},
         {"signature": "v1a," + base64.b64encode(b"\x00" * 32).decode()},
         {"signature": "v1,bm90IHRoaXMgb25l v1a,AAAA ,x v1"},  # not one entry parses
         {"signature": " ".join(["v2,AAAA"] * 17)},
