@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import string
@@ -634,3 +635,39 @@ def test_a_naive_now_is_refused_and_an_aware_one_in_any_zone_is_the_same_moment(
     assert vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN.timestamp() + 300)
     with pytest.raises(SignatureError):
         vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN.timestamp() + 301)
+
+
+def test_times_and_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        vidu.sign(SECRET, "POST", URL, DATE)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        vidu.verify(SECRET, "POST", URL, example_headers(), WHEN)  # type: ignore[misc]
+
+
+def test_a_verified_callback_cannot_be_changed() -> None:
+    verified = vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.nonce = "other"  # type: ignore[misc]
+
+
+def test_a_signed_header_name_may_use_every_token_character() -> None:
+    name = "x-" + "".join(
+        sorted(set("!#$%&'*+-.^_`|~") | set(string.ascii_letters + string.digits))
+    )
+    headers = resigned(f"Date;x-request-nonce;{name}", {name: "value"})
+    assert vidu.verify(SECRET, "POST", URL, headers, now=WHEN).nonce == NONCE
+
+
+def test_a_long_header_name_is_cut_to_64_characters_in_messages() -> None:
+    name = "x-" + "n" * 62 + "TAIL"  # 68 characters
+    missing = resigned(f"Date;x-request-nonce;{name}")
+    too_long = resigned(f"Date;x-request-nonce;{name}", {name: "v" * 4097})
+    unprintable = resigned(f"Date;x-request-nonce;{name}", {name: "caf\u00e9"})
+    for headers, expected in (
+        (missing, "missing_header"), (too_long, "malformed_header"),
+        (unprintable, "malformed_header"),
+    ):  # fmt: skip
+        with pytest.raises(SignatureError) as caught:
+            vidu.verify(SECRET, "POST", URL, headers, now=WHEN)
+        assert caught.value.reason == expected
+        assert name[:64] in caught.value.message and name[:65] not in caught.value.message
