@@ -175,7 +175,8 @@ def test_extra_signed_headers_are_covered() -> None:
 
 
 def test_repeated_header_with_the_same_value_is_fine() -> None:
-    pairs = [*example_headers().items(), ("date", DATE), ("Accept", "a"), ("Accept", "b")]
+    again = DATE[:5] + DATE[5:]  # equal, and another object
+    pairs = [*example_headers().items(), ("date", again), ("Accept", "a"), ("Accept", "b")]
     assert vidu.verify(SECRET, "POST", URL, pairs, now=WHEN).nonce == NONCE
 
 
@@ -671,3 +672,25 @@ def test_a_long_header_name_is_cut_to_64_characters_in_messages() -> None:
             vidu.verify(SECRET, "POST", URL, headers, now=WHEN)
         assert caught.value.reason == expected
         assert name[:64] in caught.value.message and name[:65] not in caught.value.message
+
+
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize(
+    "other", ["Mon, 05 May 2025 12:09:42 GMT", "Wed, 07 May 2025 12:09:42 GMT"]
+)
+def test_a_header_repeated_with_another_value_in_either_order_is_malformed(
+    first: bool, other: str
+) -> None:
+    pairs = [(k, v) for k, v in example_headers().items() if k != "Date"]
+    dates = [("Date", other), ("Date", DATE)]
+    assert reason(pairs + (dates if first else dates[::-1])) == "malformed_header"
+    name = "x-" + "n" * 62 + "TAIL"
+    doubled = [*resigned(f"Date;x-request-nonce;{name}", {name: "a"}).items(), (name, "b")]
+    with pytest.raises(SignatureError) as caught:
+        vidu.verify(SECRET, "POST", URL, doubled, now=WHEN)
+    assert name[:64] in caught.value.message and name[:65] not in caught.value.message
+
+
+def test_a_signature_longer_than_an_hmac_is_malformed() -> None:
+    long = base64.b64encode(bytes(64)).decode()
+    assert reason(example_headers(x_hmac_signature=long)) == "malformed_header"
