@@ -9,8 +9,9 @@ the package, or ``tests/store/`` for any store module. A mutant the tests pass w
 survives. The work happens in a throwaway copy of the tree, so the working tree is never
 changed and other work can go on meanwhile; mutants run one at a time.
 
-Mutants inside type annotations are skipped before they run: with ``from __future__
-import annotations`` no annotation is evaluated, so none of them can change behaviour.
+Two kinds of mutant are skipped before they run, since neither can change behaviour:
+those inside type annotations (with ``from __future__ import annotations`` none is
+evaluated), and the bare ``*`` of a parameter list "replaced" as if it were a product.
 
 Prints one line per module (``MUTATION <module> mutants=.. killed=.. survived=..
 skipped=.. incompetent=.. score=..%``), then each survivor as a diff. Slow: minutes per
@@ -127,14 +128,21 @@ def annotation_spans(source: str) -> list[Span]:
     return spans
 
 
-def skip_annotations(session: Path, source: str) -> None:
-    spans = annotation_spans(source)
+def is_bare_star(lines: list[str], line: int, column: int) -> bool:
+    """Whether the ``*`` at (line, column) only marks keyword-only parameters."""
+    text = lines[line - 1]
+    return text[column : column + 1] == "*" and text[column + 1 :].lstrip()[:1] in (",", ")")
+
+
+def skip_unchangeable(session: Path, source: str) -> None:
+    spans = annotation_spans(source) if "from __future__ import annotations" in source else []
+    lines = source.splitlines()
     skipped = WorkResult(worker_outcome=WorkerOutcome.SKIPPED)
     with use_db(str(session)) as db:
         for item in list(db.work_items):
             (mutation,) = item.mutations
-            at = tuple(mutation.start_pos)
-            if any(start <= at < end for start, end in spans):
+            at = (line, column) = tuple(mutation.start_pos)
+            if any(start <= at < end for start, end in spans) or is_bare_star(lines, line, column):
                 db.set_result(item.job_id, skipped)
 
 
@@ -170,8 +178,7 @@ def run(module: str, tree: Path) -> Result:
     )
     tool = Path(sys.executable).parent / "cosmic-ray"
     subprocess.run([tool, "init", config, session], cwd=tree, check=True)
-    if "from __future__ import annotations" in (tree / module).read_text():
-        skip_annotations(session, (tree / module).read_text())
+    skip_unchangeable(session, (tree / module).read_text())
     subprocess.run([tool, "exec", config, session], cwd=tree, check=True)
     dump = subprocess.run(
         [tool, "dump", session], cwd=tree, capture_output=True, text=True, check=True

@@ -46,3 +46,12 @@ def test_annotations_are_found_and_the_code_around_them_is_not():
     assert covered(6, "dict[str, int]")
     assert not covered(6, "*")  # the keyword-only marker is code
     assert not covered(7, "| LIMIT") and not covered(3, "3")
+
+
+def test_only_a_bare_star_is_taken_for_a_keyword_only_marker():
+    lines = ["def f(a, *, b):", "    return a * b", "def g(", "    *,", "    c)", "f(*args)"]
+    assert mutation.is_bare_star(lines, 1, lines[0].index("*"))
+    assert mutation.is_bare_star(lines, 4, 4)
+    assert not mutation.is_bare_star(lines, 2, lines[1].index("*"))
+    assert not mutation.is_bare_star(lines, 6, 2)
+    assert not mutation.is_bare_star(lines, 1, 0)

@@ -3,6 +3,7 @@ with a fixed clock and a router that records what it was asked (``route``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sqlite3
@@ -299,6 +300,7 @@ def test_the_same_nonce_is_a_duplicate_with_the_same_digest_else_a_replay(conn, 
 
     assert record(conn, route, admitted(), now=NOW + 9) == "duplicate"
     assert record(conn, route, admitted(digest="d-2"), now=NOW + 9) == "replayed"
+    assert record(conn, route, admitted(digest="d-0"), now=NOW + 9) == "replayed"
 
     assert [conn.execute("SELECT count(*) FROM callbacks").fetchone()[0]] == counts
     assert job_row(conn) == before
@@ -480,7 +482,7 @@ def test_a_pause_moves_only_that_providers_earlier_polls_of_running_jobs(conn, r
     }  # fmt: skip
 
 
-@pytest.mark.parametrize(("window", "min_step", "step"), [(30, 1, 10), (3, 2, 2)])
+@pytest.mark.parametrize(("window", "min_step", "step"), [(30, 1, 10), (3, 2, 2), (10, 1, 10 / 3)])
 def test_overdue_polls_are_spread_in_their_order(conn, route, window, min_step, step):
     for job_id, at in (("job_a", NOW - 5), ("job_b", NOW - 50), ("job_c", NOW - 1)):
         insert(conn, route, new_job(job_id))
@@ -496,7 +498,7 @@ def test_overdue_polls_are_spread_in_their_order(conn, route, window, min_step, 
 
     polls = dict(conn.execute("SELECT id, next_poll_at FROM jobs").fetchall())
     assert polls == {
-        "job_b": NOW, "job_a": NOW + step, "job_c": NOW + 2 * step,
+        "job_b": NOW, "job_a": pytest.approx(NOW + step), "job_c": pytest.approx(NOW + 2 * step),
         "job_d": NOW + 5, "job_e": NOW - 9, "job_f": NOW - 70,
     }  # fmt: skip
 
@@ -515,3 +517,17 @@ def test_expired_nonces_are_purged_and_the_rest_kept(conn):
     )
     assert jobs.purge_nonces(conn, NOW) == 1
     assert {r[0] for r in conn.execute("SELECT nonce FROM nonces")} == {"edge", "new"}
+
+
+def test_text_is_stored_as_itself_not_as_escapes(conn, route):
+    job = new_job()
+    insert(conn, route, NewJob(**{**job.__dict__, "request": {"prompt": "café ☕"}}))
+    assert job_row(conn)["request"] == '{"prompt":"café ☕"}'
+
+
+def test_values_handed_between_threads_cannot_be_changed(conn, route):
+    insert(conn, route)
+    applied = apply(conn, route, Observation(Status.PROCESSING))
+    for value, field in ((applied, "status"), (new_job(), "id"), (admitted(), "nonce")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, None)
