@@ -528,6 +528,9 @@ def test_text_is_stored_as_itself_not_as_escapes(conn, route):
 def test_values_handed_between_threads_cannot_be_changed(conn, route):
     insert(conn, route)
     applied = apply(conn, route, Observation(Status.PROCESSING))
-    for value, field in ((applied, "status"), (new_job(), "id"), (admitted(), "nonce")):
+    target = CallbackTarget("job_1", None, None, None)
+    for value, field in (
+        (applied, "status"), (new_job(), "id"), (admitted(), "nonce"), (target, "id"),
+    ):  # fmt: skip
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, field, None)
