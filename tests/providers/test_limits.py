@@ -187,3 +187,27 @@ def test_a_wait_yields_the_loop_instead_of_spinning():
     reads, ticks = asyncio.run(run())
     assert ticks >= 10  # the loop ran other work meanwhile
     assert reads <= 10  # the clock was read a few times, not in a loop
+
+
+def test_a_clock_that_starts_at_zero_is_neither_blocked_nor_spaced(fake_time):
+    fake_time.now = 0.0
+
+    async def run():
+        gate = Gate(requests_per_second=1, max_concurrency=1, clock=fake_time.clock)
+        assert gate.blocked_for == 0.0
+        async with gate.slot():
+            pass
+
+    asyncio.run(run())
+    assert fake_time.slept == []
+
+
+def test_a_pause_shorter_than_the_callers_patience_is_waited(fake_time):
+    async def run():
+        gate = Gate(requests_per_second=None, max_concurrency=1, clock=fake_time.clock)
+        gate.block_for(2)
+        async with gate.slot(max_wait=3):
+            pass
+
+    asyncio.run(run())
+    assert fake_time.slept == [2.0]
