@@ -110,3 +110,10 @@ def test_the_next_wake_is_the_earliest_poll_or_deadline(conn, route):
     assert queries.next_wake(conn, ["vidu", "kvid"], ["job_b"]) == NOW + 30
     assert queries.next_wake(conn, ["vidu"], ["job_a"]) == NOW + 50
     assert queries.next_wake(conn, [], []) == NOW + 50
+
+
+def test_a_page_of_jobs_is_fifty_unless_told(conn, route):
+    for i in range(51):
+        insert(conn, route, new_job(f"job_{i:02}"))
+    assert len(queries.list_jobs(conn)) == 50
+    assert len(queries.list_jobs(conn, limit=51)) == 51
