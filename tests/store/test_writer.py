@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -82,11 +84,54 @@ def test_a_request_to_a_stopped_writer_fails_at_once(path):
 
 def test_a_batch_holds_at_most_max_batch_requests(writer, path):
     gate = hold(writer)
-    futures = [writer.submit(insert(f"job_{i}")) for i in range(MAX_BATCH + 10)]
+    futures = [writer.submit(insert(f"job_{i}")) for i in range(MAX_BATCH + 1)]
     gate.set()
-    assert [f.result(10) for f in futures] == [f"job_{i}" for i in range(MAX_BATCH + 10)]
-    assert (writer.batches, writer.requests) == (3, MAX_BATCH + 11)
+    assert [f.result(10) for f in futures] == [f"job_{i}" for i in range(MAX_BATCH + 1)]
+    # The held request's batch, then MAX_BATCH requests, then the one left over.
+    assert (writer.batches, writer.requests) == (3, MAX_BATCH + 2)
     assert MAX_BATCH == 512
+
+
+def test_a_failing_request_is_rolled_back_alone_and_told_why(writer, path):
+    def insert_then_fail(conn: sqlite3.Connection) -> None:
+        insert("job_bad")(conn)
+        raise KeyboardInterrupt  # not even an Exception: still the caller's, not the writer's
+
+    gate = hold(writer)
+    before = writer.submit(insert("job_1"))
+    failing = writer.submit(insert_then_fail)
+    after = writer.submit(insert("job_2"))
+    gate.set()
+    assert (before.result(10), after.result(10)) == ("job_1", "job_2")
+    assert isinstance(failing.exception(10), KeyboardInterrupt)
+    assert stored(path) == {"job_1", "job_2"}
+    assert writer.running
+
+
+def test_a_cancelled_request_does_not_keep_the_rest_of_a_failed_batch_waiting(writer, path):
+    def breaks_the_transaction(conn: sqlite3.Connection) -> None:
+        conn.execute("RELEASE request")
+
+    async def run():
+        gate = hold(writer)
+        withdrawn = writer.enqueue(insert("job_gone"))
+        failing = writer.enqueue(breaks_the_transaction)
+        withdrawn.cancel()
+        gate.set()
+        with pytest.raises(sqlite3.Error):
+            await asyncio.wait_for(failing, 10)
+
+    asyncio.run(run())
+    assert stored(path) == set()
+
+
+def test_a_writer_never_stopped_does_not_keep_the_process_alive(path):
+    code = (
+        "import sys; from pathlib import Path; from receiver.store.writer import Writer;"
+        f" Writer(Path({str(path)!r})).start(); sys.exit(0)"
+    )
+    finished = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
+    assert finished.returncode == 0
 
 
 def test_a_request_cancelled_before_it_ran_never_runs(writer, path):
