@@ -352,3 +352,39 @@ def test_closing_closes_every_reader_connection(db_path):
         with pytest.raises(sqlite3.ProgrammingError):
             conn.execute("SELECT 1")
     assert not store.writer.running
+
+
+# -- the schema ----------------------------------------------------------------------------------
+
+
+def test_the_schema_keeps_tokens_and_deliveries_unique_and_counts_from_zero(tmp_path):
+    path = tmp_path / "not" / "yet" / "there" / "vidhook.db"
+    migrate(path)  # the folders are made
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(
+            "INSERT INTO jobs (id, provider, status, callback_token, created_at, updated_at)"
+            " VALUES ('job_1', 'vidu', 'queued', 'tok', 0, 0)"
+        )
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(
+                "INSERT INTO jobs (id, provider, status, callback_token, created_at, updated_at)"
+                " VALUES ('job_2', 'vidu', 'queued', 'tok', 0, 0)"
+            )
+        conn.execute(
+            "INSERT INTO transitions (id, job_id, to_status, source, at)"
+            " VALUES (1, 'job_1', 'queued', 'api', 0)"
+        )
+        add = (
+            "INSERT INTO deliveries (job_id, transition_id, channel, event, status, created_at)"
+            " VALUES ('job_1', 1, 'team', 'queued', 'pending', 0)"
+        )
+        conn.execute(add)
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(add)
+        assert conn.execute("SELECT polls, poll_failures, anomalies FROM jobs").fetchone() == (
+            0, 0, "[]",
+        )  # fmt: skip
+        assert conn.execute("SELECT attempts FROM deliveries").fetchone() == (0,)
+    finally:
+        conn.close()
