@@ -2,6 +2,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 
 import pytest
 from sqlite_utils import Database
@@ -388,3 +389,30 @@ def test_the_schema_keeps_tokens_and_deliveries_unique_and_counts_from_zero(tmp_
         assert conn.execute("SELECT attempts FROM deliveries").fetchone() == (0,)
     finally:
         conn.close()
+
+
+def test_reads_share_four_reader_connections_and_a_close_waits_for_them(db_path):
+    store = Store(db_path, route=route_all).open()
+
+    def slow(conn: sqlite3.Connection) -> int:
+        time.sleep(0.2)  # long enough for every read to be under way at once
+        return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+    async def run():
+        return await asyncio.gather(*(store.read(slow) for _ in range(8)))
+
+    try:
+        assert asyncio.run(run()) == [0] * 8
+        assert len(store._reader_conns) == 4
+    finally:
+        store.close()
+
+    store = Store(db_path, route=route_all).open()
+
+    async def close_during_a_read():
+        reading = asyncio.ensure_future(store.read(slow))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(store.close)
+        return await reading
+
+    assert asyncio.run(close_during_a_read()) == 0
