@@ -498,7 +498,8 @@ def test_overdue_polls_are_spread_in_their_order(conn, route, window, min_step, 
 
     polls = dict(conn.execute("SELECT id, next_poll_at FROM jobs").fetchall())
     assert polls == {
-        "job_b": NOW, "job_a": pytest.approx(NOW + step), "job_c": pytest.approx(NOW + 2 * step),
+        "job_b": NOW, "job_a": pytest.approx(NOW + step, abs=1e-6),
+        "job_c": pytest.approx(NOW + 2 * step, abs=1e-6),
         "job_d": NOW + 5, "job_e": NOW - 9, "job_f": NOW - 70,
     }  # fmt: skip
 
