@@ -15,6 +15,7 @@ import pytest
 
 from receiver.store import DatabaseUnavailable, migrate
 from receiver.store.writer import MAX_BATCH, Writer, mark
+from tests.conftest import wait_for
 
 
 def insert(job_id: str):
@@ -222,3 +223,18 @@ def test_the_synchronous_level_is_the_one_asked_for(path):
         assert writer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result(5) == 1
     finally:
         writer.stop()
+
+
+def test_a_request_made_while_the_writer_stops_is_answered_not_lost(writer, path):
+    gate = hold(writer)
+    before = writer.submit(insert("job_before"))
+    stopping = threading.Thread(target=writer.stop)
+    stopping.start()
+    # The stop is queued behind the held batch and the request before it.
+    wait_for(lambda: writer._closing, what="the stop to be queued")
+    after = writer.submit(insert("job_after"))
+    assert isinstance(after.exception(1), RuntimeError)  # at once, not never
+    gate.set()
+    stopping.join(10)
+    assert before.result(10) == "job_before"
+    assert stored(path) == {"job_before"}
