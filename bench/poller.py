@@ -1,4 +1,4 @@
-"""Polling at scale: 10,000 poll-only jobs against the kvid sandbox, and a plain baseline.
+"""Polling at scale: 10,000 poll-only jobs against the kvid sandbox, and two plain loops.
 
     .venv/bin/python -m bench.poller [--jobs 10000] [--rate 200] [--concurrency 8] ...
 
@@ -20,16 +20,22 @@ What it does, all on 127.0.0.1:
 4. backlog: makes every job due at once. The rate at which vidhook drains that backlog,
    counted at the fake, is its capacity: ``polls_per_s``. These polls find nothing new,
    as most polls do.
-5. baseline: stops vidhook, then a plain httpx.AsyncClient loop in this process, with
-   ``--concurrency`` requests in flight like vidhook, asks the fake for the status of
-   every job once, as fast as it can: ``baseline_per_s``, counted at the fake too.
+5. baselines: stops vidhook, then two plain loops in this process, each with
+   ``--concurrency`` requests in flight like vidhook, ask the fake for the status of every
+   job once, as fast as they can: an httpx.AsyncClient (``baseline_per_s``, counted at
+   the fake too) and an aiohttp session (``aiohttp_per_s``). Both run on uvloop, the loop
+   ``vidhook serve`` runs on.
 
 vidhook's peak RSS (VmHWM) is read before it stops; it covers startup, both phases and
 all ``--jobs`` jobs in flight. The CPU time that vidhook and the baseline spend per
 request is printed as well: on a machine with other work it is steadier than a rate.
 
+The fake's CPU a request is printed for the backlog and each baseline: when it is small
+next to the clients', the fake is not what limits them.
+
 The last line is ``RESULT polls_per_s=<n> baseline_per_s=<n> ratio=<n> lateness_p99_ms=<n>
-rss_mb=<n>``; the lines before it give each phase in more detail.
+rss_mb=<n> aiohttp_per_s=<n> aiohttp_ratio=<n>`` (the ratios: vidhook's rate over each
+baseline's); the lines before it give each phase in more detail.
 """
 
 from __future__ import annotations
@@ -253,7 +259,7 @@ def ms(seconds: float) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.poller",
-        description="vidhook's poller against kvid's fake, and a plain httpx loop.",
+        description="vidhook's poller against kvid's fake, and plain httpx and aiohttp loops.",
     )
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs in flight (10000)")
     parser.add_argument(

@@ -25,6 +25,7 @@ from receiver.config import (
     database_path,
     load_config,
 )
+from receiver.http import service_client
 from receiver.notify import build_all as build_channels
 from receiver.notify.base import DeliveryError, Event
 from receiver.notify.outbox import channel_fingerprint
@@ -376,7 +377,8 @@ def send_tests(config: Config) -> bool:
 
 async def _send_tests(config: Config) -> dict[str, str | None]:
     event = make_test_event(time.time())
-    async with httpx.AsyncClient(follow_redirects=False) as client:
+    # The service's own client: a test message goes out as the service's messages do.
+    async with service_client() as client:
         channels = build_channels(config, client)
 
         async def send(name: str) -> str | None:

@@ -19,8 +19,13 @@ on its pool's bookkeeping, and httpx's client most of the rest (bench/README.md,
   submission may be sent again rests on it (``ProviderError.sent``);
 - no redirects, cookies, proxies or decompression of its own: httpx's client does each
   as before, and the headers sent are exactly the ones httpx put on the request;
+- a request is sent once, but for one thing aiohttp adds: an idempotent request (GET,
+  PUT, DELETE) whose connection fails once it was written is sent once more, on a new
+  connection, as HTTP allows (a poll or a cancel; never a submission, a POST);
 - TLS verified with httpx's own context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR);
-- answers streamed as they arrive, aiohttp's flow control bounding what is buffered.
+- answers streamed as they arrive, aiohttp's flow control bounding what is buffered;
+- at debug level, a line a request with its method, origin and outcome, never its path
+  or query, which can hold a secret.
 
 ``ServiceClient.request`` sends the requests vidhook makes (a method, an absolute URL,
 params, headers, a JSON or bytes body, a timeout) straight to its transport, with the
@@ -31,6 +36,7 @@ httpx's client.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 import urllib.request
@@ -42,6 +48,8 @@ import aiohttp
 import httpx
 from aiohttp.abc import AbstractResolver
 from yarl import URL
+
+log = logging.getLogger("vidhook.http")
 
 SocketFactory = Callable[[Any], Any]
 
@@ -103,6 +111,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             skip_auto_headers=("Content-Type", "User-Agent", "Accept", "Accept-Encoding"),
             trust_env=False,
             request_class=_Request,
+            # A head h11 (httpx's own transport) takes: up to 16 KiB, a line as long.
+            max_line_size=16384,
+            max_field_size=16384,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -138,9 +149,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             own = _cause(exc, self.passthrough)
+            failure = own if own is not None else _translate(exc, request)
+            # The origin only: a path or a query can hold a secret (a Slack webhook's).
+            log.debug("%s %s: %s", request.method, _origin(url), failure.__class__.__name__)
             if own is not None:
                 raise own from None
-            raise _translate(exc, request) from exc
+            raise failure from exc
+        log.debug("%s %s: HTTP %d", request.method, _origin(url), answer.status)
         return httpx.Response(
             status_code=answer.status,
             headers=answer.raw_headers,
@@ -191,6 +206,10 @@ class _Body(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         # Back to the pool when the body was read to its end, closed otherwise.
         self.answer.release()
+
+
+def _origin(url: httpx.URL) -> str:
+    return f"{url.scheme}://{url.host}" + ("" if url.port is None else f":{url.port}")
 
 
 def _as_sent(headers: httpx.Headers) -> list[tuple[str, str]]:
@@ -265,7 +284,7 @@ class ServiceClient(httpx.AsyncClient):
     redirects, event hooks, merging a base URL), none of which vidhook uses: the request
     is built the same way, with the client's default headers, cookies are kept as httpx
     keeps them, and the answer is read whole. That machinery cost ~85 us a request,
-    about as much as aiohttp's whole request (bench/README.md).
+    close to aiohttp's whole request (bench/README.md).
     """
 
     def __init__(self, transport: httpx.AsyncBaseTransport) -> None:

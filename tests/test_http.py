@@ -389,3 +389,56 @@ def test_an_error_from_the_transport_names_its_request():
 
     error = run(go())
     assert error.request.url == "https://provider.test/status"  # type: ignore[attr-defined]
+
+
+def test_a_long_header_in_an_answer_is_taken_as_httpx_took_it():
+    cookie = "c=" + "x" * 12_000  # past aiohttp's default of 8,190 bytes a field
+
+    async def long_header(reader, writer):
+        while True:
+            await server.read_request(reader)
+            writer.write(answer(200, b"{}", f"Set-Cookie: {cookie}"))
+
+    async def go(client: httpx.AsyncClient) -> int:
+        async with client:
+            return (await client.get(server.url)).status_code
+
+    with RawServer(long_header) as server:
+        assert run(go(httpx.AsyncClient())) == 200
+        assert run(go(service_client())) == 200
+
+
+def test_only_an_idempotent_request_is_sent_again_after_its_connection_dropped():
+    async def hang_up(reader, writer):
+        await server.read_request(reader)
+
+    async def go(method: str) -> type[BaseException]:
+        async with service_client() as client:
+            with pytest.raises(httpx.TransportError) as raised:
+                await client.request(method, f"{server.url}/{method.lower()}")
+        return raised.type
+
+    with RawServer(hang_up) as server:
+        assert run(go("POST")) is httpx.RemoteProtocolError
+        assert run(go("GET")) is httpx.RemoteProtocolError
+    assert [line.split()[1] for line, _, _ in server.requests] == ["/post", "/get", "/get"]
+
+
+def test_the_debug_log_names_the_origin_never_the_path(caplog):
+    async def ok(reader, writer):
+        await server.read_request(reader)
+        writer.write(answer(204, b""))
+
+    async def go() -> None:
+        async with service_client() as client:
+            await client.post(f"{server.url}/services/T0/B0/webhook-secret?token=s3cret")
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{free_port()}/hooks/another-secret")
+
+    caplog.set_level("DEBUG", logger="vidhook.http")
+    with RawServer(ok) as server:
+        run(go())
+    lines = [r.getMessage() for r in caplog.records if r.name == "vidhook.http"]
+    assert lines[0] == f"POST {server.url}: HTTP 204"
+    assert lines[1].startswith("GET http://127.0.0.1:") and lines[1].endswith(": ConnectError")
+    assert not any("secret" in line for line in lines)
