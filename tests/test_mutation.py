@@ -22,6 +22,8 @@ def test_each_module_is_tested_by_its_mirror():
     assert mutation.own_tests("receiver/store/jobs.py") == ["tests/store/test_jobs.py"]
     assert mutation.own_tests("receiver/store/__init__.py") == ["tests/store/test_store.py"]
     assert mutation.own_tests("receiver/store/schema.py") == ["tests/store/test_store.py"]
+    # Without a file of its own, a module is tested by its package's folder.
+    assert mutation.own_tests("receiver/store/detail.py") == ["tests/store"]
     with pytest.raises(SystemExit, match="no test file"):
         mutation.own_tests("receiver/demo.py")
 
