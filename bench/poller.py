@@ -1,4 +1,4 @@
-"""Polling at scale: 10,000 poll-only jobs against the kvid sandbox, and a plain baseline.
+"""Polling at scale: 10,000 poll-only jobs against the kvid sandbox, and two plain loops.
 
     .venv/bin/python -m bench.poller [--jobs 10000] [--rate 200] [--concurrency 8] ...
 
@@ -20,22 +20,29 @@ What it does, all on 127.0.0.1:
 4. backlog: makes every job due at once. The rate at which vidhook drains that backlog,
    counted at the fake, is its capacity: ``polls_per_s``. These polls find nothing new,
    as most polls do.
-5. baseline: stops vidhook, then a plain httpx.AsyncClient loop in this process, with
-   ``--concurrency`` requests in flight like vidhook, asks the fake for the status of
-   every job once, as fast as it can: ``baseline_per_s``, counted at the fake too.
+5. baselines: stops vidhook, then two plain loops in this process, each with
+   ``--concurrency`` requests in flight like vidhook, ask the fake for the status of every
+   job once, as fast as they can: an httpx.AsyncClient (``baseline_per_s``, counted at
+   the fake too) and an aiohttp session (``aiohttp_per_s``). Both run on uvloop, the loop
+   ``vidhook serve`` runs on.
 
 vidhook's peak RSS (VmHWM) is read before it stops; it covers startup, both phases and
 all ``--jobs`` jobs in flight. The CPU time that vidhook and the baseline spend per
 request is printed as well: on a machine with other work it is steadier than a rate.
 
+The fake's CPU a request is printed for the backlog and each baseline: when it is small
+next to the clients', the fake is not what limits them.
+
 The last line is ``RESULT polls_per_s=<n> baseline_per_s=<n> ratio=<n> lateness_p99_ms=<n>
-rss_mb=<n>``; the lines before it give each phase in more detail.
+rss_mb=<n> aiohttp_per_s=<n> aiohttp_ratio=<n>`` (the ratios: vidhook's rate over each
+baseline's); the lines before it give each phase in more detail.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import resource
 import signal
 import sqlite3
@@ -46,6 +53,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+import uvloop
 
 from bench.common import (
     API_KEY,
@@ -129,6 +137,11 @@ class Sandbox(SideProcess):
     def command(self) -> list[str]:
         return [PYTHON, "-m", "bench.poller", "--serve-sandbox", str(self.port)]
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def add_tasks(self, task_ids: Sequence[str]) -> None:
         self.http.post("/_bench/tasks", json=list(task_ids)).raise_for_status()
 
@@ -173,7 +186,7 @@ def schedule(db: Path, due: dict[str, float]) -> None:
         conn.close()
 
 
-async def baseline(url: str, task_ids: Sequence[str], concurrency: int) -> int:
+async def httpx_loop(url: str, task_ids: Sequence[str], concurrency: int) -> int:
     """Each task's status once, ``concurrency`` requests in flight; the number of 2xx."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     todo = iter(task_ids)
@@ -192,6 +205,32 @@ async def baseline(url: str, task_ids: Sequence[str], concurrency: int) -> int:
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return ok
+
+
+async def aiohttp_loop(url: str, task_ids: Sequence[str], concurrency: int) -> int:
+    """The same requests through aiohttp's own session, without httpx."""
+    import aiohttp
+
+    todo = iter(task_ids)
+    ok = 0
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=30)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            nonlocal ok
+            for task_id in todo:
+                async with session.get(
+                    f"{url}{STATUS_PATH}", params={"jobId": task_id}, headers={"api-key": API_KEY}
+                ) as response:
+                    json.loads(await response.read())
+                    ok += response.ok
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok
+
+
+BASELINES = {"httpx": httpx_loop, "aiohttp": aiohttp_loop}
 
 
 def used_since(pid: int, before: tuple[float, float]) -> tuple[float, float]:
@@ -220,7 +259,7 @@ def ms(seconds: float) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.poller",
-        description="vidhook's poller against kvid's fake, and a plain httpx loop.",
+        description="vidhook's poller against kvid's fake, and plain httpx and aiohttp loops.",
     )
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs in flight (10000)")
     parser.add_argument(
@@ -326,10 +365,11 @@ def run(args: argparse.Namespace, sandbox: Sandbox, service: ServiceProcess) -> 
     # backlog
     sandbox.reset()
     profiler = start_py_spy(pid, args.py_spy) if args.py_spy else None
-    cpu_before = cpu_seconds(pid)
+    cpu_before, fake_before = cpu_seconds(pid), cpu_seconds(sandbox.pid)
     schedule(service.db_path, dict.fromkeys(task_of, time.time()))
     seen_backlog = sandbox.wait_for(args.jobs, 300)
     cpu_backlog = used_since(pid, cpu_before)
+    fake_backlog = used_since(sandbox.pid, fake_before)[1]
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)  # py-spy writes its output, then exits
         profiler.wait(60)
@@ -339,25 +379,29 @@ def run(args: argparse.Namespace, sandbox: Sandbox, service: ServiceProcess) -> 
     polls_per_s = rate_of([t for t, _, _ in backlog])
     print(
         f"backlog: {seen_backlog}/{args.jobs} polls due at once, drained at "
-        f"{polls_per_s:.0f}/s; vidhook CPU {per_request(cpu_backlog, seen_backlog)}",
+        f"{polls_per_s:.0f}/s; vidhook CPU {per_request(cpu_backlog, seen_backlog)}; "
+        f"the fake's {ms(fake_backlog / max(1, seen_backlog))}",
         flush=True,
     )
     peak = rss_mb(pid, peak=True)
     print(f"vidhook peak RSS {peak:.1f} MiB (VmHWM), now {rss_mb(pid):.1f} MiB", flush=True)
     service.stop()
 
-    # baseline
-    sandbox.reset()
-    cpu_before = own_cpu()
-    ok = asyncio.run(baseline(sandbox.url, list(task_of.values()), args.concurrency))
-    cpu_base = own_cpu() - cpu_before
-    base = sandbox.arrivals()
-    baseline_per_s = rate_of([t for t, _, _ in base])
-    print(
-        f"baseline: {ok}/{args.jobs} requests answered 2xx at {baseline_per_s:.0f}/s; "
-        f"client CPU {ms(cpu_base / max(1, ok))} a request",
-        flush=True,
-    )
+    # baselines: the same requests from a plain loop of each client, on vidhook's loop
+    rates: dict[str, float] = {}
+    for name, loop_of in BASELINES.items():
+        sandbox.reset()
+        cpu_before, fake_before = own_cpu(), cpu_seconds(sandbox.pid)
+        ok = uvloop.run(loop_of(sandbox.url, list(task_of.values()), args.concurrency))
+        cpu_base = own_cpu() - cpu_before
+        fake_used = used_since(sandbox.pid, fake_before)[1]
+        rates[name] = rate_of([t for t, _, _ in sandbox.arrivals()])
+        print(
+            f"{name} loop: {ok}/{args.jobs} requests answered 2xx at {rates[name]:.0f}/s; "
+            f"client CPU {ms(cpu_base / max(1, ok))} a request, the fake's {ms(fake_used / ok)}",
+            flush=True,
+        )
+        failed += args.jobs - ok
 
     problems = []
     if seen < args.jobs or seen_backlog < args.jobs:
@@ -367,10 +411,12 @@ def run(args: argparse.Namespace, sandbox: Sandbox, service: ServiceProcess) -> 
     for problem in problems:
         print(f"PROBLEM: {problem}", flush=True)
     print(f"total time {time.monotonic() - started:.0f} s", flush=True)
+    baseline_per_s, aiohttp_per_s = rates["httpx"], rates["aiohttp"]
     print(
         f"RESULT polls_per_s={polls_per_s:.0f} baseline_per_s={baseline_per_s:.0f}"
         f" ratio={polls_per_s / baseline_per_s:.2f}"
         f" lateness_p99_ms={percentile(lateness, 99) * 1000:.0f} rss_mb={peak:.1f}"
+        f" aiohttp_per_s={aiohttp_per_s:.0f} aiohttp_ratio={polls_per_s / aiohttp_per_s:.2f}"
     )
     return 1 if problems else 0
 

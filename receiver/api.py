@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,9 @@ log = logging.getLogger("vidhook.api")
 Handler = Callable[[Request], Awaitable[Response]]
 DELIVERY_STATUSES = STATUSES
 MAX_REQUEST_BYTES = 25 * 1024 * 1024  # Vidu takes base64 images up to 20 MB
+MAX_INTEGER = 2**63 - 1  # SQLite's largest integer: no row id or count is larger
+# What runtime.new_job_id makes: a jobs cursor is always one of them.
+JOB_ID = re.compile(r"job_[0-9A-Z]{26}")
 
 
 def has_admin_credentials(request: Request) -> bool:
@@ -193,15 +197,16 @@ async def list_jobs(request: Request) -> Response:
     if status is not None and status not in {s.value for s in Status}:
         problems["status"] = f"one of {', '.join(s.value for s in Status)}"
     provider = params.get("provider")
-    limit_text = params.get("limit", "50")
-    # isascii(): str.isdigit() also accepts digits such as "²" that int() refuses.
-    limit = int(limit_text) if limit_text.isascii() and limit_text.isdigit() else 0
-    if not 1 <= limit <= 500:
+    limit = _whole(params.get("limit", "50"))
+    if limit is None or not 1 <= limit <= 500:
         problems["limit"] = "a whole number from 1 to 500"
-    if problems:
+    cursor = params.get("cursor")
+    if cursor is not None and not JOB_ID.fullmatch(cursor):
+        problems["cursor"] = "pass back the next_cursor of the previous page"
+    if problems or limit is None:
         return error(422, "invalid_fields", "some query parameters are invalid", fields=problems)
     jobs = await runtime.store.list_jobs(
-        status=status, provider=provider, before=params.get("cursor"), limit=limit + 1
+        status=status, provider=provider, before=cursor, limit=limit + 1
     )
     # A provider dropped from the config still lists its old jobs; a name no job ever
     # had is most likely a typo or a type.
@@ -347,7 +352,17 @@ def refusal(refused: Refused) -> Response:
 
 
 def _whole(text: str | None) -> int | None:
-    return int(text) if text is not None and text.isascii() and text.isdigit() else None
+    """A decimal whole number that SQLite can hold, or None; never raises.
+
+    isascii(): str.isdigit() also takes digits such as "²" that int() refuses. The length
+    check comes first: int() refuses over 4,300 digits, SQLite anything over 2**63 - 1.
+    """
+    if text is None or not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_INTEGER)) or int(digits) > MAX_INTEGER:
+        return None
+    return int(digits)
 
 
 routes = [

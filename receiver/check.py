@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from receiver import logs
 from receiver.config import Config
+from receiver.http import service_client
 from receiver.media.storage import StorageError, build_storage
 from receiver.notify import build_all as build_channels
 from receiver.notify.base import DeliveryError, Event
@@ -81,7 +80,8 @@ def send_tests(config: Config) -> bool:
 
 async def _send_tests(config: Config) -> dict[str, str | None]:
     event = make_test_event(time.time())
-    async with httpx.AsyncClient(follow_redirects=False) as client:
+    # The service's own client: a test message goes out as the service's messages do.
+    async with service_client() as client:
         channels = build_channels(config, client)
 
         async def send(name: str) -> str | None:

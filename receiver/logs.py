@@ -192,14 +192,49 @@ def iso_utc(timestamp: float) -> str:
     return f"{text}{moment.microsecond // 1000:03d}Z"
 
 
+# Control characters (C0, DEL, C1, and the two Unicode line breaks) as they are shown in
+# text logs. A message quotes paths, header values and provider errors; raw, a newline
+# there would start a forged record, an ANSI escape would rewrite the operator's terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape, so that it is one line."""
+    return _CONTROL.sub(_escaped, text)
+
+
 class TextFormatter(logging.Formatter):
-    """``2025-05-06T12:09:00.123Z INFO vidhook.poller: message``, then any traceback."""
+    """``2025-05-06T12:09:00.123Z INFO vidhook.poller: message``, then any traceback.
+
+    The message is always one line: control characters in it are escaped. A traceback or
+    stack keeps its line breaks, each of its lines indented, so that no line of it (an
+    exception message can quote a provider) can pass for a record of its own.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return iso_utc(record.created)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.getMessage())
+        record.asctime = self.formatTime(record)
+        text = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for block in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if block:
+                text += "".join(f"\n  {escape_controls(line)}" for line in block.split("\n"))
+        return text
 
 
 class JsonFormatter(logging.Formatter):

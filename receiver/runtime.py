@@ -17,6 +17,7 @@ from receiver import notify
 from receiver import providers as adapters
 from receiver.config import Config
 from receiver.events import EventHub
+from receiver.http import service_client
 from receiver.media import Archive
 from receiver.metrics import Metrics
 from receiver.notify.base import Channel
@@ -103,7 +104,7 @@ class Runtime:
             clock=clock,
             database_url=None if url is None else url.reveal(),
         )
-        self.client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        self.client = service_client(transport)
         self.providers: dict[str, Provider] = {
             name: adapters.build(p, self.client) for name, p in config.providers.items()
         }

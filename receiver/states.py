@@ -24,15 +24,8 @@ class Status(StrEnum):
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 # For queries: "status NOT IN {TERMINAL_SQL}" selects the jobs still running.
 TERMINAL_SQL = "('completed', 'failed', 'canceled')"
-
-# The terminal statuses share a rank: none may replace another.
-_RANK = {
-    Status.QUEUED: 0,
-    Status.PROCESSING: 1,
-    Status.COMPLETED: 2,
-    Status.FAILED: 2,
-    Status.CANCELED: 2,
-}
+# The statuses a running job has left behind: a provider that reports one again lags.
+_EARLIER = {Status.PROCESSING: frozenset({Status.QUEUED})}
 
 
 @dataclass(frozen=True)
@@ -54,6 +47,6 @@ def decide(current: Status | None, observed: Status) -> Decision:
         return Decision(new=None)
     if current.terminal:
         return Decision(new=None, anomaly=f"job is {current}; ignored observed {observed}")
-    if _RANK[observed] < _RANK[current]:
+    if observed in _EARLIER.get(current, ()):
         return Decision(new=None, anomaly=f"job is {current}; ignored earlier state {observed}")
     return Decision(new=observed)

@@ -6,7 +6,9 @@ Secrets say their scheme by their prefix, as the specification serializes them:
 - ``whsec_<base64>``: a shared v1 key (at least 24 bytes), to sign and to verify;
 - ``whsk_<base64>``: an Ed25519 private key, the 32-byte seed or seed plus public key
   (64 bytes), to sign v1a; verify accepts it too and checks with its public half;
-- ``whpk_<base64>``: an Ed25519 public key (32 bytes), to verify v1a only.
+- ``whpk_<base64>``: an Ed25519 public key (32 bytes), to verify v1a only;
+- bare ``<base64>``, without a prefix: a v1 key like ``whsec_``, as the reference
+  libraries take it (base64 has no ``_``, so no other prefix can be mistaken for one).
 
 A malformed secret is the caller's configuration error: ValueError, never SignatureError.
 Several secrets may be given, for rotation: :func:`sign` then emits one signature per secret
@@ -16,9 +18,11 @@ and :func:`verify` passes if any listed signature matches any secret.
 
 1. missing_header: webhook-id, webhook-timestamp or webhook-signature absent or empty;
 2. malformed_header: a header repeated with different values, not printable ASCII or
-   too long; an id containing ``.``; a timestamp that is not a plain integer; a signature
-   entry that is not ``version,base64`` or whose v1/v1a value has the wrong length;
-3. bad_signature: no v1/v1a signature matches (versions other than v1 and v1a are skipped);
+   too long; an id containing ``.``; a timestamp that is not a plain integer; more than
+   16 signature entries, or not one entry that is ``version,value`` with a v1/v1a value
+   that is strict base64 of the right length;
+3. bad_signature: no v1/v1a signature matches. Entries that do not parse are skipped, as
+   are versions other than v1 and v1a: a sender may list schemes we do not know.
 4. stale_date: the timestamp is more than ``tolerance`` seconds from now, either way;
    checked after the signature so that only an authenticated sender learns our clock skew.
 """
@@ -186,28 +190,35 @@ def _key(secret: str, *, signing: bool) -> _Key:
     # Messages name the prefix and the problem, never any part of the secret.
     if not isinstance(secret, str):
         raise TypeError("a secret must be a str")
-    prefix, _, encoded = secret.partition("_")
-    prefix += "_"
-    if prefix not in ("whsec_", "whsk_", "whpk_") or not encoded:
-        raise ValueError("a Standard Webhooks secret starts with whsec_, whsk_ or whpk_")
-    raw = _b64_secret(encoded, prefix)
-    if prefix == "whsec_":
+    prefix, underscore, encoded = secret.partition("_")
+    if not underscore:
+        prefix, encoded = "whsec", secret
+    # Each scheme is named, and anything else refused: an unknown prefix must never fall
+    # through to one of them.
+    if prefix == "whsec" and encoded:
+        raw = _b64_secret(encoded, "whsec_")
         if len(raw) < MIN_SECRET_BYTES:
             raise ValueError(f"a whsec_ secret must hold at least {MIN_SECRET_BYTES} bytes")
         return _Key("v1", hmac_key=raw)
-    if prefix == "whpk_":
+    if prefix == "whpk" and encoded:
         if signing:
             raise ValueError("a whpk_ public key cannot sign; use the whsk_ secret key")
+        raw = _b64_secret(encoded, "whpk_")
         if len(raw) != 32:
             raise ValueError("a whpk_ key must hold 32 bytes")
         return _Key("v1a", public=Ed25519PublicKey.from_public_bytes(raw))
-    if len(raw) not in (32, 64):
-        raise ValueError("a whsk_ key must hold 32 bytes (seed) or 64 (seed and public key)")
-    private = Ed25519PrivateKey.from_private_bytes(raw[:32])
-    public = private.public_key()
-    if len(raw) == 64 and public.public_bytes(Encoding.Raw, PublicFormat.Raw) != raw[32:]:
-        raise ValueError("the whsk_ key's public half does not belong to its seed")
-    return _Key("v1a", private=private, public=public)
+    if prefix == "whsk" and encoded:
+        raw = _b64_secret(encoded, "whsk_")
+        if len(raw) not in (32, 64):
+            raise ValueError("a whsk_ key must hold 32 bytes (seed) or 64 (seed and public key)")
+        private = Ed25519PrivateKey.from_private_bytes(raw[:32])
+        public = private.public_key()
+        if len(raw) == 64 and public.public_bytes(Encoding.Raw, PublicFormat.Raw) != raw[32:]:
+            raise ValueError("the whsk_ key's public half does not belong to its seed")
+        return _Key("v1a", private=private, public=public)
+    raise ValueError(
+        "a Standard Webhooks secret is whsec_, whsk_ or whpk_ followed by base64, or bare base64"
+    )
 
 
 def _b64_secret(encoded: str, prefix: str) -> bytes:
@@ -299,20 +310,27 @@ def _parse_signatures(listed: str) -> list[tuple[str, bytes]]:
     if len(entries) > _MAX_SIGNATURES:
         raise _malformed(f"webhook-signature lists over {_MAX_SIGNATURES} signatures")
     found: list[tuple[str, bytes]] = []
+    well_formed = False
     for entry in entries:
         version, comma, value = entry.partition(",")
         if not (version and comma and value):
-            raise _malformed("each webhook-signature entry must be like v1,<base64>")
+            continue
         size = {"v1": _HMAC_BYTES, "v1a": _ED25519_BYTES}.get(version)
         if size is None:
-            continue  # a scheme from a later version of the specification
+            well_formed = True  # a scheme from a later version of the specification
+            continue
         try:
+            # Strict: without validate, junk characters would be dropped, not refused.
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != size:
-            raise _malformed(f"a {version} signature must be base64 of {size} bytes")
-        found.append((version, raw))
+            continue
+        if len(raw) == size:
+            well_formed = True
+            found.append((version, raw))
+    if not well_formed:
+        raise _malformed(
+            "no webhook-signature entry is like v1,<base64 of 32 bytes> or v1a,<base64 of 64>"
+        )
     return found
 
 

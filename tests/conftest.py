@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import os
 import socket
 import sqlite3
 import time
@@ -41,6 +40,7 @@ from receiver.sandbox import (
 from receiver.sandbox.base import FakeProvider
 from receiver.store import Store
 from tests.pg import PgRows, binaries, running_cluster
+from tests.tools import missing
 
 VIDU_KEY = "vidu-test-key-0123456789abcdef"
 OLD_VIDU_KEY = "vidu-old-key-fedcba9876543210"
@@ -369,13 +369,7 @@ def cli_env(monkeypatch):
 def postgres():
     """A PostgreSQL server for this test session (tests/pg.py)."""
     if binaries() is None:
-        message = (
-            "PostgreSQL's server programs are not installed (Debian: apt-get install "
-            "postgresql); .ci/run installs them"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("PostgreSQL's server programs (initdb, pg_ctl)", "sudo apt-get install postgresql")
     with running_cluster(free_port()) as cluster:
         yield cluster
 

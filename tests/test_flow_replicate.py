@@ -4,6 +4,7 @@ webhooks."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -13,7 +14,12 @@ import pytest
 
 from receiver.providers.replicate import REMOVED
 from receiver.sandbox import replicate as replicate_fake
-from tests.conftest import REPLICATE_WEBHOOK_SECRET, running_service, wait_for
+from tests.conftest import (
+    REPLICATE_WEBHOOK_SECRET,
+    running_service,
+    settings_restored,
+    wait_for,
+)
 
 QUICK_RECONCILE = {"replicate": {"reconcile_after": 0.2, "reconcile_interval": 0.2}}
 
@@ -108,7 +114,12 @@ def test_failure_keeps_replicate_s_reason(service):
 
 
 def test_an_unknown_status_is_kept_raw_from_a_webhook_and_from_a_poll(sandbox, tmp_path):
-    with running_service(sandbox.url, tmp_path / "v.db", QUICK_RECONCILE) as service:
+    with (
+        settings_restored(sandbox.replicate.settings) as settings,
+        running_service(sandbox.url, tmp_path / "v.db", QUICK_RECONCILE) as service,
+    ):
+        # Booting for 3 s ([slow] times six): long enough for a poll on a busy machine.
+        settings.timing = dataclasses.replace(settings.timing, start_delay=0.5)
         polled = service.submit("Lanterns on a lake [unknown] [slow] [lost]", provider="replicate")
         seen = service.wait(polled["id"], lambda j: j["provider_status"] == "booting")
         assert seen["status"] == "queued" and seen["anomalies"] == []

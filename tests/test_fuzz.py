@@ -1049,6 +1049,61 @@ def test_admin_create_job(
     assert [d["channel"] for d in deliveries] == (["log"] if subscribed else [])
 
 
+# -- numbers and cursors in the admin API's query strings and paths ---------------------------
+
+# Numbers of every size: int() refuses over 4,300 digits and SQLite over 2**63 - 1.
+digit_strings = st.one_of(
+    st.integers(0, 2**70).map(str),
+    st.integers(1, 5000).map(lambda n: "9" * n),
+    st.integers(0, 30).map(lambda n: "0" * n + "7"),
+    st.text(string.digits + "²٣-+ ._e", max_size=30),
+)
+query_values = st.one_of(digit_strings, st.text(max_size=40), st.just(new_job_id()))
+query_names = st.sampled_from(["limit", "cursor", "status", "provider", "other"])
+queries = st.lists(st.tuples(query_names, query_values), max_size=4)
+
+
+@FUZZ
+@given(st.sampled_from(["/api/jobs", "/api/deliveries"]), queries)
+@example("/api/deliveries", [("cursor", str(2**63))])
+@example("/api/jobs", [("limit", "1" * 4301)])
+def test_admin_lists_take_any_query(
+    vidhook: Harness, path: str, query: list[tuple[str, str]]
+) -> None:
+    headers = [(b"authorization", f"Bearer {ADMIN_TOKEN}".encode())]
+    encoded = "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in query).encode()
+    snapshot = vidhook.snapshot()
+
+    answer = vidhook.request(path, headers, method="GET", query=encoded)
+
+    assert_never_5xx(answer)
+    assert answer.status in (200, 422), answer.body[:300]
+    event(f"answered {answer.status}")
+    answer.json()
+    assert vidhook.snapshot() == snapshot
+
+
+@FUZZ
+@given(st.one_of(digit_strings.filter(bool), st.text(string.printable, min_size=1, max_size=30)))
+@example(str(2**63))
+@example("9" * 4301)
+def test_retrying_any_delivery_id_is_never_a_5xx(vidhook: Harness, delivery_id: str) -> None:
+    headers = [(b"authorization", f"Bearer {ADMIN_TOKEN}".encode())]
+    snapshot = vidhook.snapshot()
+
+    answer = vidhook.request(f"/api/deliveries/{delivery_id}/retry", headers)
+
+    assert_never_5xx(answer)
+    event(f"answered {answer.status}")
+    # 404: no such delivery, or a number no row could have; 409: one that exists is still
+    # pending (the outbox is not running here); 405: a "/" took the path to another route.
+    assert answer.status in (404, 405, 409), answer.body[:300]
+    digits = delivery_id.lstrip("0") if delivery_id.isascii() and delivery_id.isdigit() else ""
+    if len(digits) > 19 or (digits and int(digits) >= 2**63):  # no row can have such an id
+        assert answer.status == 404
+    assert vidhook.snapshot() == snapshot
+
+
 # -- status answers from providers, parsed ------------------------------------------------------
 
 # Each adapter's parser of a status answer (the same shape as a callback, for Vidu).

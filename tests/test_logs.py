@@ -192,7 +192,7 @@ def test_text_format_is_readable_and_redacted_too(isolated_logging):
     assert re.fullmatch(r"\S+Z INFO vidhook\.test: calling with key \*\*\*", lines[0])
     assert ISO_UTC.match(lines[0].split()[0])
     assert lines[1].endswith("ERROR vidhook.test: poll failed for job_1")
-    assert lines[2] == "Traceback (most recent call last):"
+    assert lines[2] == "  Traceback (most recent call last):"
     assert f"RuntimeError: upstream refused key {REDACTED}" in output
     assert "INFO uvicorn.error: Application startup complete." in output
     assert "not shown" not in output

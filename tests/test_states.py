@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 
 import pytest
@@ -57,3 +58,11 @@ def test_status_words_are_the_stored_and_served_ones():
 def test_terminal_statuses():
     assert {s for s in Status if s.terminal} == {C, F, X}
     assert not Q.terminal and not P.terminal
+
+
+def test_a_decision_cannot_be_changed_once_made():
+    decision = decide(P, Q)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decision.new = C  # type: ignore[misc]
+    assert decision == Decision(new=None, anomaly="job is processing; ignored earlier state queued")
+    assert decide(C, P).anomaly == "job is completed; ignored observed processing"

@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 
 from receiver.config import Config
+from receiver.http import AiohttpTransport
 from receiver.media.archiver import Archiver, OnDownload, OnStored
 from receiver.media.fetch import Fetcher
-from receiver.media.hosts import GuardedBackend, GuardedTransport
+from receiver.media.hosts import Guard, RefusedHost
 from receiver.media.links import Links
 from receiver.media.storage import STAGING, Storage, build_storage
 from receiver.media.view import MediaView, held_until
@@ -25,11 +26,21 @@ USER_AGENT = "vidhook"
 TIMEOUT = httpx.Timeout(30.0, read=60.0)
 
 
-def download_client(allow_private: bool, concurrency: int) -> httpx.AsyncClient:
-    """The client downloads go through: public addresses only (unless allowed), no
-    redirects of its own (fetch follows them), no environment proxy, no cookies kept."""
+def download_client(
+    allow_private: bool, concurrency: int, guard: Guard | None = None
+) -> httpx.AsyncClient:
+    """The client downloads go through: public addresses only (unless allowed: ``guard``
+    decides which), no redirects of its own (fetch follows them), no proxy or certificate
+    settings from the environment, no cookies kept."""
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency)
-    transport = GuardedTransport(GuardedBackend(allow_private=allow_private), limits)
+    checks = None if allow_private else guard or Guard()
+    transport = AiohttpTransport(
+        limits=limits,
+        trust_env=False,
+        resolver=checks.resolver if checks else None,
+        socket_factory=checks.socket_factory if checks else None,
+        passthrough=(RefusedHost,),
+    )
     return httpx.AsyncClient(
         transport=transport,
         timeout=TIMEOUT,

@@ -13,18 +13,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpcore
-import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[IP]]]
+Allowed = Callable[[IP], bool]
 
 
-class RefusedHost(Exception):
-    """The URL's host is, or resolves to, an address downloads may not reach."""
+class RefusedHost(OSError):
+    """The URL's host is, or resolves to, an address downloads may not reach.
+
+    An OSError, as a refused connection is: that is how it passes through aiohttp's
+    connector, which hands it back to the caller as itself (receiver.http).
+    """
 
     def __init__(self, host: str, address: IP) -> None:
         super().__init__(
@@ -46,6 +50,11 @@ def is_public(address: IP) -> bool:
     return address.is_global and not address.is_multicast
 
 
+def parse_address(text: str) -> IP:
+    # The scope of a link-local IPv6 address ("fe80::1%eth0") is dropped: it is refused.
+    return ipaddress.ip_address(text.split("%")[0])
+
+
 async def resolve(host: str, port: int) -> list[IP]:
     try:
         return [ipaddress.ip_address(host)]
@@ -54,70 +63,58 @@ async def resolve(host: str, port: int) -> list[IP]:
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
-    # The scope of a link-local IPv6 address ("fe80::1%eth0") is dropped: it is refused.
-    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0])
-                              for info in infos))  # fmt: skip
+    return list(dict.fromkeys(parse_address(str(info[4][0])) for info in infos))
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Opens TCP connections only to addresses ``allowed`` accepts, checked after DNS."""
+class Guard:
+    """The two checks aiohttp's connector makes for downloads.
 
-    def __init__(self, *, allow_private: bool, resolver: Resolver = resolve) -> None:
-        self.allow_private = allow_private
-        self.resolver = resolver
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            addresses = await asyncio.wait_for(self.resolver(host, port), timeout)
-        except (OSError, TimeoutError) as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        if not self.allow_private:
-            # Every address, not only the one tried first: a name that also resolves to
-            # a private address is refused whole.
-            for address in addresses:
-                if not is_public(address):
-                    raise RefusedHost(host, address)
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        raise failure or httpcore.ConnectError(f"{host} has no address")
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("downloads never use Unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport, its connections opened by a GuardedBackend.
-
-    httpx has no option for the network backend, so the pool it made is replaced by one
-    made the same way with the backend added; no proxy from the environment is used, as
-    through a proxy the address reached could not be checked.
+    ``resolver`` refuses a name if any of its addresses is not ``allowed`` (not only the
+    one tried first); ``socket_factory`` refuses to open a socket to an address that is
+    not, which covers a URL naming an address (aiohttp does not resolve those) and is
+    the check on the very address connected to.
     """
 
-    def __init__(self, backend: GuardedBackend, limits: httpx.Limits) -> None:
-        super().__init__(trust_env=False, limits=limits)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=backend,
-        )
+    def __init__(self, *, allowed: Allowed = is_public, resolver: Resolver = resolve) -> None:
+        self.allowed = allowed
+        self.resolver = _GuardedResolver(self, resolver)
+
+    def check(self, host: str, address: IP) -> None:
+        if not self.allowed(address):
+            raise RefusedHost(host, address)
+
+    def socket_factory(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        family, kind, proto, _, sockaddr = addr_info
+        self.check(str(sockaddr[0]), parse_address(str(sockaddr[0])))
+        return socket.socket(family, kind, proto)
+
+
+class _GuardedResolver(AbstractResolver):
+    def __init__(self, guard: Guard, resolver: Resolver) -> None:
+        self.guard = guard
+        self.lookup = resolver
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[ResolveResult]:
+        addresses = await self.lookup(host, port)
+        for address in addresses:
+            self.guard.check(host, address)
+        results = []
+        for address in addresses:
+            kind = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            if family in (socket.AF_UNSPEC, kind):
+                results.append(
+                    ResolveResult(
+                        hostname=host,
+                        host=str(address),
+                        port=port,
+                        family=kind,
+                        proto=socket.IPPROTO_TCP,
+                        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                    )
+                )
+        return results
+
+    async def close(self) -> None:
+        return None

@@ -1,8 +1,8 @@
 """Signed webhooks to the user's own app, in the Standard Webhooks format (docs/webhooks.md).
 
 Options: ``url`` (required, http or https), ``timeout`` (seconds, default 10).
-Secret: ``secret_env`` names a variable holding ``whsec_...`` (v1, HMAC-SHA256) or
-``whsk_...`` (v1a, Ed25519); without it events go out unsigned.
+Secret: ``secret_env`` names a variable holding ``whsec_...`` or bare base64 (v1,
+HMAC-SHA256) or ``whsk_...`` (v1a, Ed25519); without it events go out unsigned.
 """
 
 from __future__ import annotations

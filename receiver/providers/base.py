@@ -16,6 +16,10 @@ from receiver.config import ProviderConfig, Secret
 from receiver.providers.limits import Gate, GateClosed
 from receiver.states import Status
 
+# Longer than any provider's status word: the most of an unauthenticated one that is kept,
+# since the job, its API JSON and every notification show it.
+MAX_STATUS_WORD = 64
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -42,9 +46,10 @@ class Observation:
         (result and cover URLs, credits, error text, task id): those come from the
         status endpoint, or from a body the provider signed.
         """
-        return Observation(
-            status=self.status, provider_status=self.provider_status, known=self.known
-        )
+        word = self.provider_status
+        if word is not None and len(word) > MAX_STATUS_WORD:
+            word = word[:MAX_STATUS_WORD] + "…"
+        return Observation(status=self.status, provider_status=word, known=self.known)
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,10 @@ class Writer:
         self.busy_timeout = busy_timeout
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # Taken to queue a request and to queue the stop: nothing is queued after the stop,
+        # where no one would ever answer it.
+        self._gate = threading.Lock()
+        self._closing = False
         self.batches = 0
         self.requests = 0
         # Called on the writer thread after every commit with the tables its requests
@@ -163,15 +167,18 @@ class Writer:
 
     def start(self) -> None:
         conn = connect(self.path, self.synchronous, self.busy_timeout)
+        self._closing = False
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="vidhook-writer", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._queue.put(_STOP)
+        with self._gate:
+            if self._thread is None or self._closing:
+                return
+            self._closing = True
+            self._queue.put(_STOP)
         self._thread.join(timeout=30)
         self._thread = None
 
@@ -181,10 +188,11 @@ class Writer:
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
         future: Future[T] = Future()
-        if not self.running:
-            future.set_exception(RuntimeError("the store is closed"))
-            return future
-        self._queue.put((fn, future))
+        with self._gate:
+            if self.running and not self._closing:
+                self._queue.put((fn, future))
+                return future
+        future.set_exception(RuntimeError("the store is closed"))
         return future
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -196,11 +204,12 @@ class Writer:
         ``run`` without the coroutine: the request is on its way before anything awaits
         it. Cancelling the future before the writer reaches the request withdraws it.
         """
-        if not self.running:
-            raise RuntimeError("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put((fn, future))
-        return future
+        with self._gate:
+            if self.running and not self._closing:
+                self._queue.put((fn, future))
+                return future
+        raise RuntimeError("the store is closed")
 
     def _run(self, conn: Connection) -> None:
         try:

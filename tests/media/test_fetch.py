@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from receiver.media import download_client
 from receiver.media.fetch import Fetcher, FetchError
-from receiver.media.hosts import GuardedBackend, RefusedHost, is_public
+from receiver.media.hosts import Guard, RefusedHost, is_public
 from receiver.providers.base import Download
 from receiver.sandbox import ServerThread
 from receiver.sandbox.media import sample_video
@@ -175,11 +175,49 @@ def test_a_name_resolving_to_any_private_address_is_refused(addresses):
     async def resolver(host, port):
         return [ipaddress.ip_address(a) for a in addresses]
 
-    backend = GuardedBackend(allow_private=False, resolver=resolver)
+    guard = Guard(resolver=resolver)
     with pytest.raises(RefusedHost) as refused:
-        asyncio.run(backend.connect_tcp("cdn.example", 443))
+        asyncio.run(guard.resolver.resolve("cdn.example", 443))
     assert refused.value.host == "cdn.example"
     assert not is_public(refused.value.address)
+
+
+def only(*allowed):
+    """A guard that lets through these loopback addresses alone, as if they were public."""
+    return lambda address: str(address) in allowed
+
+
+def test_every_redirect_is_checked_where_it_connects(tmp_path, origins):
+    """127.0.0.1 stands for a public host and 127.0.0.2 for a private one: a redirect to
+    the private one, by address or by a name resolving to it, is refused, never reached."""
+    (first, a), (second, b) = origins
+    port_b = b.rsplit(":", 1)[1]
+    names = {"cdn.test": "127.0.0.2", "origin.test": "127.0.0.1"}
+
+    async def resolver(host, port):
+        return [ipaddress.ip_address(names[host])]
+
+    def fetch_guarded(url):
+        async def run():
+            guard = Guard(allowed=only("127.0.0.1"), resolver=resolver)
+            async with download_client(False, 2, guard) as client:
+                fetcher = Fetcher(client, tmp_path / "staging", max_bytes=10_000_000)
+                return await fetcher.fetch(Download(url), "video", "job_1-video")
+
+        return asyncio.run(run())
+
+    for target in (f"http://127.0.0.2:{port_b}/r/video", f"http://cdn.test:{port_b}/r/video"):
+        first.redirect_to = target
+        with pytest.raises(FetchError) as refused:
+            fetch_guarded(f"{a}/r/hop")
+        assert refused.value.kind == "permanent" and "127.0.0.2" in refused.value.message
+    assert [name for name, _ in first.seen] == ["hop", "hop"]
+    assert second.seen == []
+    # The guard lets the allowed address through, by address and by name, hop by hop.
+    port_a = a.rsplit(":", 1)[1]
+    first.redirect_to = f"http://origin.test:{port_a}/r/video"
+    assert fetch_guarded(f"{a}/r/hop").path.read_bytes() == MP4
+    assert [name for name, _ in first.seen[-2:]] == ["hop", "video"]
 
 
 def test_retries_back_off_and_never_come_before_retry_after():

@@ -7,7 +7,6 @@ import time
 import zlib
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,6 +21,7 @@ from receiver.sandbox.media import (
     sample_cover,
     sample_video,
 )
+from tests.tools import missing
 
 
 def boxes(data, start=0, end=None):
@@ -70,8 +70,9 @@ def test_a_size_is_reached_with_a_free_box_that_players_skip():
     assert video.startswith(sample_video()[:1000])
 
 
-@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffmpeg's ffprobe is not installed")
 def test_ffmpeg_decodes_every_frame(tmp_path):
+    if shutil.which("ffprobe") is None:
+        missing("ffmpeg", "apt-get install ffmpeg")
     path = tmp_path / "v.mp4"
     path.write_bytes(sample_video(200_000))
     probe = subprocess.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import string
@@ -38,6 +39,7 @@ SK64 = "whsk_" + base64.b64encode(RFC_SEED + RFC_PUBLIC).decode()
 PK = "whpk_" + base64.b64encode(RFC_PUBLIC).decode()
 
 OTHER_SECRET = "whsec_" + base64.b64encode(b"another-secret-of-32-bytes-long!").decode()
+SIGNATURE = "webhook-signature"
 ID, TS, BODY = "dlv_01HZX3", 1_767_000_000, b'{"type":"job.completed","id":"dlv_01HZX3"}'
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -166,12 +168,16 @@ def test_several_secrets_give_one_signature_each_in_order() -> None:
     [
         "",
         "whsec_",
-        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",  # no prefix: we could not tell the scheme
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS",  # bare, but not base64 (one character short)
+        "xyz_" + base64.b64encode(RFC_SEED).decode(),  # an unknown prefix is no scheme
+        "whsk_",
+        "whpk_",
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS!",
         "whsec_MfKQ9r8GKYqrTwjU PD8ILPZIo2LaLaSw",
         "whsec_" + base64.b64encode(b"too-short-16byte").decode(),
         "whsk_" + base64.b64encode(b"\x01" * 48).decode(),
         "whsk_" + base64.b64encode(RFC_SEED + b"\x00" * 32).decode(),  # not its public half
+        "whsk_" + base64.b64encode(RFC_SEED + b"\xff" * 32).decode(),  # nor this
         "whpk_" + base64.b64encode(RFC_PUBLIC).decode(),  # cannot sign
         "whpk_" + base64.b64encode(RFC_PUBLIC[:31]).decode(),
     ],
@@ -180,8 +186,45 @@ def test_malformed_secret_is_a_value_error_that_does_not_echo_it(secret: str) ->
     with pytest.raises(ValueError) as caught:
         standard.sign(secret, ID, TS, BODY)
     assert not isinstance(caught.value, SignatureError)
-    encoded = secret.partition("_")[2]
+    encoded = secret.partition("_")[2] if "_" in secret else secret
     assert not encoded or encoded not in str(caught.value)
+
+
+def test_an_unknown_prefix_is_never_taken_for_an_ed25519_key() -> None:
+    # The key material is a valid seed: only the prefix is wrong.
+    for prefix in ("xyz_", "WHSK_", "whsk-_", "_"):
+        with pytest.raises(ValueError, match="whsec_, whsk_ or whpk_"):
+            standard.sign(prefix + base64.b64encode(RFC_SEED).decode(), ID, TS, BODY)
+        with pytest.raises(ValueError):
+            standard.verify(prefix + base64.b64encode(RFC_PUBLIC).decode(), headers(), BODY)
+
+
+def test_a_bare_base64_secret_is_a_v1_key_as_in_the_reference_library() -> None:
+    bare = VECTOR_SECRET.removeprefix("whsec_")
+    assert standard.sign(bare, VECTOR_ID, VECTOR_TS, VECTOR_BODY) == VECTOR_SIGNATURE
+    assert standard.verify(bare, VECTOR_HEADERS, VECTOR_BODY, now=VECTOR_TS).id == VECTOR_ID
+    theirs = standardwebhooks.Webhook(bare)
+    signed = standard.sign_headers(bare, ID, BODY)
+    assert theirs.verify(BODY, signed)["id"] == ID
+    moment = datetime.fromtimestamp(TS, UTC)
+    listed = {**headers(), "webhook-signature": theirs.sign(ID, moment, BODY.decode())}
+    assert standard.verify(bare, listed, BODY, now=TS).id == ID
+    with pytest.raises(ValueError, match="at least 24 bytes"):
+        standard.sign(base64.b64encode(b"x" * 23).decode(), ID, TS, BODY)
+
+
+def test_sixteen_secrets_are_the_most_at_once() -> None:
+    others = ["whsec_" + base64.b64encode(bytes([n]) * 32).decode() for n in range(15)]
+    keys = [*others, VECTOR_SECRET]
+    assert len(standard.sign(keys, ID, TS, BODY).split()) == 16
+    assert standard.verify(keys, headers(), BODY, now=TS).id == ID
+    seventeen = [OTHER_SECRET, *keys]
+    for attempt in (
+        lambda: standard.sign(seventeen, ID, TS, BODY),
+        lambda: standard.verify(seventeen, headers(), BODY, now=TS),
+    ):
+        with pytest.raises(ValueError, match="at most 16 secrets"):
+            attempt()
 
 
 def test_verify_also_refuses_malformed_secrets_with_value_error() -> None:
@@ -253,6 +296,34 @@ def test_new_keys_are_random_and_usable() -> None:
         standard.new_secret(16)
 
 
+def test_a_new_secret_may_be_as_short_as_24_bytes() -> None:
+    assert len(base64.b64decode(standard.new_secret(24).removeprefix("whsec_"))) == 24
+    with pytest.raises(ValueError, match="at least 24 bytes"):
+        standard.new_secret(23)
+
+
+def test_only_a_secret_key_has_a_public_key() -> None:
+    assert standard.public_key(SK) == standard.public_key(SK64) == PK
+    with pytest.raises(ValueError, match="cannot sign"):
+        standard.public_key(PK)
+    with pytest.raises(ValueError, match="only a whsk_ secret"):
+        standard.public_key(VECTOR_SECRET)
+
+
+def test_a_public_key_is_exactly_32_bytes() -> None:
+    for size in (31, 33, 64):
+        wrong = "whpk_" + base64.b64encode((RFC_PUBLIC * 2)[:size]).decode()
+        with pytest.raises(ValueError, match="must hold 32 bytes"):
+            standard.verify(wrong, headers(SK), BODY, now=TS)
+
+
+def test_times_and_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        standard.sign_headers(VECTOR_SECRET, ID, BODY, TS)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        standard.verify(VECTOR_SECRET, headers(), BODY, TS)  # type: ignore[misc]
+
+
 # --- rotation -------------------------------------------------------------------------------
 
 
@@ -267,6 +338,72 @@ def test_any_matching_signature_among_several_passes() -> None:
     unknown = "v2,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v9,x"
     listed = f"{junk_v1}  {unknown} {good} {junk_v1}"
     assert standard.verify(VECTOR_SECRET, headers(signature=listed), BODY, now=TS).id == ID
+
+
+def standard_signature(msg_id: str = ID, body: bytes = BODY) -> str:
+    """The reference library's v1 signature of the test message."""
+    moment = datetime.fromtimestamp(TS, UTC)
+    return str(standardwebhooks.Webhook(VECTOR_SECRET).sign(msg_id, moment, body.decode()))
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "v1,bm90IHRoaXMgb25l",  # base64, but of 12 bytes
+        "v1",
+        ",AAAA",
+        "v1,",
+        "v1,not-base64!",
+        "v1a," + base64.b64encode(b"\x00" * 32).decode(),  # v1a needs 64 bytes
+    ],
+)
+def test_a_malformed_entry_is_skipped_when_another_matches(junk: str) -> None:
+    good = standard_signature()
+    for listed in (f"{junk} {good}", f"{good} {junk}"):
+        assert standard.verify(VECTOR_SECRET, headers(signature=listed), BODY, now=TS).id == ID
+    wrong = "v1," + base64.b64encode(b"\x00" * 32).decode()
+    assert reason(headers(signature=f"{junk} {wrong}")) == "bad_signature"
+
+
+def test_signature_base64_is_checked_strictly() -> None:
+    # A lenient decoder drops the junk and finds the right bytes: it must not match.
+    good = standard_signature().removeprefix("v1,")
+    for spoiled in (good[:10] + "!" + good[10:], good[:10] + "-" + good[10:], good + "#"):
+        assert reason(headers(signature="v1," + spoiled)) == "malformed_header"
+        listed = f"v1,{spoiled} v2,AAAA"
+        assert reason(headers(signature=listed)) == "bad_signature"
+
+
+def test_a_256_character_id_is_the_longest() -> None:
+    longest = "i" * 256
+    signed = standard.sign_headers(VECTOR_SECRET, longest, BODY, timestamp=TS)
+    assert signed["webhook-signature"] == standard_signature(longest)
+    assert standard.verify(VECTOR_SECRET, signed, BODY, now=TS).id == longest
+    with pytest.raises(ValueError):
+        standard.sign(VECTOR_SECRET, longest + "i", TS, BODY)
+    too_long = {**signed, "webhook-id": longest + "i"}
+    assert reason(too_long) == "malformed_header"
+
+
+def test_sixteen_signatures_are_the_most_listed() -> None:
+    good = standard_signature()
+    fifteen = [f"v2,{n:04}" for n in range(15)]
+    listed = " ".join([*fifteen, good])
+    assert standard.verify(VECTOR_SECRET, headers(signature=listed), BODY, now=TS).id == ID
+    assert reason(headers(signature=" ".join(["v2,AAAA", *fifteen, good]))) == "malformed_header"
+
+
+def test_a_signature_header_of_4096_characters_is_the_longest() -> None:
+    good = standard_signature()
+    filler = "v2," + "A" * (4096 - len(good) - 5)
+    listed = f"{filler} {good}"
+    assert len(listed) == 4095  # and one more space of padding inside the list:
+    listed = f"{filler}  {good}"
+    assert len(listed) == 4096
+    assert standard.verify(VECTOR_SECRET, headers(signature=listed), BODY, now=TS).id == ID
+    assert reason(headers(signature=f"{filler}   {good}")) == "malformed_header"
+    for name in ("id", "timestamp"):
+        assert reason(headers(**{name: "1" * 4097})) == "malformed_header"
 
 
 def test_only_unknown_versions_is_bad_signature() -> None:
@@ -285,13 +422,22 @@ def test_missing_or_empty_header(header: str, value: str | None) -> None:
 
 def test_header_names_are_case_insensitive_and_pairs_work() -> None:
     pairs = [(name.upper(), value) for name, value in headers().items()]
-    pairs.append(("WEBHOOK-ID", ID))  # the same value twice is fine
-    assert standard.verify(VECTOR_SECRET, pairs, BODY, now=TS).id == ID
+    pairs.append(("WEBHOOK-ID", ID[:3] + ID[3:]))  # the same value twice is fine
+    pairs.append((1, "a name that is no text"))  # type: ignore[arg-type]
+    pairs.append((b"webhook-id", b"other"))  # type: ignore[arg-type]
+    verified = standard.verify(VECTOR_SECRET, pairs, BODY, now=TS)
+    assert verified == standard.Verified(ID, TS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.id = "other"  # type: ignore[misc]
 
 
-def test_header_repeated_with_another_value_is_malformed() -> None:
-    pairs = [*headers().items(), ("Webhook-Signature", "v1,AAAA")]
-    assert reason(pairs) == "malformed_header"
+@pytest.mark.parametrize("other", ["v1,AAAA", "v1,zzzz", "v2,AAAA"])
+@pytest.mark.parametrize("first", [True, False])
+def test_header_repeated_with_another_value_is_malformed(other: str, first: bool) -> None:
+    signed = headers()["webhook-signature"]
+    listed = [(SIGNATURE, other), (SIGNATURE, signed)]
+    pairs = [(k, v) for k, v in headers().items() if k != SIGNATURE]
+    assert reason(pairs + (listed if first else listed[::-1])) == "malformed_header"
 
 
 @pytest.mark.parametrize(
@@ -312,7 +458,9 @@ def test_header_repeated_with_another_value_is_malformed() -> None:
         {"signature": "v1,"},
         {"signature": "v1,not base64!"},
         {"signature": "v1," + base64.b64encode(b"\x00" * 16).decode()},
+        {"signature": "v1," + base64.b64encode(b"\x00" * 64).decode()},
         {"signature": "v1a," + base64.b64encode(b"\x00" * 32).decode()},
+        {"signature": "v1,bm90IHRoaXMgb25l v1a,AAAA ,x v1"},  # not one entry parses
         {"signature": " ".join(["v2,AAAA"] * 17)},
         {"signature": "v1,\x00"},
         {"signature": "v1,AAAA" * 1000},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import string
@@ -174,7 +175,8 @@ def test_extra_signed_headers_are_covered() -> None:
 
 
 def test_repeated_header_with_the_same_value_is_fine() -> None:
-    pairs = [*example_headers().items(), ("date", DATE), ("Accept", "a"), ("Accept", "b")]
+    again = DATE[:5] + DATE[5:]  # equal, and another object
+    pairs = [*example_headers().items(), ("date", again), ("Accept", "a"), ("Accept", "b")]
     assert vidu.verify(SECRET, "POST", URL, pairs, now=WHEN).nonce == NONCE
 
 
@@ -591,3 +593,104 @@ def test_signed_odd_dates_only_raise_signature_error(secret: str, date: str) -> 
         assert error.reason in {"missing_header", "malformed_date"}
     else:
         assert result.date.tzinfo is UTC
+
+
+# --- limits at their edges ------------------------------------------------------------------
+
+
+def test_a_signed_value_of_4096_characters_is_the_longest() -> None:
+    for size, verdict in ((4096, "ok"), (4097, "malformed_header")):
+        headers = resigned("Date;x-request-nonce;X-Extra", {"X-Extra": "v" * size})
+        if verdict == "ok":
+            assert vidu.verify(SECRET, "POST", URL, headers, now=WHEN).nonce == NONCE
+        else:
+            assert reason(headers) == verdict
+
+
+def test_the_signed_list_and_the_signature_have_the_same_4096_limit() -> None:
+    names = ["Date", "x-request-nonce"]
+    filler = "x-" + "n" * (4096 - len(";".join(names)) - 3)
+    listed = ";".join([*names, filler])
+    assert len(listed) == 4096
+    # Too long for nothing but the value limit would refuse it as missing its header.
+    assert reason(example_headers(x_hmac_signed_headers=listed + "n")) == "malformed_header"
+    assert reason(example_headers(x_hmac_signature="A" * 4097)) == "malformed_header"
+
+
+def test_twenty_signed_headers_are_the_most() -> None:
+    extra = {f"x-h{i}": f"value-{i}" for i in range(18)}
+    listed = ";".join(["Date", "x-request-nonce", *extra])
+    headers = resigned(listed, extra)
+    assert vidu.verify(SECRET, "POST", URL, headers, now=WHEN).nonce == NONCE
+    more = {**extra, "x-h18": "value-18"}
+    assert reason(resigned(";".join(["Date", "x-request-nonce", *more]), more)) == (
+        "malformed_header"
+    )
+
+
+def test_a_naive_now_is_refused_and_an_aware_one_in_any_zone_is_the_same_moment() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN.replace(tzinfo=None))
+    elsewhere = WHEN.astimezone(timezone(timedelta(hours=-7)))
+    assert vidu.verify(SECRET, "POST", URL, example_headers(), now=elsewhere).date == WHEN
+    assert vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN.timestamp() + 300)
+    with pytest.raises(SignatureError):
+        vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN.timestamp() + 301)
+
+
+def test_times_and_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        vidu.sign(SECRET, "POST", URL, DATE)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        vidu.verify(SECRET, "POST", URL, example_headers(), WHEN)  # type: ignore[misc]
+
+
+def test_a_verified_callback_cannot_be_changed() -> None:
+    verified = vidu.verify(SECRET, "POST", URL, example_headers(), now=WHEN)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.nonce = "other"  # type: ignore[misc]
+
+
+def test_a_signed_header_name_may_use_every_token_character() -> None:
+    name = "x-" + "".join(
+        sorted(set("!#$%&'*+-.^_`|~") | set(string.ascii_letters + string.digits))
+    )
+    headers = resigned(f"Date;x-request-nonce;{name}", {name: "value"})
+    assert vidu.verify(SECRET, "POST", URL, headers, now=WHEN).nonce == NONCE
+
+
+def test_a_long_header_name_is_cut_to_64_characters_in_messages() -> None:
+    name = "x-" + "n" * 62 + "TAIL"  # 68 characters
+    missing = resigned(f"Date;x-request-nonce;{name}")
+    too_long = resigned(f"Date;x-request-nonce;{name}", {name: "v" * 4097})
+    unprintable = resigned(f"Date;x-request-nonce;{name}", {name: "caf\u00e9"})
+    for headers, expected in (
+        (missing, "missing_header"), (too_long, "malformed_header"),
+        (unprintable, "malformed_header"),
+    ):  # fmt: skip
+        with pytest.raises(SignatureError) as caught:
+            vidu.verify(SECRET, "POST", URL, headers, now=WHEN)
+        assert caught.value.reason == expected
+        assert name[:64] in caught.value.message and name[:65] not in caught.value.message
+
+
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize(
+    "other", ["Mon, 05 May 2025 12:09:42 GMT", "Wed, 07 May 2025 12:09:42 GMT"]
+)
+def test_a_header_repeated_with_another_value_in_either_order_is_malformed(
+    first: bool, other: str
+) -> None:
+    pairs = [(k, v) for k, v in example_headers().items() if k != "Date"]
+    dates = [("Date", other), ("Date", DATE)]
+    assert reason(pairs + (dates if first else dates[::-1])) == "malformed_header"
+    name = "x-" + "n" * 62 + "TAIL"
+    doubled = [*resigned(f"Date;x-request-nonce;{name}", {name: "a"}).items(), (name, "b")]
+    with pytest.raises(SignatureError) as caught:
+        vidu.verify(SECRET, "POST", URL, doubled, now=WHEN)
+    assert name[:64] in caught.value.message and name[:65] not in caught.value.message
+
+
+def test_a_signature_longer_than_an_hmac_is_malformed() -> None:
+    long = base64.b64encode(bytes(64)).decode()
+    assert reason(example_headers(x_hmac_signature=long)) == "malformed_header"

@@ -2,13 +2,14 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 
 import pytest
 from sqlite_utils import Database
 
-from receiver.providers.base import Observation
+from receiver.providers.base import Observation, Submission
 from receiver.states import Status
-from receiver.store import JobNotFound, NewJob, Store, migrate
+from receiver.store import AdmittedCallback, JobNotFound, NewJob, Store, migrate, outbox
 from receiver.store.schema import migrations
 from receiver.store.writer import Writer
 
@@ -246,3 +247,176 @@ def test_nonce_purge_removes_only_expired(store, database):
 
     assert database.run(store, run()) == 1
     assert database.rows("SELECT nonce FROM nonces") == [("new",)]
+
+
+# -- the Store's own methods, each through the writer or a reader ----------------------------
+
+NOW = 1_767_000_000.0
+
+
+@pytest.fixture
+def clocked_store(db_path):
+    store = Store(db_path, route=route_all, clock=lambda: NOW, readers=2).open()
+    yield store
+    store.close()
+
+
+def test_job_detail_gathers_the_history_and_none_for_an_unknown_id(clocked_store):
+    store = clocked_store
+
+    def admit(target):
+        return AdmittedCallback(
+            nonce="n", digest="d", nonce_expires_at=NOW + 60, headers={}, body="{}",
+            obs=Observation(Status.COMPLETED, "success"), confirm=True,
+        )  # fmt: skip
+
+    async def run():
+        await store.insert_job(new_job())
+        sub = Submission("task-1", Observation(Status.PROCESSING, "processing"), "sha256:k")
+        submitted = await store.record_submission("job_1", sub, next_poll_at=NOW + 5)
+        taken = await store.record_token_callback("vidu", "tok-job_1", admit)
+        polled = await store.record_poll("job_1", Observation(Status.COMPLETED), next_poll_at=NOW)
+        return (
+            submitted,
+            taken,
+            polled,
+            await store.job_detail("job_1"),
+            await store.job_detail("x"),
+        )
+
+    submitted, taken, polled, detail, missing = asyncio.run(run())
+    assert submitted.status is Status.PROCESSING and polled.status is Status.COMPLETED
+    assert taken[:2] == ("job_1", "accepted")
+    assert missing is None
+    assert detail["provider_job_id"] == "task-1" and detail["status"] == "completed"
+    assert [t["source"] for t in detail["transitions"]] == ["api", "submit", "poll"]
+    assert [d["event"] for d in detail["deliveries"]] == ["completed"]
+    assert [c["outcome"] for c in detail["callbacks"]] == ["confirming"]
+    assert (detail["created_at"], detail["finished_at"], detail["last_callback_at"]) == (
+        NOW, NOW, NOW,
+    )  # fmt: skip
+
+
+def test_schedules_through_the_store_use_its_clock(clocked_store, db_path):
+    store = clocked_store
+
+    async def run():
+        for job_id in ("job_a", "job_b", "job_c"):
+            await store.insert_job(new_job(job_id))
+        scheduled = await store.schedule_poll("job_a", NOW - 10)
+        await store.schedule_poll("job_b", NOW - 20)
+        failures = await store.record_poll_failure("job_c", next_poll_at=NOW + 100)
+        spread = await store.spread_overdue("vidu", 10, 1)
+        deferred = await store.defer_provider("vidu", NOW + 50)
+        listed = [j["id"] for j in await store.list_jobs(status="queued", limit=2)]
+        one = await store.get_job("job_a")
+        return scheduled, failures, spread, deferred, listed, one
+
+    scheduled, failures, spread, deferred, listed, one = asyncio.run(run())
+    assert (scheduled, failures, spread, deferred) == (True, 1, 2, 2)
+    assert listed == ["job_c", "job_b"]
+    assert one is not None and one["next_poll_at"] == NOW + 50
+    polls = dict(rows(db_path, "SELECT id, next_poll_at FROM jobs"))
+    assert polls == {"job_a": NOW + 50, "job_b": NOW + 50, "job_c": NOW + 100}
+
+
+def test_the_outbox_through_the_store(clocked_store):
+    store = clocked_store
+
+    async def run():
+        await store.insert_job(new_job())
+        await store.apply("job_1", Observation(Status.FAILED), "poll")
+        due = await store.next_delivery_due()
+        (delivery,) = await store.due_deliveries_with_sources("team", 5)
+        await store.disable_channel(
+            delivery["id"], "HTTP 410", "fp", status_code=410, duration_ms=2.0
+        )
+        disabled = await store.read(outbox.channel_states)
+        tried = await store.delivery_attempts(delivery["id"])
+        held = await store.list_deliveries(status="held", before=None, limit=5)
+        back = await store.requeue_delivery(delivery["id"])
+        return due, disabled, tried, held, back, await store.read(outbox.channel_states)
+
+    due, disabled, tried, held, back, after = asyncio.run(run())
+    assert due == {"team": NOW}
+    assert [(s["name"], s["disabled_at"]) for s in disabled] == [("team", NOW)]
+    assert [(a["at"], a["outcome"]) for a in tried] == [(NOW, "disabled")]
+    assert [d["status"] for d in held] == ["held"]
+    assert back["status"] == "pending"
+    assert after == []
+
+
+def test_closing_closes_every_reader_connection(db_path):
+    store = Store(db_path, route=route_all).open()
+    asyncio.run(store.list_jobs())
+    readers = list(store.engine._reader_conns)
+    assert readers
+    store.close()
+    assert store.engine._reader_conns == []
+    for conn in readers:
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
+    assert not store.writer.running
+
+
+# -- the schema ----------------------------------------------------------------------------------
+
+
+def test_the_schema_keeps_tokens_and_deliveries_unique_and_counts_from_zero(tmp_path):
+    path = tmp_path / "not" / "yet" / "there" / "vidhook.db"
+    migrate(path)  # the folders are made
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(
+            "INSERT INTO jobs (id, provider, status, callback_token, created_at, updated_at)"
+            " VALUES ('job_1', 'vidu', 'queued', 'tok', 0, 0)"
+        )
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(
+                "INSERT INTO jobs (id, provider, status, callback_token, created_at, updated_at)"
+                " VALUES ('job_2', 'vidu', 'queued', 'tok', 0, 0)"
+            )
+        conn.execute(
+            "INSERT INTO transitions (id, job_id, to_status, source, at)"
+            " VALUES (1, 'job_1', 'queued', 'api', 0)"
+        )
+        add = (
+            "INSERT INTO deliveries (job_id, transition_id, channel, event, status, created_at)"
+            " VALUES ('job_1', 1, 'team', 'queued', 'pending', 0)"
+        )
+        conn.execute(add)
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(add)
+        assert conn.execute("SELECT polls, poll_failures, anomalies FROM jobs").fetchone() == (
+            0, 0, "[]",
+        )  # fmt: skip
+        assert conn.execute("SELECT attempts FROM deliveries").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def test_reads_share_four_reader_connections_and_a_close_waits_for_them(db_path):
+    store = Store(db_path, route=route_all).open()
+
+    async def slow(db) -> int:
+        time.sleep(0.2)  # long enough for every read to be under way at once
+        return int((await db.one("SELECT count(*) FROM jobs"))[0])
+
+    async def run():
+        return await asyncio.gather(*(store.read(slow) for _ in range(8)))
+
+    try:
+        assert asyncio.run(run()) == [0] * 8
+        assert len(store.engine._reader_conns) == 4
+    finally:
+        store.close()
+
+    store = Store(db_path, route=route_all).open()
+
+    async def close_during_a_read():
+        reading = asyncio.ensure_future(store.read(slow))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(store.close)
+        return await reading
+
+    assert asyncio.run(close_during_a_read()) == 0

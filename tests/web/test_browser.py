@@ -31,6 +31,7 @@ from receiver.demo import SAMPLES
 from receiver.sandbox import ServerThread
 from receiver.sandbox.slack import SlackAnswer, SlackSinkSettings, create_slack_sink
 from tests.conftest import ADMIN_TOKEN, running_sandbox, running_service, wait_for
+from tests.tools import missing
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ WAIT_MS = 15_000
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail("the browser tests need Debian's chromium: apt-get install -y chromium")
+        missing("Debian's chromium", "apt-get install chromium")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True

@@ -41,6 +41,8 @@ def test_the_list_shows_jobs_newest_first_with_their_statuses(service, browser):
     ]
     words = " ".join(text(page).split())
     assert "all 3" in words and "completed 2" in words and "failed 1" in words
+    # The gallery shows the kept cover, which the archive keeps a moment after the end.
+    service.wait(last["id"], lambda job: job["media"]["status"] == "kept")
     gallery = browser.get("/ui/?view=gallery")
     assert [job_id for job_id, _ in rows(gallery)] == [last["id"], failing["id"], first["id"]]
     assert f'src="/media/{last["id"]}/cover"' in gallery.text
