@@ -103,6 +103,14 @@ def build(
     notes: list[str] = []
     for kind in dict.fromkeys(types):
         lines += ["", *_provider(kind, sandbox_url, exports, notes)]
+    if sandbox_url is not None:
+        lines += [
+            "",
+            "[archive]",
+            "# The sandbox serves its videos on loopback, where a service facing the internet",
+            "# must never be led to fetch from: remove this line before real jobs.",
+            "allow_private_hosts = true",
+        ]
     lines += [
         "",
         "[channels.console]",

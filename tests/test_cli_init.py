@@ -108,6 +108,16 @@ def test_init_sandbox_points_every_provider_at_the_sandbox(tmp_path, capsys):
     for name, provider in config.providers.items():
         assert provider.base_url == f"http://127.0.0.1:8800/{name}"
         assert provider.initial_delay == 1
+    # The sandbox serves its videos on loopback: without this, no result would be kept.
+    assert config.archive.allow_private_hosts
+
+
+def test_init_for_real_providers_keeps_downloads_off_private_addresses(tmp_path, capsys):
+    path = tmp_path / "vidhook.toml"
+    assert main(["init", str(path), "--provider", "vidu"]) == 0
+    config = load_config(path, exports(capsys.readouterr().out))
+    assert not config.archive.allow_private_hosts
+    assert "allow_private_hosts" not in path.read_text()
 
 
 def test_every_marker_a_fake_knows_has_a_meaning():
