@@ -136,6 +136,7 @@ def test_the_local_trial_against_the_sandbox_works_as_written(shell):
         "VIDHOOK_ADMIN_TOKEN",
         "SANDBOX_API_KEY",
         "SANDBOX_REPLICATE_WEBHOOK_SECRET",
+        "SANDBOX_PIXVERSE_WEBHOOK_SECRET",
         "VIDHOOK_URL",
     ]
     assert shell.env["VIDHOOK_URL"] == service_url
