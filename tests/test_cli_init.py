@@ -188,6 +188,28 @@ def test_every_marker_a_fake_knows_has_a_meaning():
         assert set(found) <= set(MARKER_MEANINGS), name
 
 
+def test_the_readmes_marker_table_names_the_fakes_that_know_each_marker():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text.split("| marker | what the fake provider does | which fakes know it |")[1]
+    documented: dict[str, set[str]] = {}
+    for row in table.split("\n\n", 1)[0].splitlines()[2:]:
+        names, _, which = (cell.strip() for cell in row.strip("|").split("|"))
+        if which == "all 13":
+            takers = set(PREFIXES)
+        elif which.startswith("all but "):
+            takers = set(PREFIXES) - {which.removeprefix("all but ").lower()}
+        else:
+            takers = {name.strip().lower() for name in which.split(",")}
+        for marker in re.findall(r"`\[([\w-]+)\]`", names):
+            documented[marker] = takers
+    known = markers(create_sandbox_app())
+    actual: dict[str, set[str]] = {}
+    for name, found in known.items():
+        for marker in found:
+            actual.setdefault(marker, set()).add(name)
+    assert documented == actual
+
+
 @pytest.mark.slow
 def test_sandbox_prints_each_base_url_and_each_marker(tmp_path):
     proc = subprocess.Popen(
