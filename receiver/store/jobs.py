@@ -268,9 +268,10 @@ def record_submission(
 ) -> Applied:
     conn.execute(
         "UPDATE jobs SET provider_job_id = ?, key_fingerprint = ?, next_poll_at = ?,"
-        " submitting_at = NULL, next_submit_at = NULL WHERE id = ?",
-        (submission.provider_job_id, submission.key_fingerprint, next_poll_at, job_id),
-    )
+        " submitting_at = NULL, next_submit_at = NULL, progress = ? WHERE id = ?",
+        (submission.provider_job_id, submission.key_fingerprint, next_poll_at,
+         _progress(submission.observation), job_id),
+    )  # fmt: skip
     return apply(conn, job_id, submission.observation, "submit", now=now, route=route)
 
 
@@ -419,16 +420,28 @@ def record_poll(
     now: float,
     route: Route,
 ) -> Applied:
-    row = conn.execute("SELECT confirm_callback_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = conn.execute(
+        "SELECT confirm_callback_id, progress FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
     detail = {"confirms_callback_id": row["confirm_callback_id"]} if row else None
     applied = apply(conn, job_id, obs, "poll", now=now, route=route, detail=detail)
+    progress = _progress(obs)
     conn.execute(
-        "UPDATE jobs SET polls = polls + 1, poll_failures = 0,"
+        "UPDATE jobs SET polls = polls + 1, poll_failures = 0, progress = ?,"
         f" next_poll_at = CASE WHEN status IN {TERMINAL_SQL} THEN NULL ELSE ? END"
         " WHERE id = ?",
-        (next_poll_at, job_id),
+        (progress, next_poll_at, job_id),
     )
+    if applied.transition_id is None and progress != row["progress"]:
+        # Progress is no change of state (no transition, nothing to notify), but those
+        # who follow the job live want to see it move: an event of its own.
+        events.record(conn, job_id, None, now)
     return applied
+
+
+def _progress(obs: Observation) -> str | None:
+    """The job's ``progress`` column: the provider's latest word on it, as JSON."""
+    return None if obs.progress is None else dumps(obs.progress.to_json())
 
 
 def record_poll_failure(conn: sqlite3.Connection, job_id: str, *, next_poll_at: float) -> int:

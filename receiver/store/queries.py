@@ -9,7 +9,7 @@ from typing import Any
 
 from receiver.states import TERMINAL_SQL
 
-_JSON_COLUMNS = ("request", "notify", "anomalies", "detail", "headers")
+_JSON_COLUMNS = ("request", "notify", "anomalies", "detail", "headers", "progress")
 
 
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:

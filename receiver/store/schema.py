@@ -237,3 +237,11 @@ def m007_events(db: Database) -> None:
     # One row: every event up to ``through`` has been pruned, so a client that resumes
     # from before it has missed some for good and is told to start over.
     db.table("events_pruned").create({"id": int, "through": int}, pk="id", not_null={"through"})
+
+
+@migrations()
+def m008_progress(db: Database) -> None:
+    # The provider's latest word on how far a job has got, as JSON ({"percent": 42} or
+    # {"queue_position": 3}), from the submit answer or the latest poll; NULL when it
+    # said nothing. Not a state: a change of it makes no transition.
+    db.table("jobs").add_column("progress", str)

@@ -87,6 +87,7 @@ EXPECTED_BODY = {
         "last_callback_at": None,
         "next_poll_at": None,
         "callback_url": "https://me.example/callbacks/vidu/abcd…",
+        "progress": None,
         "submission": None,
         "media": {"status": "off", "video": None, "cover": None, "error": None},
     },
