@@ -102,7 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from receiver.sandbox import create_sandbox_app, describe
+    from receiver.sandbox import PixVerseFakeSettings, create_sandbox_app, describe
 
     try:
         sock = listen(args.host, args.port)
@@ -110,7 +110,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         print(f"vidhook: {exc}", file=sys.stderr)
         return 2
     host = f"[{args.host}]" if ":" in args.host else args.host
-    app = create_sandbox_app()
+    # PixVerse sends webhooks to the one URL set in its console, not to one per job.
+    pixverse = PixVerseFakeSettings(webhook_url=args.pixverse_webhook or None)
+    app = create_sandbox_app(pixverse=pixverse)
     for line in describe(app, f"http://{host}:{sock.getsockname()[1]}"):
         print(line)
     sys.stdout.flush()
@@ -450,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser("sandbox", help="run the fake providers alone")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8800, help="0: any free port")
+    sandbox.add_argument(
+        "--pixverse-webhook",
+        default=starter.SANDBOX_PIXVERSE_WEBHOOK,
+        metavar="URL",
+        help="the webhook URL of the fake PixVerse's console: where it sends every video's "
+        f'webhook (default {starter.SANDBOX_PIXVERSE_WEBHOOK}; "" for none)',
+    )
     sandbox.set_defaults(func=cmd_sandbox)
 
     init = commands.add_parser("init", help="write a starter vidhook.toml")

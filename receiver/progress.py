@@ -206,15 +206,26 @@ def status_line(job: dict[str, Any], now: float) -> str:
     created = _timestamp(job.get("created_at"))
     if created is not None:
         parts.append(f"{duration(now - created)} elapsed")
-    progress = job.get("progress")
-    if progress is not None and progress != "":
-        shown = f"{progress:g}%" if isinstance(progress, int | float) else str(progress)
-        parts.append(f"progress {shown}")
+    shown = progress_text(job.get("progress"))
+    if shown:
+        parts.append(shown)
     next_poll = _timestamp(job.get("next_poll_at"))
     if next_poll is not None:
         due = next_poll - now
         parts.append(f"next poll in {duration(due)}" if due >= 1 else "polling now")
     return "  ".join(parts)
+
+
+def progress_text(progress: Any) -> str | None:
+    """A job's ``progress`` as words: "42% done", "queue position 3"."""
+    if not isinstance(progress, dict):
+        return None
+    percent, position = progress.get("percent"), progress.get("queue_position")
+    if isinstance(position, int) and not isinstance(position, bool):
+        return f"queue position {position}"
+    if isinstance(percent, int | float) and not isinstance(percent, bool):
+        return f"{percent:g}% done"
+    return None
 
 
 def duration(seconds: float) -> str:

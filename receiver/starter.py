@@ -20,6 +20,9 @@ from receiver.providers import ADAPTERS
 
 DEFAULT_PORT = 8000
 SANDBOX_URL = "http://127.0.0.1:8800"
+# Where `vidhook sandbox`'s PixVerse sends its webhooks unless told otherwise: the account
+# URL of a service on init's default port.
+SANDBOX_PIXVERSE_WEBHOOK = f"http://127.0.0.1:{DEFAULT_PORT}/callbacks/pixverse"
 # The sandbox takes any non-empty key: one variable serves every provider there.
 SANDBOX_KEY_ENV = "SANDBOX_API_KEY"
 SANDBOX_KEY = "sandbox-key"
@@ -59,6 +62,8 @@ class Starter:
     text: str
     exports: list[Export] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Where PixVerse is to send this service's webhooks, when PixVerse is configured.
+    pixverse_webhook: str | None = None
 
 
 class InitError(Exception):
@@ -103,6 +108,14 @@ def build(
     notes: list[str] = []
     for kind in dict.fromkeys(types):
         lines += ["", *_provider(kind, sandbox_url, exports, notes)]
+    if sandbox_url is not None:
+        lines += [
+            "",
+            "[archive]",
+            "# The sandbox serves its videos on loopback, where a service facing the internet",
+            "# must never be led to fetch from: remove this line before real jobs.",
+            "allow_private_hosts = true",
+        ]
     lines += [
         "",
         "[channels.console]",
@@ -116,7 +129,8 @@ def build(
             "Before real jobs, set it (or VIDHOOK_PUBLIC_URL) to this service's public "
             "https address; see deploy/README.md."
         )
-    return Starter("\n".join(lines) + "\n", _unique(exports), notes)
+    webhook = f"{url}/callbacks/pixverse" if "pixverse" in types else None
+    return Starter("\n".join(lines) + "\n", _unique(exports), notes, webhook)
 
 
 def _provider(
@@ -160,6 +174,10 @@ def sandbox_secret(kind: str, key: str) -> str | None:
         from receiver.sandbox.replicate import ReplicateFakeSettings
 
         return ReplicateFakeSettings().webhook_secret
+    if (kind, key) == ("pixverse", "webhook_secret_env"):
+        from receiver.sandbox.pixverse import PixVerseFakeSettings
+
+        return PixVerseFakeSettings().webhook_secret
     return None
 
 
@@ -187,7 +205,12 @@ def report(path: Path, starter: Starter, types: list[str], sandbox_url: str | No
     lines = [f"wrote {path}: providers {names}, and a console channel{where}"]
     if sandbox_url:
         port = httpx.URL(sandbox_url).port or 80
-        lines.append(f"(it needs the sandbox running: vidhook sandbox --port {port})")
+        command = f"vidhook sandbox --port {port}"
+        webhook = starter.pixverse_webhook
+        if webhook is not None and webhook != SANDBOX_PIXVERSE_WEBHOOK:
+            # Set in the fake's console, as in PixVerse's: the sandbox must be told.
+            command += f" --pixverse-webhook {shlex.quote(webhook)}"
+        lines.append(f"(it needs the sandbox running: {command})")
     config = "" if path == Path("vidhook.toml") else f" --config {shlex.quote(str(path))}"
     lines += [
         "",

@@ -35,6 +35,10 @@ def render_job(job: Mapping[str, Any], media: MediaRenderer | None = None) -> di
     for key in ("created_at", "updated_at", "finished_at", "last_callback_at", "next_poll_at"):
         out[key] = iso(job.get(key))
     out["callback_url"] = redact_callback_url(job.get("callback_url"), job.get("callback_token"))
+    # What the provider last said while the job ran; nothing once it has ended.
+    progress = job.get("progress")
+    running = job.get("status") not in TERMINAL
+    out["progress"] = progress if isinstance(progress, dict) and running else None
     out["submission"] = render_submission(job)
     out["media"] = media.render(job) if media is not None else dict(NO_MEDIA)
     if "transitions" in job:

@@ -165,7 +165,7 @@ def copy_tree(into: Path) -> None:
 
 def run(module: str, tree: Path) -> Result:
     tests = " ".join(own_tests(module))
-    command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"
+    command = f"{sys.executable} -m pytest -n 0 -x -q -p no:cacheprovider {tests}"
     started = time.monotonic()
     baseline = subprocess.run(command.split(), cwd=tree, capture_output=True, text=True)
     if baseline.returncode != 0:

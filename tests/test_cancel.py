@@ -157,6 +157,8 @@ def test_the_other_seed_providers_cannot_cancel_either(service, provider):
 def test_a_completed_job_answers_409_and_writes_nothing(service, sandbox):
     job = service.submit("Lanterns on a river")
     service.wait_status(job["id"], "completed")
+    # Keeping the video writes an event of its own: let it land before counting.
+    service.wait(job["id"], lambda shown: shown["media"]["status"] == "kept")
     before = counts_of(service, job["id"])
     cancels = len([r for r in sandbox.vidu.requests if r.path.endswith("/cancel")])
     response = service.api.post(f"/api/jobs/{job['id']}/cancel")

@@ -13,13 +13,22 @@ import subprocess
 import sys
 import tomllib
 
+import httpx
 import pytest
 
 from receiver import demo
 from receiver.cli import main
 from receiver.config import PROVIDER_TYPES, load_config
-from receiver.sandbox import MARKER_MEANINGS, PREFIXES, create_sandbox_app, markers
+from receiver.sandbox import (
+    MARKER_MEANINGS,
+    PREFIXES,
+    PixVerseFakeSettings,
+    create_sandbox_app,
+    markers,
+)
 from receiver.submission import ArgumentProblem, parse_options
+from tests.conftest import free_port, wait_for
+from tests.test_cli_readme import Shell, answers
 from tests.test_restart import REPO
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -108,6 +117,67 @@ def test_init_sandbox_points_every_provider_at_the_sandbox(tmp_path, capsys):
     for name, provider in config.providers.items():
         assert provider.base_url == f"http://127.0.0.1:8800/{name}"
         assert provider.initial_delay == 1
+    # The sandbox serves its videos on loopback: without this, no result would be kept.
+    assert config.archive.allow_private_hosts
+    # The sandbox's signing secrets are known: its webhooks verify.
+    pixverse = config.providers["pixverse"].webhook_secret
+    assert pixverse is not None and pixverse.reveal() == PixVerseFakeSettings().webhook_secret
+    assert "# sends callbacks" in path.read_text().split("[providers.pixverse]")[1].splitlines()[0]
+
+
+def test_init_sandbox_on_another_port_says_where_pixverse_must_send(tmp_path, capsys):
+    path = tmp_path / "vidhook.toml"
+    assert main(["init", str(path), "--sandbox", "--port", "9123"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "(it needs the sandbox running: vidhook sandbox --port 8800 --pixverse-webhook "
+        "http://127.0.0.1:9123/callbacks/pixverse)"
+    ) in out
+    # Without PixVerse there is nothing to say.
+    assert (
+        main(["init", str(path), "--force", "--sandbox", "--port", "9123", "--provider", "vidu"])
+        == 0
+    )
+    assert "(it needs the sandbox running: vidhook sandbox --port 8800)" in capsys.readouterr().out
+
+
+def test_init_for_real_providers_keeps_downloads_off_private_addresses(tmp_path, capsys):
+    path = tmp_path / "vidhook.toml"
+    assert main(["init", str(path), "--provider", "vidu"]) == 0
+    config = load_config(path, exports(capsys.readouterr().out))
+    assert not config.archive.allow_private_hosts
+    assert "allow_private_hosts" not in path.read_text()
+
+
+@pytest.mark.slow
+def test_the_sandboxs_pixverse_sends_its_webhooks_to_the_service_init_configured(tmp_path):
+    shell = Shell(tmp_path, {"8800": free_port(), "8000": free_port()})
+    sandbox_url = f"http://127.0.0.1:{shell.ports['8800']}"
+    service_url = f"http://127.0.0.1:{shell.ports['8000']}"
+    try:
+        init = shell.run(".venv/bin/vidhook init --sandbox http://127.0.0.1:8800 --port 8000")
+        assert init.returncode == 0, init.stderr
+        shell.export_printed(init.stdout)
+        # init names the sandbox command that sends PixVerse's webhooks where they belong.
+        told = re.search(r"\(it needs the sandbox running: (.*)\)", init.stdout)
+        assert told is not None, init.stdout
+        assert f"--pixverse-webhook {service_url}/callbacks/pixverse" in told.group(1)
+        shell.start(".venv/bin/" + told.group(1), "sandbox.log")
+        shell.start(".venv/bin/vidhook serve", "serve.log")
+        for url in (sandbox_url, f"{service_url}/healthz"):
+            wait_for(lambda url=url: answers(url), timeout=20, what=url)
+
+        line = '.venv/bin/vidhook submit pixverse --prompt "A lantern on a lake" --wait'
+        submitted = shell.run(line)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        job_id = submitted.stdout.split()[0]
+        admin = {"Authorization": f"Bearer {shell.env['VIDHOOK_ADMIN_TOKEN']}"}
+        job = httpx.get(f"{service_url}/api/jobs/{job_id}", headers=admin, timeout=5).json()
+    finally:
+        shell.stop()
+    # The end came by PixVerse's signed webhook, not by a poll.
+    assert (job["status"], job["transitions"][-1]["source"]) == ("completed", "callback")
+    assert [c["outcome"] for c in job["callbacks"]] == ["applied"]
 
 
 def test_every_marker_a_fake_knows_has_a_meaning():
@@ -116,6 +186,28 @@ def test_every_marker_a_fake_knows_has_a_meaning():
     for name, found in known.items():
         assert found, name
         assert set(found) <= set(MARKER_MEANINGS), name
+
+
+def test_the_readmes_marker_table_names_the_fakes_that_know_each_marker():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text.split("| marker | what the fake provider does | which fakes know it |")[1]
+    documented: dict[str, set[str]] = {}
+    for row in table.split("\n\n", 1)[0].splitlines()[2:]:
+        names, _, which = (cell.strip() for cell in row.strip("|").split("|"))
+        if which == "all 13":
+            takers = set(PREFIXES)
+        elif which.startswith("all but "):
+            takers = set(PREFIXES) - {which.removeprefix("all but ").lower()}
+        else:
+            takers = {name.strip().lower() for name in which.split(",")}
+        for marker in re.findall(r"`\[([\w-]+)\]`", names):
+            documented[marker] = takers
+    known = markers(create_sandbox_app())
+    actual: dict[str, set[str]] = {}
+    for name, found in known.items():
+        for marker in found:
+            actual.setdefault(marker, set()).add(name)
+    assert documented == actual
 
 
 @pytest.mark.slow
@@ -143,6 +235,10 @@ def test_sandbox_prints_each_base_url_and_each_marker(tmp_path):
         assert f"{name:<10} {url.group(1)}/{name}" in lines
     for marker, meaning in MARKER_MEANINGS.items():
         assert any(line.startswith(f"  [{marker}]") and meaning in line for line in lines), marker
+    assert (
+        "PixVerse sends every video's webhook to the URL set in its console: "
+        "http://127.0.0.1:8000/callbacks/pixverse"
+    ) in lines
 
 
 def test_demo_keep_keeps_the_database(monkeypatch, capsys):

@@ -8,6 +8,7 @@ init` printed, as the README says to run them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -135,6 +136,7 @@ def test_the_local_trial_against_the_sandbox_works_as_written(shell):
         "VIDHOOK_ADMIN_TOKEN",
         "SANDBOX_API_KEY",
         "SANDBOX_REPLICATE_WEBHOOK_SECRET",
+        "SANDBOX_PIXVERSE_WEBHOOK_SECRET",
         "VIDHOOK_URL",
     ]
     assert shell.env["VIDHOOK_URL"] == service_url
@@ -153,6 +155,19 @@ def test_the_local_trial_against_the_sandbox_works_as_written(shell):
     assert out[0] == f"{job_id} queued"
     assert [line.split()[2] for line in out[1:-1]] == ["queued", "processing", "completed"]
     assert out[-1].startswith(f"result: {sandbox_url}/vidu/files/")
+
+    # The sandbox's video is on loopback, and the file init wrote lets it be kept.
+    admin = {"Authorization": f"Bearer {shell.env['VIDHOOK_ADMIN_TOKEN']}"}
+
+    def media() -> dict | None:
+        job = httpx.get(f"{service_url}/api/jobs/{job_id}", headers=admin, timeout=5).json()
+        return job["media"] if job["media"]["status"] != "pending" else None
+
+    kept = wait_for(media, timeout=20, what="the kept copy")
+    assert kept["status"] == "kept", kept
+    served = httpx.get(out[-1].removeprefix("result: "), timeout=5).content
+    assert kept["video"]["sha256"] == hashlib.sha256(served).hexdigest()
+    assert httpx.get(kept["video"]["url"], timeout=5).content == served
 
     # The service said so in its log, and the console channel printed it.
     def console_line_printed() -> str | None:

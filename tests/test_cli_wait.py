@@ -4,6 +4,7 @@ Ctrl-C to detach, the event stream when the service has one and polling when not
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import os
@@ -27,10 +28,12 @@ from receiver.cli import main
 from receiver.client import parse_events
 from receiver.progress import duration, status_line
 from receiver.sandbox import ServerThread, ViduSandboxSettings, create_sandbox_app
-from tests.conftest import ADMIN_TOKEN, OLD_VIDU_KEY, VIDU_KEY, running_service
+from tests.conftest import ADMIN_TOKEN, OLD_VIDU_KEY, VIDU_KEY, running_service, settings_restored
 from tests.test_restart import REPO
 
 ELAPSED = re.compile(rb"(\d+)s elapsed")
+PERCENT_DONE = re.compile(rb"  . (\w+)  \d+s elapsed  (\d+(?:\.\d)?)% done  ")
+VIDHOOK = [sys.executable, "-m", "receiver"]
 
 
 def _take_the_terminal() -> None:
@@ -151,6 +154,27 @@ def test_submit_wait_on_a_terminal_shows_time_passing_then_ctrl_c_detaches(slow_
     assert out[0] == f"{job_id} vidu " + out[0].split()[-1]
     assert [line.split()[2] for line in out[1:-1]] == [t["to_status"] for t in job["transitions"]]
     assert out[-1] == f"result: {job['result_url']}"
+
+
+@pytest.mark.slow
+def test_wait_on_a_terminal_shows_the_providers_progress(service, sandbox):
+    with settings_restored(sandbox.runway.settings) as runway:
+        runway.timing = dataclasses.replace(runway.timing, run_time=4.0)
+        job = service.submit("A paper boat in the rain", provider="runway")
+        terminal = Terminal([*VIDHOOK, "wait", job["id"], "--url", service.url], process_env())
+        try:
+            shown = terminal.read_until(PERCENT_DONE)
+            assert shown.group(1) == b"processing"
+            first = float(shown.group(2))
+            # Each poll's figure reaches the status line: it moves while the job runs.
+            later = terminal.read_until(re.compile(rb"  (\d+(?:\.\d)?)% done  "), timeout=10)
+            while float(later.group(1)) == first:
+                later = terminal.read_until(re.compile(rb"  (\d+(?:\.\d)?)% done  "), timeout=10)
+            assert float(later.group(1)) > first
+            terminal.read_until(re.compile(rb"result: \S+"), timeout=20)
+            assert terminal.proc.wait(timeout=10) == 0
+        finally:
+            terminal.close()
 
 
 # -- the event stream, against a scripted service --
@@ -304,9 +328,12 @@ def test_the_status_line_has_elapsed_time_progress_and_the_next_poll():
     }
     start = 1735689600.0  # 2025-01-01T00:00:00Z
     assert status_line(job, start + 75) == "processing  1m 15s elapsed  next poll in 15s"
-    assert status_line({**job, "progress": 30}, start + 5).startswith(
-        "processing  5s elapsed  progress 30%  next poll in"
+    assert status_line({**job, "progress": {"percent": 30}}, start + 5).startswith(
+        "processing  5s elapsed  30% done  next poll in"
     )
-    assert "progress 30%  " in status_line({**job, "progress": "30%"}, start)
+    assert "  42.5% done  " in status_line({**job, "progress": {"percent": 42.5}}, start)
+    queued = {**job, "status": "queued", "progress": {"queue_position": 3}}
+    assert "queued  0s elapsed  queue position 3  next poll" in status_line(queued, start)
+    assert "done" not in status_line({**job, "progress": None}, start)
     assert status_line(job, start + 90.5).endswith("polling now")
     assert status_line({"status": "queued"}, start) == "queued"

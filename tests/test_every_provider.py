@@ -2,9 +2,11 @@
 the job completes, and vidhook keeps exactly the video the fake served."""
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
+from receiver.providers import ADAPTERS
 from receiver.sandbox.media import sample_video
 from tests.conftest import settings_restored
 
@@ -34,3 +36,27 @@ def test_a_job_completes_and_its_video_is_kept_byte_for_byte(service, sandbox, p
     # The signed link in the job opens the copy without credentials.
     opened = service.http.get(video["url"])
     assert opened.status_code == 200 and opened.content == served
+
+
+# How the README's "Canceling" names each type.
+README_NAMES = {
+    "vidu": "Vidu", "kvid": "kvid", "revid": "revid", "apimodels": "apimodels",
+    "newapi": "new-api gateways", "kling": "Kling", "runway": "Runway", "luma": "Luma",
+    "minimax": "MiniMax", "replicate": "Replicate", "fal": "fal", "pixverse": "PixVerse",
+    "veo": "Veo",
+}  # fmt: skip
+
+
+def test_the_readme_says_which_providers_can_cancel():
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n### Canceling\n", 1)[1].split("\n### ", 1)[0]
+    can, cannot = section.split("\nThe others have no way to cancel a job:", 1)
+    cannot = cannot.split("\n\n", 1)[0]
+    bullets = {line[2:].split(" ", 1)[0].rstrip(":") for line in can.splitlines()
+               if line.startswith("- ")}  # fmt: skip
+    assert set(README_NAMES) == set(TYPES)
+    for kind, name in README_NAMES.items():
+        if ADAPTERS[kind].supports_cancel:
+            assert name in bullets, kind
+        else:
+            assert name not in bullets and (name in cannot or f"Neither has {name}" in cannot), kind

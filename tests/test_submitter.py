@@ -103,7 +103,11 @@ def test_a_429_then_ok_is_answered_202_then_sent_after_retry_after(sandbox, tmp_
         "last_error": submission["last_error"],
     }  # fmt: skip
     assert sources(done)[0] == (None, "queued", "api")
-    assert [t[1] for t in sources(done)] == ["queued", "processing", "completed"]
+    # A poll on a busy machine may come only once the task has ended: processing is then
+    # never seen.
+    assert [t[1] for t in sources(done)] in (
+        ["queued", "processing", "completed"], ["queued", "completed"],
+    )  # fmt: skip
 
 
 def test_a_burst_of_5xx_at_submission_ends_in_one_task(sandbox, tmp_path):

@@ -286,12 +286,16 @@ def assert_holds(service, job_id: str, said: Observation) -> None:
     A link's query is left out of the comparison: MiniMax signs a fresh expiry into each
     answer, so the service's own fetch a second later holds a different one.
     """
-    expected = data_of({
-        "result_url": said.result_url, "cover_url": said.cover_url, "error": said.error,
-        "credits": said.credits,
-    })  # fmt: skip
+    expected = data_of(said_fields(said))
     assert data_of(row(service, job_id)) == expected
     assert data_of(service.job(job_id)) == expected
+
+
+def said_fields(said: Observation) -> dict[str, Any]:
+    return {
+        "result_url": said.result_url, "cover_url": said.cover_url, "error": said.error,
+        "credits": said.credits,
+    }  # fmt: skip
 
 
 def data_of(fields: dict[str, Any]) -> dict[str, Any]:
@@ -326,12 +330,15 @@ def test_a_forged_processing_callback_moves_the_status_and_nothing_else(
 
     post(service, url, provider, provider.forged_for(job, Status.PROCESSING))
 
-    # The 200 came after the commit: the row is as the callback left it.
+    # The 200 came after the commit: the row is as the callback left it, or, where the
+    # callback only asks for a poll, as that poll may already have left it.
     now = row(service, job["id"])
     assert now["provider_job_id"] == job["provider_job_id"]
-    assert (now["result_url"], now["cover_url"], now["credits"], now["error"]) == (
-        None, None, None, None,
-    )  # fmt: skip
+    untouched = {"result_url": None, "cover_url": None, "error": None, "credits": None}
+    if applied_at_once:
+        assert data_of(now) == untouched
+    else:
+        assert data_of(now) in (untouched, data_of(said_fields(said)))
     if applied_at_once:
         word = provider.words[Status.PROCESSING]
         assert (now["status"], now["provider_status"]) == ("processing", word)
@@ -353,9 +360,7 @@ def test_a_forged_processing_callback_moves_the_status_and_nothing_else(
     )
     assert_clean(service, app_sink, job["id"])
     (final,) = [e for e in events_for(app_sink, job["id"]) if e["type"] == f"job.{said.status}"]
-    assert final["data"]["result_url"] == said.result_url
-    assert final["data"]["cover_url"] == said.cover_url
-    assert final["data"]["credits"] == said.credits
+    assert data_of(final["data"]) == data_of(said_fields(said))
 
 
 @pytest.mark.parametrize("word", [Status.COMPLETED, Status.FAILED])

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from receiver.config import ProviderConfig, Secret
+from receiver.providers.fields import number
 from receiver.providers.limits import Gate, GateClosed
 from receiver.states import Status
 
@@ -22,11 +23,47 @@ MAX_STATUS_WORD = 64
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far along a job is, where its provider says: a share of the work done (0 to
+    100), or, for a request still waiting its turn, its place in the provider's queue
+    (fal's ``queue_position``, 0 for the next to start)."""
+
+    percent: float | None = None
+    queue_position: int | None = None
+
+    @classmethod
+    def done(cls, value: Any, *, whole: float = 100.0) -> Progress | None:
+        """From a figure of work done out of ``whole``: 100 for a percentage (a string may
+        end in "%", as new-api's "30%"), 1 for a fraction (Runway's 0.42)."""
+        if isinstance(value, str):
+            value = value.strip().removesuffix("%").strip()
+        figure = number(value)
+        if figure is None or figure < 0:
+            return None
+        percent = round(min(100.0, 100.0 * figure / whole), 1)
+        return cls(percent=percent)
+
+    @classmethod
+    def queued(cls, position: Any) -> Progress | None:
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            return None
+        return cls(queue_position=position)
+
+    def to_json(self) -> dict[str, float | int]:
+        """``{"percent": 42}`` or ``{"queue_position": 3}``: the job's ``progress``."""
+        if self.queue_position is not None:
+            return {"queue_position": self.queue_position}
+        percent = float(self.percent or 0)
+        return {"percent": int(percent) if percent.is_integer() else percent}
+
+
+@dataclass(frozen=True)
 class Observation:
     """One thing a provider told us about a job, in normalized form.
 
     ``known`` is False when the provider's status word was not recognized: the raw word
-    is kept in ``provider_status`` and the job is treated as queued.
+    is kept in ``provider_status`` and the job is treated as queued. ``progress`` is kept
+    on the job as it comes (it is no state: a new figure alone makes no transition).
     """
 
     status: Status
@@ -38,13 +75,14 @@ class Observation:
     raw: Mapping[str, Any] | None = None
     provider_job_id: str | None = None
     known: bool = True
+    progress: Progress | None = None
 
     def evidence(self) -> Observation:
         """What an unauthenticated body may say: the status, and the raw status word.
 
         A callback whose body its provider does not sign cannot be trusted with data
-        (result and cover URLs, credits, error text, task id): those come from the
-        status endpoint, or from a body the provider signed.
+        (result and cover URLs, credits, error text, task id, progress): those come from
+        the status endpoint, or from a body the provider signed.
         """
         word = self.provider_status
         if word is not None and len(word) > MAX_STATUS_WORD:

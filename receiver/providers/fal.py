@@ -36,6 +36,7 @@ from receiver.providers.base import (
     InvalidRequest,
     JobRef,
     Observation,
+    Progress,
     ProviderError,
     Submission,
     SubmitRequest,
@@ -62,6 +63,13 @@ def app_of(model_id: str) -> str:
     """The app a model id belongs to: its owner and name, without the subpath."""
     parts = model_id.split("/")
     return "/".join(parts[: 3 if parts[0] in NAMESPACES else 2])
+
+
+def queue_place(status: Mapping[str, Any]) -> Progress | None:
+    """A waiting request's place in fal's queue; nothing once it has started."""
+    if status.get("status") != "IN_QUEUE":
+        return None
+    return Progress.queued(status.get("queue_position"))
 
 
 def request_path(answer: Mapping[str, Any], base_url: str, model_id: str) -> str | None:
@@ -225,6 +233,7 @@ class Fal(HTTPProvider):
             raw=answer,
             provider_job_id=path,
             known=state is not None or word is None,
+            progress=queue_place(answer),
         )
         return Submission(path, seen, key.fingerprint)
 
@@ -240,7 +249,8 @@ class Fal(HTTPProvider):
             return await self._outcome(path, key, status)
         state = STATES.get(word)
         return Observation(status=state or Status.QUEUED, provider_status=word, raw=status,
-                           known=state is not None)  # fmt: skip
+                           known=state is not None,
+                           progress=queue_place(status))  # fmt: skip
 
     async def _outcome(self, path: str, key: Secret, status: Mapping[str, Any]) -> Observation:
         """A completed request's end, as its result says."""

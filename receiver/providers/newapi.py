@@ -33,6 +33,7 @@ from receiver.providers.base import (
     InvalidRequest,
     JobRef,
     Observation,
+    Progress,
     ProviderError,
     Submission,
     SubmitRequest,
@@ -125,6 +126,8 @@ def task_observation(task: Mapping[str, Any]) -> Observation:
         raw=task,
         provider_job_id=task_id,
         known=status is not None,
+        # "30%" in new-api's task, 30 in the OpenAI-style video object.
+        progress=Progress.done(task.get("progress")),
     )
 
 
@@ -282,6 +285,7 @@ class NewApi(HTTPProvider):
             provider_status=_word(data.get("status")),
             raw=data,
             provider_job_id=str(task_id),
+            progress=Progress.done(data.get("progress")),
         )
         return Submission(str(task_id), accepted, key.fingerprint)
 

@@ -18,6 +18,7 @@ from receiver.providers.base import (
     InvalidRequest,
     JobRef,
     Observation,
+    Progress,
     ProviderError,
     Submission,
     SubmitRequest,
@@ -67,6 +68,7 @@ def observation(body: Mapping[str, Any]) -> Observation:
         raw=body,
         provider_job_id=str(job_id) if job_id is not None else None,
         known=status is not None,
+        progress=Progress.done(body.get("progress")),
     )
 
 

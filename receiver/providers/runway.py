@@ -20,6 +20,7 @@ from receiver.providers.base import (
     InvalidRequest,
     JobRef,
     Observation,
+    Progress,
     ProviderError,
     Submission,
     SubmitRequest,
@@ -96,6 +97,8 @@ def observation(task: Mapping[str, Any]) -> Observation:
         raw=task,
         provider_job_id=str(task_id) if task_id is not None and task_id != "" else None,
         known=status is not None,
+        # A fraction while RUNNING: 0.42 is 42 %.
+        progress=Progress.done(task.get("progress"), whole=1.0),
     )
 
 

@@ -124,6 +124,15 @@ def describe(app: Starlette, url: str) -> list[str]:
         where = "every provider" if len(takers) == len(known) else ", ".join(takers)
         meaning = MARKER_MEANINGS.get(marker, "")
         lines.append(f"  [{marker}]".ljust(18) + f"{meaning} ({where})")
+    pixverse = getattr(app.state, "pixverse", None)
+    if isinstance(pixverse, PixVerseFake):
+        console = pixverse.settings.webhook_url
+        lines += [
+            "",
+            f"PixVerse sends every video's webhook to the URL set in its console: {console}"
+            if console
+            else "PixVerse's console has no webhook URL: it sends no webhooks (jobs are polled).",
+        ]
     lines += ["", f"`vidhook init --sandbox {url}` writes a vidhook.toml that uses these."]
     return lines
 

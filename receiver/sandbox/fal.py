@@ -272,7 +272,12 @@ class FalFake(FakeProvider):
             return ids
         if self.settings.submit_keys == "urls":
             return {"request_id": queued.id, **urls}
-        return {**ids, **urls, "status": "IN_QUEUE", "queue_position": 0}
+        return {**ids, **urls, "status": "IN_QUEUE", "queue_position": self._place(queued)}
+
+    def _place(self, queued: QueuedRequest) -> int:
+        """How many requests wait ahead of this one (0: it is next)."""
+        waiting = [q for q in self.tasks.values() if q.status == "IN_QUEUE"]
+        return waiting.index(queued)
 
     def _find(self, request: Request) -> QueuedRequest:
         request_id = request.path_params["request_id"]
@@ -295,8 +300,7 @@ class FalFake(FakeProvider):
             "cancel_url": f"{at}/cancel",
         }
         if queued.status == "IN_QUEUE":
-            waiting = [q for q in self.tasks.values() if q.status == "IN_QUEUE"]
-            body["queue_position"] = waiting.index(queued)
+            body["queue_position"] = self._place(queued)
         elif queued.status in ("IN_PROGRESS", "COMPLETED"):
             body["logs"] = queued.logs if request.query_params.get("logs") == "1" else None
         if queued.status == "COMPLETED":

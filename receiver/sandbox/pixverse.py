@@ -79,9 +79,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 class PixVerseFakeSettings(FakeSettings):
     """Mutable on purpose: tests change fields while the server runs."""
 
-    # The account's console: where webhooks go (None: nowhere), and the signing secret.
+    # The account's console: where webhooks go (None: nowhere), and the signing secret
+    # (the same in every fake unless set, so that `vidhook init --sandbox` can name it).
     webhook_url: str | None = None
-    webhook_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    webhook_secret: str = "pixverse-fake-webhook-secret"  # noqa: S105 (a fake's, on loopback)
     # Unconfirmed: the signed query string's keys "sorted", or "as sent" in the body.
     key_order: str = "sorted"
     # Unconfirmed: webhooks for the end only, or for the start of the generation too.

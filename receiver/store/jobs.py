@@ -271,9 +271,11 @@ async def record_submission(
 ) -> Applied:
     await db.run(
         "UPDATE jobs SET provider_job_id = ?, key_fingerprint = ?, next_poll_at = ?,"
-        f" submitting_at = NULL, next_submit_at = NULL, {claims.RELEASED} WHERE id = ?",
-        (submission.provider_job_id, submission.key_fingerprint, next_poll_at, job_id),
-    )
+        f" submitting_at = NULL, next_submit_at = NULL, progress = ?, {claims.RELEASED}"
+        " WHERE id = ?",
+        (submission.provider_job_id, submission.key_fingerprint, next_poll_at,
+         _progress(submission.observation), job_id),
+    )  # fmt: skip
     return await apply(db, job_id, submission.observation, "submit", now=now, route=route)
 
 
@@ -425,17 +427,28 @@ async def record_poll(
     route: Route,
 ) -> Applied:
     row = await db.one(
-        f"SELECT confirm_callback_id FROM jobs WHERE id = ?{db.for_update}", (job_id,)
+        f"SELECT confirm_callback_id, progress FROM jobs WHERE id = ?{db.for_update}", (job_id,)
     )
     detail = {"confirms_callback_id": row["confirm_callback_id"]} if row else None
     applied = await apply(db, job_id, obs, "poll", now=now, route=route, detail=detail)
+    progress = _progress(obs)
     await db.run(
-        f"UPDATE jobs SET polls = polls + 1, poll_failures = 0, {claims.RELEASED},"
+        f"UPDATE jobs SET polls = polls + 1, poll_failures = 0, progress = ?, {claims.RELEASED},"
         f" next_poll_at = CASE WHEN status IN {TERMINAL_SQL} THEN NULL ELSE ? END"
         " WHERE id = ?",
-        (next_poll_at, job_id),
+        (progress, next_poll_at, job_id),
     )
+    assert row is not None  # apply raised JobNotFound otherwise
+    if applied.transition_id is None and progress != row["progress"]:
+        # Progress is no change of state (no transition, nothing to notify), but those
+        # who follow the job live want to see it move: an event of its own.
+        await events.record(db, job_id, None, now)
     return applied
+
+
+def _progress(obs: Observation) -> str | None:
+    """The job's ``progress`` column: the provider's latest word on it, as JSON."""
+    return None if obs.progress is None else dumps(obs.progress.to_json())
 
 
 async def record_poll_failure(db: Db, job_id: str, *, next_poll_at: float) -> int:

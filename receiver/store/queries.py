@@ -10,7 +10,7 @@ from receiver.states import TERMINAL_SQL
 from receiver.store import claims
 from receiver.store.db import Db, Row, among
 
-_JSON_COLUMNS = ("request", "notify", "anomalies", "detail", "headers")
+_JSON_COLUMNS = ("request", "notify", "anomalies", "detail", "headers", "progress")
 
 
 def _row(row: Row | None) -> dict[str, Any] | None:

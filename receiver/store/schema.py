@@ -240,7 +240,15 @@ def m007_events(db: Database) -> None:
 
 
 @migrations()
-def m008_claims(db: Database) -> None:
+def m008_progress(db: Database) -> None:
+    # The provider's latest word on how far a job has got, as JSON ({"percent": 42} or
+    # {"queue_position": 3}), from the submit answer or the latest poll; NULL when it
+    # said nothing. Not a state: a change of it makes no transition.
+    db.table("jobs").add_column("progress", str)
+
+
+@migrations()
+def m009_claims(db: Database) -> None:
     # Work a replica has claimed (PostgreSQL: several replicas share the database), until
     # claimed_until, which it renews while it works (receiver.store.claims).
     for table in ("jobs", "deliveries", "downloads"):

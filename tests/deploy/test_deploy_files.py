@@ -342,7 +342,14 @@ def test_the_production_config_loads_with_the_variables_env_example_names(tmp_pa
         assert "hooks.example.net" in config.allowed_hosts  # public_url's host, by default
     else:
         assert "vidhook" in config.allowed_hosts  # the example for a scraper in compose
-        assert set(config.providers) == {"vidu", "kvid", "revid", "apimodels", "gateway"}
+        assert set(config.providers) == {
+            "vidu", "kvid", "revid", "apimodels", "gateway", "kling", "runway", "luma",
+            "minimax", "replicate", "fal", "pixverse", "veo",
+        }  # fmt: skip
+        # Each example reads the variables env.example names for it.
+        assert config.providers["kling"].type == "kling"
+        assert config.providers["pixverse"].webhook_secret is not None
+        assert config.providers["replicate"].webhook_secret is not None
         assert set(config.channels) == {"team"}
 
 

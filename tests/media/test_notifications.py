@@ -144,10 +144,14 @@ def test_a_completed_notification_waits_for_the_copy_then_links_to_it(sandbox, d
             wait_for(lambda: slack.messages, timeout=15)
             job = service.job(job["id"])
             (finished,) = service.rows("SELECT finished_at FROM downloads")[0]
-            sent = service.rows(
-                "SELECT min(a.at) FROM delivery_attempts a JOIN deliveries d"
-                " ON d.id = a.delivery_id WHERE d.channel = 'team'"
-            )[0][0]
+            # The attempt is recorded once Slack has answered: a moment after the message.
+            sent = wait_for(
+                lambda: service.rows(
+                    "SELECT min(a.at) FROM delivery_attempts a JOIN deliveries d"
+                    " ON d.id = a.delivery_id WHERE d.channel = 'team'"
+                )[0][0],
+                what="the attempt's record",
+            )
     assert job["media"]["status"] == "kept"
     link, _text = slack_link(slack.messages[0])
     assert link.startswith(f"{service.url}/media/")

@@ -87,6 +87,7 @@ EXPECTED_BODY = {
         "last_callback_at": None,
         "next_poll_at": None,
         "callback_url": "https://me.example/callbacks/vidu/abcd…",
+        "progress": None,
         "submission": None,
         "media": {"status": "off", "video": None, "cover": None, "error": None},
     },
@@ -347,7 +348,8 @@ def test_an_id_that_cannot_be_sent_signed_is_permanent(sink: Sink, url: str, eve
         ({"url": "https://me.example/t0k3n", "timeout": 0}, None),
         ({"url": "https://me.example/t0k3n", "timeout": True}, None),
         ({"url": "https://me.example/t0k3n", "timeout": float("nan")}, None),
-        ({"url": "https://me.example/t0k3n"}, PK),  # a public key cannot sign
+        # A public key cannot sign. Named, as its value is made afresh in each process.
+        pytest.param({"url": "https://me.example/t0k3n"}, PK, id="public-key"),
         ({"url": "https://me.example/t0k3n"}, "whsec_t0k3n!!"),
         ({"url": "https://me.example/t0k3n"}, "t0k3n-without-prefix"),
     ],

@@ -1,4 +1,5 @@
-"""HTTPProvider.request_json: how each way a request can fail says whether it was sent."""
+"""HTTPProvider.request_json: how each way a request can fail says whether it was sent;
+Progress: how a provider's figures of a job under way are read."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import httpx
 import pytest
 
 from receiver.config import ProviderConfig, Secret
-from receiver.providers.base import ProviderError
+from receiver.providers.base import Observation, Progress, ProviderError
 from receiver.providers.kvid import Kvid
+from receiver.states import Status
 
 
 def failure(answer) -> ProviderError:
@@ -93,3 +95,42 @@ def test_an_error_code_in_a_success_answer_is_a_refusal():
     error = ProviderError("p", "concurrency limit", transient=True, status_code=200, code="1303")
     assert error.sent and not error.may_have_acted
     assert not ProviderError("p", "busy", transient=True, code="1002").may_have_acted
+
+
+# --- Progress: the provider's word on how far a job has got ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "whole", "percent"),
+    [
+        (42, 100.0, 42),
+        ("30%", 100.0, 30),
+        (" 7 % ", 100.0, 7),
+        ("55", 100.0, 55),
+        (0.42, 1.0, 42),
+        (0.425, 1.0, 42.5),
+        (1, 1.0, 100),
+        (120, 100.0, 100),  # never past done
+        (0, 100.0, 0),
+    ],
+)
+def test_a_figure_of_work_done_becomes_a_percentage(value, whole, percent):
+    progress = Progress.done(value, whole=whole)
+    assert progress is not None and progress.to_json() == {"percent": percent}
+
+
+@pytest.mark.parametrize("value", [None, "", "%", "soon", -1, True, float("nan"), [], {}])
+def test_what_is_no_figure_is_no_progress(value):
+    assert Progress.done(value) is None
+
+
+def test_a_place_in_the_queue_is_a_whole_number_from_zero():
+    assert Progress.queued(3) == Progress(queue_position=3)
+    assert Progress.queued(0).to_json() == {"queue_position": 0}
+    for value in (None, -1, 2.5, "3", True):
+        assert Progress.queued(value) is None
+
+
+def test_an_unsigned_callback_cannot_report_progress():
+    seen = Observation(Status.PROCESSING, "running", progress=Progress(percent=50))
+    assert seen.evidence().progress is None

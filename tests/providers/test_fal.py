@@ -11,7 +11,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import signing
 from receiver.config import ProviderConfig, Secret
-from receiver.providers.base import InvalidRequest, JobRef, ProviderError, SubmitRequest
+from receiver.providers.base import (
+    InvalidRequest,
+    JobRef,
+    Progress,
+    ProviderError,
+    SubmitRequest,
+)
 from receiver.providers.fal import Fal, app_of, request_path, video_url
 from receiver.providers.jwks import KEYS_MAX_AGE, KEYS_MIN_INTERVAL
 from receiver.states import Status
@@ -227,6 +233,18 @@ def test_status_before_the_end(word, status, known):
     assert seen[0].url.path == f"/{PATH}/status"
     assert seen[0].headers["authorization"] == f"Key {KEY.reveal()}"
     assert (got.status, got.provider_status, got.known) == (status, word, known)
+    # Only a request still waiting has a place in the queue.
+    assert got.progress == (Progress(queue_position=2) if word == "IN_QUEUE" else None)
+
+
+def test_the_place_in_the_queue_is_known_from_the_submit_answer():
+    _, handler = recorder(answer(200, submitted(queue_position=4)))
+    submission = asyncio.run(make(handler).submit(SubmitRequest(prompt="a cat"), CALLBACK))
+    assert submission.observation.progress == Progress(queue_position=4)
+    assert submission.observation.progress.to_json() == {"queue_position": 4}
+    _, handler = recorder(answer(200, submitted(queue_position=None)))
+    submission = asyncio.run(make(handler).submit(SubmitRequest(prompt="a cat"), CALLBACK))
+    assert submission.observation.progress is None
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,13 @@ import httpx
 import pytest
 
 from receiver.config import ProviderConfig, Secret
-from receiver.providers.base import InvalidRequest, JobRef, ProviderError, SubmitRequest
+from receiver.providers.base import (
+    InvalidRequest,
+    JobRef,
+    Progress,
+    ProviderError,
+    SubmitRequest,
+)
 from receiver.providers.newapi import (
     MODEL_REQUIRED,
     TASK_PATH,
@@ -229,6 +235,7 @@ def test_the_real_gateways_200_answer_is_accepted():
         Status.QUEUED,
         "queued",
     )
+    assert submission.observation.progress == Progress(percent=0)
 
 
 # --- fetch and the two status shapes -------------------------------------------------
@@ -413,6 +420,26 @@ def test_unknown_or_missing_words_are_queued_and_kept_raw(body):
     raw_word = (body.get("data") or body).get("status")
     assert (seen.status, seen.known) == (Status.QUEUED, False)
     assert seen.provider_status == (None if raw_word is None else str(raw_word))
+
+
+@pytest.mark.parametrize(
+    ("body", "percent"),
+    [
+        (envelope(status="IN_PROGRESS", progress="30%"), 30),
+        (envelope(status="QUEUED", progress="20%"), 20),
+        ({"id": TASK_ID, "object": "video", "status": "in_progress", "progress": 33}, 33),
+        ({"id": TASK_ID, "object": "video", "status": "queued", "progress": 0}, 0),
+    ],
+)
+def test_the_gateways_progress_is_read_from_either_shape(body, percent):
+    gateway = make(lambda request: httpx.Response(200, json=body))
+    seen = asyncio.run(gateway.fetch(job()))
+    assert seen.progress == Progress(percent=percent)
+
+
+def test_a_task_without_progress_reports_none():
+    assert observation(envelope(status="IN_PROGRESS")).progress is None
+    assert observation(envelope(status="IN_PROGRESS", progress="")).progress is None
 
 
 def test_fetch_maps_an_unknown_word_without_raising():

@@ -9,7 +9,13 @@ import httpx
 import pytest
 
 from receiver.config import ProviderConfig, Secret
-from receiver.providers.base import InvalidRequest, JobRef, ProviderError, SubmitRequest
+from receiver.providers.base import (
+    InvalidRequest,
+    JobRef,
+    Progress,
+    ProviderError,
+    SubmitRequest,
+)
 from receiver.providers.revid import Revid, decode_data_uri, mode_for, observation
 from receiver.states import Status
 
@@ -242,6 +248,22 @@ def test_fetch_gets_the_job_with_the_key_that_created_it():
     ]
     assert (observed.status, observed.provider_status) == (Status.PROCESSING, "processing")
     assert observed.raw == {"status": "processing", "result": None, "progress": 40}
+    assert observed.progress == Progress(percent=40)
+
+
+@pytest.mark.parametrize(
+    ("body", "progress"),
+    [
+        ({"status": "processing", "progress": 65}, {"percent": 65}),
+        ({"status": "processing", "progress": "65%"}, {"percent": 65}),
+        ({"status": "pending"}, None),
+        ({"status": "processing", "progress": None}, None),
+        ({"status": "processing", "progress": "later"}, None),
+    ],
+)
+def test_the_jobs_progress_is_read_as_a_percentage(body, progress):
+    seen = observation(body).progress
+    assert (seen and seen.to_json()) == progress
 
 
 def test_fetch_quotes_the_job_id_into_one_path_segment():

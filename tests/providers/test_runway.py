@@ -5,7 +5,13 @@ import httpx
 import pytest
 
 from receiver.config import ProviderConfig, Secret
-from receiver.providers.base import InvalidRequest, JobRef, ProviderError, SubmitRequest
+from receiver.providers.base import (
+    InvalidRequest,
+    JobRef,
+    Progress,
+    ProviderError,
+    SubmitRequest,
+)
 from receiver.providers.runway import API_VERSION, Runway, observation
 from receiver.states import Status
 
@@ -173,6 +179,14 @@ def test_statuses(body, status, provider_status):
     assert (seen.status, seen.provider_status, seen.known) == (status, provider_status, True)
     assert seen.result_url == (VIDEO if status is Status.COMPLETED else None)
     assert seen.raw == body
+
+
+def test_a_running_tasks_fraction_done_is_its_progress():
+    seen = fetch(make(recorder(answer(200, task("RUNNING", progress=0.42)))[1]))
+    assert seen.progress == Progress(percent=42)
+    assert observation(task("RUNNING", progress=0)).progress == Progress(percent=0)
+    assert observation(task("PENDING")).progress is None
+    assert observation(task("RUNNING", progress="soon")).progress is None
 
 
 def test_failure_keeps_the_reason_and_the_code():

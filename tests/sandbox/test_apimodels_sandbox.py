@@ -519,7 +519,8 @@ def test_duplicate_marker_sends_each_callback_twice_byte_identical(
 def test_early_marker_claims_completion_while_the_status_says_processing(
     url: str, fake: ApimodelsFake, hooks: CallbackReceiver
 ) -> None:
-    fake.settings.timing.run_time = 0.5
+    # Long enough that the checks below see the task still running on a loaded machine.
+    fake.settings.timing.run_time = 3.0
     target = hooks.url()
     task_id = submit(url, "[early]", callback_url=target)
     wait_until(lambda: len(hooks.received(target)) >= 1)

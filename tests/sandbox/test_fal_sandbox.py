@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.applications import Starlette
 
 from receiver.config import ProviderConfig, Secret
-from receiver.providers.base import JobRef, SubmitRequest
+from receiver.providers.base import JobRef, Progress, SubmitRequest
 from receiver.providers.fal import Fal
 from receiver.sandbox.base import Timing
 from receiver.sandbox.fal import (
@@ -348,6 +348,19 @@ def test_a_rotated_key_signs_and_replaces_the_published_one(url, fake, hooks):
 
 
 # -- the adapter against the fake ------------------------------------------------------------
+
+
+def test_the_adapter_reads_a_waiting_request_s_place_in_the_queue(url, fake):
+    async def call(fal: Fal) -> Any:
+        ahead = await fal.submit(SubmitRequest(prompt="First [slow]"), None)
+        behind = await fal.submit(SubmitRequest(prompt="Second [slow]"), None)
+        ref = JobRef("job", behind.provider_job_id, fal.config.api_key.fingerprint)
+        return ahead, behind, await fal.fetch(ref)
+
+    ahead, behind, polled = run(url, call)
+    assert ahead.observation.progress == Progress(queue_position=0)
+    assert behind.observation.progress == Progress(queue_position=1)
+    assert (polled.provider_status, polled.progress) == ("IN_QUEUE", Progress(queue_position=1))
 
 
 def test_the_adapter_runs_a_request_to_its_end_and_verifies_its_webhook(url, hooks):

@@ -19,6 +19,7 @@ from receiver.sandbox.base import Timing
 from receiver.sandbox.luma import UNDOCUMENTED_STATE, LumaFake, LumaFakeSettings
 from receiver.sandbox.server import ServerThread
 from receiver.states import Status
+from tests.conftest import wait_for
 from tests.sandbox.hook_receiver import HookReceiver
 
 KEY = "luma-test-key"
@@ -363,11 +364,13 @@ def test_the_list_pages_newest_first(url: str) -> None:
 
 
 def test_assets_expire_after_their_lifetime_on_a_setting(url: str, fake: LumaFake) -> None:
-    fake.settings.asset_ttl = 0.2
+    fake.settings.asset_ttl = 2.0
     generation_id, seen = lifecycle(url, "fleeting")
     assert httpx.get(seen[-1].result_url or "").status_code == 200
-    time.sleep(0.3)
-    assert httpx.get(f"{url}/assets/{generation_id}.mp4").status_code == 403
+    wait_for(
+        lambda: httpx.get(f"{url}/assets/{generation_id}.mp4").status_code == 403,
+        what="the asset to expire",
+    )
 
 
 def test_injected_faults_answer_in_lumas_shape(url: str, fake: LumaFake) -> None:

@@ -12,7 +12,14 @@ import httpx
 import pytest
 
 from receiver.config import ProviderConfig, Secret
-from receiver.providers.base import JobRef, Observation, ProviderError, Submission, SubmitRequest
+from receiver.providers.base import (
+    JobRef,
+    Observation,
+    Progress,
+    ProviderError,
+    Submission,
+    SubmitRequest,
+)
 from receiver.providers.newapi import VIDEO_PATH, NewApi
 from receiver.sandbox.base import Faults, Timing
 from receiver.sandbox.newapi import NewApiFake, NewApiFakeSettings
@@ -130,6 +137,10 @@ def test_submit_then_poll_until_completed_with_a_result_url(url: str, fake: NewA
     assert words[0] in ("SUBMITTED", "QUEUED")
     assert words[-1] == "SUCCESS" and "IN_PROGRESS" in words
     assert all(o.known for o in seen)
+    # new-api's figures: "0%" on submit, then one per status word.
+    assert submission.observation.progress == Progress(percent=0)
+    running = [o.progress for o in seen if o.provider_status == "IN_PROGRESS"]
+    assert running and set(running) == {Progress(percent=30)}
     done = seen[-1]
     assert done.status is Status.COMPLETED
     assert done.provider_job_id == submission.provider_job_id

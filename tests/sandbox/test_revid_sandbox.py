@@ -200,6 +200,7 @@ def test_never_marker_stays_processing(fake: Served) -> None:
         (Status.PROCESSING, 99),
         (Status.PROCESSING, 99),
     ]
+    assert [o.progress and o.progress.to_json() for o in seen] == [{"percent": 99}] * 2
 
 
 def test_slow_marker_stretches_every_stage(fake: Served) -> None:

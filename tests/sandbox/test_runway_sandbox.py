@@ -127,6 +127,11 @@ def test_a_text_task_runs_with_progress_and_succeeds(url, fake):
     assert words[-1] == "SUCCEEDED" and "RUNNING" in words
     progress = [o.raw["progress"] for o in seen if o.provider_status == "RUNNING" and o.raw]
     assert progress and all(0 <= p < 1 for p in progress)
+    # The adapter reads the fraction as a percentage.
+    running = [o for o in seen if o.provider_status == "RUNNING" and o.raw]
+    assert [o.progress.percent for o in running if o.progress] == [
+        round(100 * p, 1) for p in progress
+    ]
     done = seen[-1]
     assert done.result_url and done.result_url.startswith(
         f"{url}/files/{submission.provider_job_id}.mp4?_jwt="

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from receiver.providers.base import Observation, Submission
+from receiver.providers.base import Observation, Progress, Submission
 from receiver.states import Status
 from receiver.store import jobs
 from receiver.store.jobs import AdmittedCallback, CallbackTarget, JobNotFound, NewJob, UnknownToken
@@ -454,6 +454,42 @@ def test_a_poll_applies_counts_and_reschedules(conn, route):
     )  # fmt: skip
     row = job_row(conn)
     assert (row["polls"], row["next_poll_at"], row["status"]) == (2, None, "completed")
+
+
+def test_a_poll_that_only_sees_new_progress_keeps_it_without_a_transition(conn, route):
+    insert(conn, route)
+
+    def poll(progress: Progress | None, at: float, status=Status.PROCESSING):
+        seen = Observation(status, "RUNNING", progress=progress)
+        return run(jobs.record_poll, conn, "job_1", seen, next_poll_at=at + 5, now=at, route=route)
+
+    poll(Progress(percent=10), NOW + 10)
+    transitions, events = len(table(conn, "transitions")), len(table(conn, "events"))
+    assert job_row(conn)["progress"] == '{"percent":10}'
+
+    applied = poll(Progress(percent=42.5), NOW + 20)
+    assert applied.transition_id is None
+    assert job_row(conn)["progress"] == '{"percent":42.5}'
+    assert len(table(conn, "transitions")) == transitions
+    # Those who follow the job live are told; a poll that sees the same figure tells no one.
+    news = table(conn, "events")[events:]
+    assert [(e["transition_id"], e["at"]) for e in news] == [(None, NOW + 20)]
+    poll(Progress(percent=42.5), NOW + 30)
+    assert len(table(conn, "events")) == events + 1
+    # A provider that stops giving a figure (fal, once a request leaves its queue) clears it.
+    poll(None, NOW + 40)
+    assert job_row(conn)["progress"] is None
+    assert len(table(conn, "events")) == events + 2
+
+
+def test_the_submit_answers_progress_is_kept(conn, route):
+    insert(conn, route)
+    seen = Observation(Status.QUEUED, "IN_QUEUE", progress=Progress(queue_position=3))
+    run(jobs.record_submission,
+        conn, "job_1", Submission("req-1", seen, "sha256:0123456789abcdef"),
+        next_poll_at=NOW + 5, now=NOW + 1, route=route,
+    )  # fmt: skip
+    assert job_row(conn)["progress"] == '{"queue_position":3}'
 
 
 def test_a_poll_of_a_missing_job_raises(conn, route):
