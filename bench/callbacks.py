@@ -18,7 +18,10 @@ What it does, all on 127.0.0.1:
    httptools and uvloop with vidhook's limits, one process, 127.0.0.1, access log off),
    at the same log level (info unless ``--log-level``). With ``--compare-stack``, also
    ``vidhook serve --http-stack h11`` (the same build on h11 and the stock asyncio loop)
-   on a database and jobs of its own.
+   on a database and jobs of its own. With ``--database postgres``, also vidhook on a
+   throwaway PostgreSQL server that syncs its commits to disk (tests/pg.py), on jobs of
+   its own; with ``--replicas N``, N replicas on that database behind Caddy running
+   deploy/Caddyfile.replicas, which wrk then drives.
 4. After a warm-up, runs ``--rounds`` rounds: in each, wrk (bench/callbacks.lua) drives
    both servers with the same fresh requests file (and the h11 one with its own), one
    after the other, as fast as
@@ -45,8 +48,12 @@ Output ends with ``STACK callbacks_rps=<n> h11_rps=<n> ratio=<n> cpu_us=<n> h11_
 (with ``--compare-stack``: medians over the rounds, CPU per callback in all threads),
 ``PACED target_rps=<n> achieved_rps=<n> p50_ms=<n> p99_ms=<n>`` and
 ``RESULT callbacks_rps=<n> bare_rps=<n> ratio=<vidhook/bare> p50_ms=<n> p99_ms=<n>``:
-medians over the rounds, latencies of the median vidhook run. Exit code 1 if the
-database check failed, 2 if wrk is missing.
+medians over the rounds, latencies of the median vidhook run. With ``--database
+postgres`` the half-rate run and the RESULT line's figures are PostgreSQL's, followed by
+``database=postgres replicas=<n> sqlite_rps=<n> sqlite_ratio=<n> sqlite_p50_ms=<n>
+sqlite_p99_ms=<n>`` from SQLite's runs of the same rounds, and the CPU per callback of
+the PostgreSQL server (postmaster and backends) is printed beside vidhook's. Exit code 1
+if the database check failed, 2 if wrk is missing.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ from bench.common import (
     rss_mb,
     sandbox,
     start_py_spy,
+    tree_cpu_seconds,
 )
 from receiver.sandbox import ViduSandboxSettings
 from receiver.server import Stack
@@ -427,6 +435,8 @@ class Bench:
         self.pg: list[ServiceProcess] = []
         self.pg_url = ""
         self.pg_sent: list[tuple[Run, list[Signed]]] = []
+        self.pg_server = 0  # the postmaster's pid
+        self.pg_server_cpu: dict[str, float] = {}  # its CPU per answer (us), by run
         # More requests than connections in a block: a job's processing callback has
         # been answered before its success callback, a block later, is sent.
         self.block = max(256, 4 * args.connections)
@@ -438,7 +448,10 @@ class Bench:
     def plain_jobs(self, count: int) -> list[BenchJob]:
         return precreate_jobs(self.plain.config(), "vidu", max(1, count))
 
-    def on_postgres(self, database_url: str, replicas: int, sandbox_url: str) -> None:
+    def on_postgres(
+        self, database_url: str, replicas: int, sandbox_url: str, server_pid: int
+    ) -> None:
+        self.pg_server = server_pid
         balancer = f"http://127.0.0.1:{free_port()}" if replicas > 1 else None
         self.pg = [
             ServiceProcess(
@@ -458,9 +471,12 @@ class Bench:
     def drive_pg(self, name: str, jobs: Sequence[BenchJob], rate: float = 0) -> Run:
         signed, path = self.requests(name.replace(" ", "-"), jobs)
         pids = [svc.pid for svc in self.pg if svc.pid is not None]
+        server_before = tree_cpu_seconds(self.pg_server)
         run = run_wrk(name, self.pg_url, pids, path, rate=rate, **self._load())
+        server_us = (tree_cpu_seconds(self.pg_server) - server_before) * 1e6 / max(1, run.answered)
         self.pg_sent.append((run, signed))
-        print(run.describe(), flush=True)
+        self.pg_server_cpu[run.name] = server_us
+        print(f"{run.describe()}; the PostgreSQL server {server_us:.0f} us", flush=True)
         return run
 
     def drive_plain(self, name: str, jobs: Sequence[BenchJob]) -> Run:
@@ -500,7 +516,8 @@ def run_bench(args: argparse.Namespace, folder: Path) -> int:
         if postgres:
             # Commits wait for the disk, as SQLite's do with synchronous=FULL.
             cluster = stack.enter_context(running_cluster(free_port(), durable=True))
-            bench.on_postgres(cluster.fresh_database(), args.replicas, fakes.url)
+            postmaster = int((cluster.folder / "data" / "postmaster.pid").read_text().split()[0])
+            bench.on_postgres(cluster.fresh_database(), args.replicas, fakes.url, postmaster)
         began = time.monotonic()
         warm_jobs = bench.jobs(args.warmup_jobs)
         round_jobs = [bench.jobs(args.jobs) for _ in range(args.rounds)]
@@ -598,11 +615,17 @@ def run_bench(args: argparse.Namespace, folder: Path) -> int:
             f"check: {answered} callbacks answered 2xx, {stored} stored, each one in its job"
             " (processing applied, success awaiting confirmation); no transition stored twice"
         )
-    report(args, rounds, paced, rate)
+    report(args, rounds, paced, rate, bench.pg_server_cpu)
     return 1 if problems else 0
 
 
-def report(args: argparse.Namespace, rounds: list[Round], paced: Run, rate: float) -> None:
+def report(
+    args: argparse.Namespace,
+    rounds: list[Round],
+    paced: Run,
+    rate: float,
+    server_cpu: dict[str, float],
+) -> None:
     # Medians over the rounds; the latencies are those of the median run.
     postgres = args.database == "postgres"
     bare_rps = median([r.bare.rps for r in rounds])
@@ -648,7 +671,11 @@ def report(args: argparse.Namespace, rounds: list[Round], paced: Run, rate: floa
         "postgres/sqlite by round: "
         + ", ".join(f"{r.pg.rps / r.vidhook.rps:.2f}" for r in rounds if r.pg)
     )
-    print(f"CPU per callback on postgres (median, all replicas): {pg_cpu:.0f} us")
+    server = median([server_cpu[run.name] for run in pg_runs])
+    print(
+        f"CPU per callback on postgres (medians): vidhook {pg_cpu:.0f} us (all replicas),"
+        f" the PostgreSQL server {server:.0f} us"
+    )
     sqlite_rps = sqlite_middle.rps
     print(
         f"RESULT callbacks_rps={middle.rps:.0f} bare_rps={bare_rps:.0f}"

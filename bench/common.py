@@ -153,6 +153,21 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return used(Path(f"/proc/{pid}/task/{pid}/stat")), used(Path(f"/proc/{pid}/stat"))
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and of its children, those that ended and were waited for
+    included: a PostgreSQL server's postmaster and its backends."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if stat.parent.name == str(pid):
+                total += sum(int(f) for f in fields[11:15]) / tick  # with cutime, cstime
+            elif fields[1] == str(pid):  # ppid
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def machine() -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError):
