@@ -202,7 +202,10 @@ def test_an_image_is_uploaded_by_url_form_or_json_or_as_a_file(
     assert httpx.get(by_file["Resp"]["img_url"]).headers["content-type"] == "image/png"
     body = {"img_id": ids[0], "model": "v5", "prompt": "it moves", "duration": 5, "quality": "540p"}
     made = post(url, "/video/img/generate", json=body)
-    assert made["ErrCode"] == 0 and statuses(url, made["Resp"]["video_id"]) == [5, 1]
+    assert made["ErrCode"] == 0
+    # Generating (5), then done (1); a busy machine may look only once it is done.
+    seen = statuses(url, made["Resp"]["video_id"])
+    assert seen in ([5, 1], [1])
 
 
 def test_an_image_of_another_account_or_unknown_is_refused(url: str) -> None:

@@ -222,10 +222,11 @@ def test_output_as_a_list(url, fake):
 
 
 def test_outputs_are_removed_after_the_retention(url, fake):
-    fake.settings.retention = 0.2
+    # Long enough for a busy machine to fetch the output before it goes.
+    fake.settings.retention = 1.0
     done = until(url, create(url, "A heron").json()["id"], ("succeeded",))
     assert httpx.get(done["output"]).status_code == 200
-    time.sleep(0.25)
+    time.sleep(1.05)
     gone = get(url, done["id"])
     assert (gone["data_removed"], gone["output"], gone["input"]) == (True, None, {})
     assert gone["status"] == "succeeded"
