@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import httpx
 import prometheus_client
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.metrics import Metrics
@@ -186,3 +188,30 @@ def test_each_service_has_its_own_registry(tmp_path):
     # Nothing lands in the process-wide default registry.
     assert prometheus_client.REGISTRY.get_sample_value("vidhook_callbacks_total") is None
     assert not any(m.name.startswith("vidhook") for m in prometheus_client.REGISTRY.collect())
+
+
+@pytest.mark.postgres
+def test_each_replica_names_itself_and_both_count_the_shared_database(
+    sandbox, tmp_path, pg_url, monkeypatch
+):
+    names = ("replica-a", "replica-b")
+    with contextlib.ExitStack() as stack:
+        services = []
+        for name in names:
+            monkeypatch.setenv("VIDHOOK_INSTANCE", name)
+            folder = tmp_path / name
+            folder.mkdir()
+            services.append(
+                stack.enter_context(
+                    running_service(sandbox.url, folder / "v.db", database_url=pg_url)
+                )
+            )
+        job = services[0].submit("A lighthouse in fog")
+        services[0].wait_status(job["id"], "completed")
+        scraped = [scrape(svc) for svc in services]
+    for name, samples in zip(names, scraped, strict=True):
+        replicas = {k: v for k, v in samples.items() if k[0] == "vidhook_replica"}
+        assert replicas == {key("vidhook_replica", replica=name, engine="postgres"): 1}
+    # What is counted from the database is the same at every replica.
+    completed = key("vidhook_transitions_total", status="completed")
+    assert scraped[0][completed] == scraped[1][completed] == 1
