@@ -18,11 +18,12 @@ from starlette.routing import Route
 from receiver.cli import main
 from receiver.providers.base import JobRef, Observation
 from receiver.runtime import CannotCancel, Runtime
-from receiver.sandbox import ServerThread
+from receiver.sandbox import RunwayFakeSettings, ServerThread, create_sandbox_app
 from receiver.store import NewJob
 from tests.conftest import (
     ADMIN_TOKEN,
     Service,
+    fake_settings,
     running_sandbox,
     running_service,
     service_config,
@@ -368,6 +369,44 @@ def test_a_runway_task_that_already_ended_is_not_deleted(sandbox, tmp_path):
     assert ended["status"] == "completed"
     assert ended["result_url"].startswith(f"{sandbox.url}/runway/files/{task_id}.mp4")
     assert transitions(service, job["id"])[-1] == ("completed", "cancel")
+
+
+def test_a_poll_while_runway_answers_the_delete_does_not_fail_the_job(tmp_path):
+    # Runway forgets a task as it deletes it: a poll landing before the DELETE's answer
+    # reaches vidhook finds no task (404). That is the cancel, not a failure.
+    fakes = create_sandbox_app(runway=fake_settings(RunwayFakeSettings))
+
+    async def slow_delete_answers(scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "DELETE":
+            await fakes(scope, receive, send)
+            return
+        answer = []
+
+        async def keep(message):
+            answer.append(message)
+
+        await fakes(scope, receive, keep)  # the task is gone at the provider from here
+        await asyncio.sleep(1.0)  # several polls long (FAST_POLLING)
+        for message in answer:
+            await send(message)
+
+    with (
+        ServerThread(slow_delete_answers) as server,
+        running_service(server.url, tmp_path / "vidhook.db") as service,
+    ):
+        job = service.submit("A kite in the rain [never]", provider="runway")
+        task_id = service.wait(job["id"], lambda j: j["provider_status"] == "RUNNING")[
+            "provider_job_id"
+        ]
+        response = service.api.post(f"/api/jobs/{job['id']}/cancel")
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "canceled"
+        ended = service.job(job["id"])
+    runway = fakes.state.runway
+    polled = [r.status_code for r in runway.requests_to(task_id) if r.method == "GET"]
+    assert 404 in polled  # a poll did land in between
+    assert ended["status"] == "canceled" and ended["error"] is None
+    assert [t["to_status"] for t in ended["transitions"]] == ["queued", "processing", "canceled"]
 
 
 def test_kling_cannot_cancel_409_and_writes_nothing(service, sandbox, monkeypatch):
