@@ -35,6 +35,7 @@ from receiver.sandbox import (
     create_sandbox_app,
 )
 from receiver.sandbox.base import FakeProvider
+from receiver.sandbox.slack import SlackSinkSettings, create_slack_sink
 
 VIDU_KEY = "vidu-test-key-0123456789abcdef"
 OLD_VIDU_KEY = "vidu-old-key-fedcba9876543210"
@@ -330,3 +331,12 @@ def cli_env(monkeypatch):
     monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
     for name in ("VIDHOOK_URL", "VIDHOOK_CONFIG", "VIDHOOK_PUBLIC_URL", "VIDHOOK_DATABASE"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def slack():
+    """A fake Slack on loopback; its ``url`` is the incoming webhook to configure."""
+    app = create_slack_sink(SlackSinkSettings())
+    with ServerThread(app) as server:
+        app.state.slack.url = f"{server.url}/services/T000/B000/XXXX"
+        yield app.state.slack

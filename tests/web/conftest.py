@@ -7,8 +7,6 @@ import re
 import httpx
 import pytest
 
-from receiver.sandbox import ServerThread
-from receiver.sandbox.slack import SlackSinkSettings, create_slack_sink
 from tests.conftest import ADMIN_TOKEN, running_service
 from tests.web.forms import form_with_button
 
@@ -65,14 +63,6 @@ def browser(service):
     assert response.status_code == 303, response.text
     yield client
     client.close()
-
-
-@pytest.fixture
-def slack():
-    app = create_slack_sink(SlackSinkSettings())
-    with ServerThread(app) as server:
-        app.state.slack.url = f"{server.url}/services/T000/B000/XXXX"
-        yield app.state.slack
 
 
 @pytest.fixture
