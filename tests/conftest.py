@@ -38,6 +38,7 @@ from receiver.sandbox import (
     create_sandbox_app,
 )
 from receiver.sandbox.base import FakeProvider
+from receiver.sandbox.slack import SlackSinkSettings, create_slack_sink
 from receiver.store import Store
 from tests.pg import PgRows, binaries, running_cluster
 from tests.tools import missing
@@ -434,3 +435,12 @@ def engine_service(sandbox, database):
     """The receiver on each engine in turn (tests that matter on both)."""
     with running_service(sandbox.url, database.path, database_url=database.url) as svc:
         yield svc
+
+
+@pytest.fixture
+def slack():
+    """A fake Slack on loopback; its ``url`` is the incoming webhook to configure."""
+    app = create_slack_sink(SlackSinkSettings())
+    with ServerThread(app) as server:
+        app.state.slack.url = f"{server.url}/services/T000/B000/XXXX"
+        yield app.state.slack

@@ -18,11 +18,12 @@ from starlette.routing import Route
 from receiver.cli import main
 from receiver.providers.base import JobRef, Observation
 from receiver.runtime import CannotCancel, Runtime
-from receiver.sandbox import ServerThread
+from receiver.sandbox import RunwayFakeSettings, ServerThread, create_sandbox_app
 from receiver.store import NewJob
 from tests.conftest import (
     ADMIN_TOKEN,
     Service,
+    fake_settings,
     running_sandbox,
     running_service,
     service_config,
@@ -302,3 +303,129 @@ def test_a_job_whose_submission_is_unanswered_is_409_and_nothing_is_sent(sandbox
     assert "try again in a moment" in refused.message
     assert (jobs, transitions_) == (1, 1)
     assert len(sandbox.vidu.requests) == sent
+
+
+@pytest.mark.parametrize("delete_status", [204, 200])
+def test_a_running_runway_task_is_deleted_and_the_job_canceled(
+    service, sandbox, hooks, delete_status
+):
+    # Runway's answer to a DELETE is empty; its status is not documented: both read the same.
+    with settings_restored(sandbox.runway.settings) as settings:
+        settings.delete_status = delete_status
+        job = service.submit("A heron over the reeds [never]", provider="runway")
+        running = service.wait(job["id"], lambda j: j["provider_status"] == "RUNNING")
+        task_id = running["provider_job_id"]
+        before = len(hooks.of(job["id"]))
+        response = service.api.post(f"/api/jobs/{job['id']}/cancel")
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "canceled"
+    assert task_id not in sandbox.runway.tasks  # deleted at the provider
+    deletes = [r for r in sandbox.runway.requests if r.method == "DELETE"]
+    assert [(r.path, r.status_code) for r in deletes if r.task_id == task_id] == [
+        (f"/runway/v1/tasks/{task_id}", delete_status)
+    ]
+    ended = service.job(job["id"])
+    assert ended["status"] == "canceled" and ended["provider_status"] == "CANCELLED"
+    assert ended["finished_at"] is not None and ended["next_poll_at"] is None
+    assert ended["anomalies"] == [] and ended["result_url"] is None
+    assert transitions(service, job["id"]) == [
+        ("queued", "api"), ("processing", "poll"), ("canceled", "cancel"),
+    ]  # fmt: skip
+    wait_for(lambda: len(hooks.of(job["id"])) > before, what="the job.canceled event")
+    (event,) = hooks.of(job["id"])
+    assert event["type"] == "job.canceled" and event["data"]["status"] == "canceled"
+    (delivery,) = ended["deliveries"]
+    assert delivery["event"] == "canceled"
+
+
+def test_vidhook_cancel_cancels_a_runway_job(service, sandbox, hooks, monkeypatch, capsys):
+    monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+    job = service.submit("A paper lantern rising [never]", provider="runway")
+    task_id = service.wait(job["id"], lambda j: j["provider_status"] == "RUNNING")[
+        "provider_job_id"
+    ]
+    assert main(["cancel", job["id"], "--url", service.url]) == 0
+    assert capsys.readouterr().out == f"{job['id']} canceled\n"
+    assert task_id not in sandbox.runway.tasks
+    assert transitions(service, job["id"])[-1] == ("canceled", "cancel")
+    wait_for(lambda: hooks.of(job["id"]), what="the job.canceled event")
+    assert [e["type"] for e in hooks.of(job["id"])] == ["job.canceled"]
+
+
+def test_a_runway_task_that_already_ended_is_not_deleted(sandbox, tmp_path):
+    # Deleting an ended Runway task deletes its output: the cancel leaves it alone, and
+    # the job learns how it ended instead.
+    slow_polls = {"runway": {"initial_delay": 60, "poll_interval": 60, "poll_max_interval": 60}}
+    with running_service(sandbox.url, tmp_path / "vidhook.db", overrides=slow_polls) as service:
+        job = service.submit("A kite over the dunes", provider="runway")
+        task_id = wait_for(lambda: service.job(job["id"])["provider_job_id"], what="the task id")
+        wait_for(lambda: sandbox.runway.tasks[task_id].status == "SUCCEEDED", what="its end")
+        assert service.job(job["id"])["status"] == "queued"  # not polled since
+        response = service.api.post(f"/api/jobs/{job['id']}/cancel")
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "job_ended"
+        assert "completed" in response.json()["error"]["message"]
+        ended = service.job(job["id"])
+    assert task_id in sandbox.runway.tasks
+    assert [r for r in sandbox.runway.requests_to(task_id) if r.method == "DELETE"] == []
+    assert ended["status"] == "completed"
+    assert ended["result_url"].startswith(f"{sandbox.url}/runway/files/{task_id}.mp4")
+    assert transitions(service, job["id"])[-1] == ("completed", "cancel")
+
+
+def test_a_poll_while_runway_answers_the_delete_does_not_fail_the_job(tmp_path):
+    # Runway forgets a task as it deletes it: a poll landing before the DELETE's answer
+    # reaches vidhook finds no task (404). That is the cancel, not a failure.
+    fakes = create_sandbox_app(runway=fake_settings(RunwayFakeSettings))
+
+    async def slow_delete_answers(scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "DELETE":
+            await fakes(scope, receive, send)
+            return
+        answer = []
+
+        async def keep(message):
+            answer.append(message)
+
+        await fakes(scope, receive, keep)  # the task is gone at the provider from here
+        await asyncio.sleep(1.0)  # several polls long (FAST_POLLING)
+        for message in answer:
+            await send(message)
+
+    with (
+        ServerThread(slow_delete_answers) as server,
+        running_service(server.url, tmp_path / "vidhook.db") as service,
+    ):
+        job = service.submit("A kite in the rain [never]", provider="runway")
+        task_id = service.wait(job["id"], lambda j: j["provider_status"] == "RUNNING")[
+            "provider_job_id"
+        ]
+        response = service.api.post(f"/api/jobs/{job['id']}/cancel")
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "canceled"
+        ended = service.job(job["id"])
+    runway = fakes.state.runway
+    polled = [r.status_code for r in runway.requests_to(task_id) if r.method == "GET"]
+    assert 404 in polled  # a poll did land in between
+    assert ended["status"] == "canceled" and ended["error"] is None
+    assert [t["to_status"] for t in ended["transitions"]] == ["queued", "processing", "canceled"]
+
+
+def test_kling_cannot_cancel_409_and_writes_nothing(service, sandbox, monkeypatch):
+    job = service.submit("Koi under a bridge [never]", provider="kling")
+    service.wait(job["id"], lambda j: j["status"] == "processing")
+    before = counts_of(service, job["id"])
+    response = service.api.post(f"/api/jobs/{job['id']}/cancel")
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "cancel_unsupported"
+    assert error["message"] == "kling (kling) offers no way to cancel a job; it will run to its end"
+    assert counts_of(service, job["id"]) == before
+    # Kling was not asked at all: only its polls and the submission reached it.
+    asked = {(r.method, r.path.rsplit("/", 1)[0]) for r in sandbox.kling.requests}
+    assert asked <= {("POST", "/kling/v1/videos"), ("GET", "/kling/v1/videos/text2video")}
+    monkeypatch.setenv("VIDHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+    with pytest.raises(SystemExit) as refused:
+        main(["cancel", job["id"], "--url", service.url])
+    assert str(refused.value) == f"vidhook: {error['message']}"
+    assert service.job(job["id"])["status"] == "processing"

@@ -119,3 +119,19 @@ def test_veo_jobs_cannot_be_canceled(service):
     job = submit(service, "A kite [never]")
     answer = service.api.post(f"/api/jobs/{job['id']}/cancel")
     assert (answer.status_code, answer.json()["error"]["code"]) == (409, "cancel_unsupported")
+
+
+@pytest.mark.parametrize("path", ["/callbacks/veo/anything", "/callbacks/veo"])
+def test_veo_takes_no_callbacks_and_nothing_is_written(service, path):
+    job = submit(service, "A kite [never]")
+    assert service.job(job["id"])["callback_url"] is None
+    before = service.counts()
+    name = service.job(job["id"])["provider_job_id"] or "models/veo/operations/x"
+    answer = service.http.post(path, json={"name": name, "done": True, "response": {}})
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "unknown_provider"
+    assert "veo" in answer.json()["error"]["message"]
+    after = service.counts()
+    assert (after["callbacks"], after["nonces"]) == (before["callbacks"], before["nonces"])
+    assert service.rows("SELECT count(*) FROM callbacks WHERE job_id = ?", job["id"]) == [(0,)]
+    assert service.job(job["id"])["status"] in ("queued", "processing")

@@ -8,7 +8,9 @@ import httpx
 import pytest
 
 from receiver.providers.base import JobRef
-from tests.conftest import running_service, settings_restored
+from receiver.sandbox.media import sample_video
+from tests.conftest import ADMIN_TOKEN, VIDU_KEY, running_service, settings_restored
+from tests.media.helpers import sha256, wait_media
 
 VEO = "veo-3.0-generate-001"
 
@@ -41,6 +43,35 @@ def test_a_veo_task_completes_with_its_url(service, sandbox, enveloped):
     )
     video = httpx.get(how.url, headers=dict(how.headers))
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+
+
+@pytest.mark.parametrize("enveloped", [True, False])
+def test_a_veo_video_only_the_gateway_opens_is_kept_and_served_from_the_archive(
+    service, sandbox, enveloped
+):
+    with settings_restored(sandbox.newapi.settings) as settings:
+        settings.gemini_envelope = enveloped
+        job = wait_media(service, submit(service, "Herons at dawn", model=VEO)["id"])
+    task_id = job["provider_job_id"]
+    content = f"/newapi/v1/videos/{task_id}/content"
+    assert job["result_url"] == f"{sandbox.url}{content}"
+    # What the gateway serves, to its key holder alone.
+    served = httpx.get(job["result_url"], headers={"Authorization": f"Bearer {VIDU_KEY}"})
+    assert served.status_code == 200 and served.content == sample_video()
+    # The archive fetched it once, with the key (a request without it is refused 401).
+    assert [r.status_code for r in sandbox.newapi.requests if r.path == content] == [200, 200]
+
+    video = job["media"]["video"]
+    assert (video["bytes"], video["sha256"]) == (len(served.content), sha256(served.content))
+    assert video["content_type"] == "video/mp4"
+    assert video["url"].startswith(f"{service.url}/media/{job['id']}/video?expires=")
+    kept = httpx.get(video["url"], timeout=10)  # the signed link alone opens it
+    assert kept.status_code == 200 and kept.content == served.content
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    direct = httpx.get(f"{service.url}/media/{job['id']}/video", headers=admin, timeout=10)
+    assert direct.status_code == 200 and direct.content == served.content
+    part = httpx.get(video["url"], headers={"Range": "bytes=100-199"}, timeout=10)
+    assert part.status_code == 206 and part.content == served.content[100:200]
 
 
 def test_a_failed_veo_task_keeps_the_gateways_message(service, sandbox):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
+import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,11 @@ PART_SIZE = 8 * 1024 * 1024
 PARALLEL_PARTS = 4
 _PROBE = ".vidhook-check"
 _ERROR_TEXT = 300
+# obstore's message quotes the server's answer after its own words; S3 says what is wrong
+# in the <Code> and <Message> of an XML error body, which the quote may cut short.
+_STATUS = re.compile(r"status code: (\d{3})")
+_CODE = re.compile(r"<Code>([^<]*)</Code>")
+_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 
 
 class S3Storage(Storage):
@@ -57,8 +64,8 @@ class S3Storage(Storage):
 
     def _failure(self, doing: str, exc: Exception) -> StorageError:
         # obstore's messages name the request and the server's answer, never the keys.
-        text = " ".join(str(exc).split())[:_ERROR_TEXT]
-        return StorageError(f"{self._where()}: {doing} failed: {text}")
+        text = " ".join(str(exc).split())
+        return StorageError(f"{self._where()}: {doing} failed: {_reason(text)[:_ERROR_TEXT]}")
 
     async def prepare(self) -> None:
         """Nothing to create: the bucket is the operator's (``vidhook check`` tries it)."""
@@ -102,3 +109,15 @@ class S3Storage(Storage):
             return await obstore.sign_async(self.store, "GET", location, timedelta(seconds=seconds))
         except Exception as exc:
             raise self._failure(f"signing a link to {location}", exc) from None
+
+
+def _reason(text: str) -> str:
+    """S3's own code and message (``HTTP 403 SignatureDoesNotMatch: ...``) where the
+    answer carries them, else obstore's words."""
+    code = _CODE.search(text)
+    if code is None:
+        return text
+    status = _STATUS.search(text)
+    message = _MESSAGE.search(text)
+    said = html.unescape(code[1]) + (f": {html.unescape(message[1])}" if message else "")
+    return f"HTTP {status[1]} {said}" if status else said

@@ -8,13 +8,14 @@ DELETE, after which Runway no longer knows it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from receiver.config import Secret
+from receiver.config import ProviderConfig, Secret
 from receiver.providers.base import (
     HTTPProvider,
     InvalidRequest,
@@ -43,6 +44,8 @@ STATES = {
 MAX_PROMPT = 1000  # UTF-16 code units
 MAX_DATA_URI = 5_242_880  # characters
 MAX_SEED = 4_294_967_295
+# How long a 404 for a task this service deleted still reads as that cancel.
+DELETED_MEMORY = 600.0
 # The ratio and duration a model is sent when the request names neither (Runway requires
 # both for most models); other models get only what the request says.
 MODEL_DEFAULTS: dict[str, tuple[str, int]] = {
@@ -115,6 +118,11 @@ class Runway(HTTPProvider):
     # Runway reads data:image/ URIs up to about 5 MB.
     accepts_image_data = True
     supports_cancel = True
+
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        super().__init__(config, client)
+        # Task id -> when this service asked Runway to delete it (see fetch).
+        self._deleted: dict[str, float] = {}
 
     def auth_headers(self, key: Secret) -> dict[str, str]:
         return {"Authorization": f"Bearer {key.reveal()}", "X-Runway-Version": API_VERSION}
@@ -203,9 +211,15 @@ class Runway(HTTPProvider):
         if not job.provider_job_id:
             # The submit answer may still be on its way; ask again later.
             raise ProviderError(self.name, "the provider task id is not known yet", transient=True)
-        task = await self.request_json(
-            "GET", _task_path(job.provider_job_id), key=self.key_for(job)
-        )
+        try:
+            task = await self.request_json(
+                "GET", _task_path(job.provider_job_id), key=self.key_for(job)
+            )
+        except ProviderError as exc:
+            if exc.status_code == 404 and job.provider_job_id in self._deleted:
+                # Runway forgets a task as it deletes it: this poll met the cancel.
+                return _canceled(job.provider_job_id)
+            raise
         if not isinstance(task, Mapping) or task.get("status") in (None, ""):
             raise ProviderError(self.name, "the task answer has no status", transient=True)
         seen = observation(task)
@@ -225,20 +239,30 @@ class Runway(HTTPProvider):
         now = await self.fetch(job)
         if now.status.terminal:
             return now
-        assert job.provider_job_id is not None  # fetch refused a job without one
-        key = self.key_for(job)
+        task_id = job.provider_job_id
+        assert task_id is not None  # fetch refused a job without one
+        # Noted before asking: the task is gone at Runway before its answer is back here.
+        self._note_deleted(task_id)
         try:
-            await self.request_json("DELETE", _task_path(job.provider_job_id), key=key)
+            await self.request_json("DELETE", _task_path(task_id), key=self.key_for(job))
         except ProviderError as exc:
             # Success is an empty answer (204), which is not JSON: nothing to read.
             if exc.status_code is None or not 200 <= exc.status_code < 300:
+                if exc.status_code is not None:  # refused; one never answered may have done it
+                    self._deleted.pop(task_id, None)
                 raise
         # Runway forgets a deleted task: this answer is the last word on it.
-        return Observation(
-            status=Status.CANCELED,
-            provider_status="CANCELLED",
-            provider_job_id=job.provider_job_id,
-        )
+        return _canceled(task_id)
+
+    def _note_deleted(self, task_id: str) -> None:
+        now = time.monotonic()
+        for old in [t for t, at in self._deleted.items() if now - at > DELETED_MEMORY]:
+            del self._deleted[old]
+        self._deleted[task_id] = now
+
+
+def _canceled(task_id: str) -> Observation:
+    return Observation(status=Status.CANCELED, provider_status="CANCELLED", provider_job_id=task_id)
 
 
 def _task_path(task_id: str) -> str:

@@ -17,12 +17,38 @@ from tests.conftest import ADMIN_TOKEN, Service, service_config
 
 # The sandbox runs on loopback, which downloads refuse unless told otherwise.
 ARCHIVE = {"allow_private_hosts": True}
+BUCKET = "vidhook-media"
+S3_ENV = {"MEDIA_S3_KEY_ID": "AKIAVIDHOOKTEST", "MEDIA_S3_SECRET": "s3cr3t-for-moto-only"}
 
 
 def archive_extra(extra=None, **archive):
     extra = dict(extra or {})
     extra["archive"] = {**ARCHIVE, **archive}
     return extra
+
+
+def s3_extra(s3_url, extra=None, **archive):
+    """Keep results in moto's bucket (see conftest's s3_url), under the prefix "kept"."""
+    extra = archive_extra(
+        extra, store="s3", bucket=BUCKET, prefix="kept", endpoint_url=s3_url,
+        access_key_id_env="MEDIA_S3_KEY_ID", secret_access_key_env="MEDIA_S3_SECRET", **archive,
+    )  # fmt: skip
+    extra["env"] = {**extra.get("env", {}), **S3_ENV}
+    return extra
+
+
+def objects(s3_url: str) -> dict[str, tuple[str, int]]:
+    """The bucket's objects as the server lists them: key -> (ETag, size)."""
+    listing = httpx.get(f"{s3_url}/{BUCKET}", params={"list-type": "2"}, timeout=10).text
+    found = {}
+    for entry in listing.split("<Contents>")[1:]:
+        key, etag, size = (_element(entry, name) for name in ("Key", "ETag", "Size"))
+        found[key] = (etag.replace("&quot;", '"').strip('"'), int(size))
+    return found
+
+
+def _element(xml: str, name: str) -> str:
+    return xml.split(f"<{name}>")[1].split(f"</{name}>")[0]
 
 
 def wait_media(service, job_id, status="kept", timeout=20.0):

@@ -84,9 +84,9 @@ def mail_link(mailbox):
     return found.group(1), text
 
 
-def test_every_channel_links_to_the_kept_copy_which_opens(sandbox, db_path, channels):
+def test_every_channel_links_to_the_kept_copy_which_opens(sandbox, db_path, channels, kept_in):
     extra, slack, mailbox, hooks = channels
-    with running_service(sandbox.url, db_path, extra=archive_extra(extra)) as service:
+    with running_service(sandbox.url, db_path, extra=kept_in.config(extra)) as service:
         job = service.submit("A red fox trotting through fresh snow")
         job = wait_media(service, job["id"])
         wait_for(lambda: slack.messages and mailbox.messages and hooks.events, what="messages")
@@ -95,19 +95,19 @@ def test_every_channel_links_to_the_kept_copy_which_opens(sandbox, db_path, chan
 
         link, text = slack_link(slack.messages[0])
         assert link.startswith(prefix) and "_vidhook" not in text
-        assert sha256(get(link).content) == expected
+        assert sha256(get(link, follow_redirects=True).content) == expected
         cover = slack.messages[0]["blocks"][0]["accessory"]["image_url"]
         assert cover.startswith(f"{service.url}/media/{job['id']}/cover?")
 
         link, text = mail_link(mailbox)
         assert link.startswith(prefix) and "Size:" in text
-        assert sha256(get(link).content) == expected
+        assert sha256(get(link, follow_redirects=True).content) == expected
 
         (event,) = hooks.events
         media = event["data"]["media"]
         assert media["status"] == "kept" and media["video"]["sha256"] == expected
         assert media["video"]["url"].startswith(prefix)
-        assert sha256(get(media["video"]["url"]).content) == expected
+        assert sha256(get(media["video"]["url"], follow_redirects=True).content) == expected
 
 
 def test_a_slow_copy_past_notify_wait_is_announced_with_the_providers_link(

@@ -7,21 +7,12 @@ from aiosmtpd.controller import Controller
 
 from receiver.config import NotifyConfig
 from receiver.notify.outbox import retry_delay
-from receiver.sandbox import ServerThread
-from receiver.sandbox.slack import SlackAnswer, SlackSinkSettings, create_slack_sink
+from receiver.sandbox.slack import SlackAnswer
 from tests.conftest import free_port, running_service, wait_for
 from tests.notify.test_email import Mailbox
 from tests.test_restart import ServiceProcess
 
 QUICK_RETRIES = {"retry_base": 0.1, "retry_max": 1.0, "max_attempts": 6}
-
-
-@pytest.fixture
-def slack():
-    app = create_slack_sink(SlackSinkSettings())
-    with ServerThread(app) as server:
-        app.state.slack.url = f"{server.url}/services/T000/B000/XXXX"
-        yield app.state.slack
 
 
 def slack_config(slack, **channel):

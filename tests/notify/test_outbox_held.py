@@ -10,8 +10,7 @@ import time
 import pytest
 
 from receiver.cli import main
-from receiver.sandbox import ServerThread
-from receiver.sandbox.slack import SlackAnswer, SlackSinkSettings, create_slack_sink
+from receiver.sandbox.slack import SlackAnswer
 from tests.conftest import ADMIN_TOKEN, VIDU_KEY, free_port, running_service, wait_for
 from tests.test_metrics import key, scrape
 
@@ -19,14 +18,6 @@ QUICK_RETRIES = {"retry_base": 0.1, "retry_max": 1.0, "max_attempts": 6}
 ARCHIVED = SlackAnswer(status=410, error="channel_is_archived")
 INVALID = SlackAnswer(status=400, error="invalid_payload")
 JOB_ID = re.compile(r"job_[0-9A-Z]{26}")
-
-
-@pytest.fixture
-def slack():
-    app = create_slack_sink(SlackSinkSettings())
-    with ServerThread(app) as server:
-        app.state.slack.url = f"{server.url}/services/T000/B000/XXXX"
-        yield app.state.slack
 
 
 def slack_config(url, **channel):

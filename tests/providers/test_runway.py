@@ -262,6 +262,30 @@ def test_cancel_deletes_a_running_task(deleted):
     assert Runway.supports_cancel
 
 
+def test_after_a_delete_a_404_for_that_task_reads_as_canceled_and_for_others_not():
+    gone = answer(404, {"error": "Task not found."})
+    _seen, handler = recorder(answer(200, task("RUNNING")), answer(204), gone)
+    runway = make(handler)
+    asyncio.run(runway.cancel(job()))
+    polled = fetch(runway)  # a poll racing the cancel's own write
+    assert polled.status is Status.CANCELED and polled.provider_status == "CANCELLED"
+    with pytest.raises(ProviderError) as caught:
+        fetch(runway, job(task_id="0b5c6a3e-other-task"))
+    assert caught.value.status_code == 404 and not caught.value.transient
+
+
+def test_a_refused_delete_leaves_a_404_an_error():
+    _seen, handler = recorder(
+        answer(200, task("PENDING")), answer(400, {"error": "Bad."}), answer(404, {"error": "No."})
+    )
+    runway = make(handler)
+    with pytest.raises(ProviderError):
+        asyncio.run(runway.cancel(job()))
+    with pytest.raises(ProviderError) as caught:
+        fetch(runway)
+    assert caught.value.status_code == 404
+
+
 def test_cancel_leaves_an_ended_task_alone():
     seen, handler = recorder(answer(200, task("SUCCEEDED", output=[VIDEO])))
     ended = asyncio.run(make(handler).cancel(job()))

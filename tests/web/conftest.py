@@ -7,7 +7,8 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, running_service
+from tests.web.forms import form_with_button
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -43,6 +44,14 @@ class Browser:
         """A form of the dashboard sent as the page would: with its CSRF token."""
         return self.post_form(path, {"csrf": self.csrf(from_page), **(data or {})}, files=files)
 
+    def press(self, page: str, label: str, action_part: str = "") -> httpx.Response:
+        """Send the form of ``page`` whose button reads ``label``, as the page holds it."""
+        shown = self.get(page)
+        assert shown.status_code == 200, shown.text
+        form = form_with_button(shown.text, label, action_part)
+        assert form.method == "post"
+        return self.post_form(form.action, form.fields)
+
     def close(self) -> None:
         self.http.close()
 
@@ -54,3 +63,17 @@ def browser(service):
     assert response.status_code == 303, response.text
     yield client
     client.close()
+
+
+@pytest.fixture
+def slack_service(sandbox, slack, db_path):
+    """A service whose every job notifies the Slack channel "team", where a delivery dies
+    at its first failure."""
+    extra = {
+        "env": {"SLACK_URL": slack.url},
+        "default_channels": ["team"],
+        "channels": {"team": {"type": "slack", "webhook_url_env": "SLACK_URL", "min_interval": 0}},
+        "notify": {"retry_base": 0.1, "retry_max": 0.2, "max_attempts": 1},
+    }
+    with running_service(sandbox.url, db_path, extra=extra) as svc:
+        yield svc

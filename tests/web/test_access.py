@@ -18,6 +18,7 @@ from receiver.web.sessions import (
     read_session,
 )
 from tests.conftest import ADMIN_TOKEN, ENV
+from tests.sse import Stream
 from tests.web.conftest import Browser
 
 PAGES = ("/ui/", "/ui/new", "/ui/deliveries", "/ui/providers", "/ui/jobs/job_unknown")
@@ -228,6 +229,51 @@ def test_the_api_takes_the_cookie_for_reads_and_for_same_origin_writes_only(serv
     assert service.counts() == before
     same = browser.http.post("/api/jobs", json=payload, headers={"Origin": service.url})
     assert same.status_code == 201, same.text
+
+
+def session_cookie(browser) -> str:
+    return f"vidhook-session={browser.http.cookies['vidhook-session']}"
+
+
+def test_the_event_stream_takes_the_session_cookie(service, browser):
+    with Stream(service.url, token=None, Cookie=session_cookie(browser)) as stream:
+        stream.subscribed()
+        assert stream.status == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        job = service.submit("A moth at a porch light")
+        service.wait_status(job["id"], "completed")
+        stream.wait(
+            lambda p: "completed" in [e.job["status"] for e in p.job_events()],
+            what="the job's events through the cookie",
+        )
+        assert {e.job["id"] for e in stream.job_events()} == {job["id"]}
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [None, "forged", "signed out", "another token's"],
+)
+def test_the_event_stream_without_the_token_or_a_genuine_cookie_is_refused(
+    service, browser, cookie
+):
+    job = service.submit("The secret prompt of a moth")
+    service.wait_status(job["id"], "completed")
+    headers = {}
+    if cookie == "forged":
+        value = session_cookie(browser)
+        headers["Cookie"] = value[:-1] + ("A" if value[-1] != "A" else "B")
+    elif cookie == "another token's":
+        _, value = new_session(config_for(service.url, token="another-admin-token"), time.time())
+        headers["Cookie"] = f"vidhook-session={value}"
+    elif cookie == "signed out":
+        browser.act("/ui/logout")  # the browser forgets its cookie: it sends none
+        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in browser.http.cookies.items())
+    path = f"/api/events?job={job['id']}&last_event_id=0"
+    response = service.http.get(path, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="vidhook"'
+    assert job["id"] not in response.text and "moth" not in response.text
+    assert service.server.app.state.runtime.events.streams == set()
 
 
 def test_kept_media_opens_with_the_cookie(service, browser):

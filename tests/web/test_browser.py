@@ -10,6 +10,8 @@ demo's jobs, and one in this process with a Slack channel pointed at the fake Sl
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import signal
@@ -18,7 +20,9 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,8 +34,17 @@ from starlette.routing import Route
 from receiver.demo import SAMPLES
 from receiver.sandbox import ServerThread
 from receiver.sandbox.slack import SlackAnswer, SlackSinkSettings, create_slack_sink
-from tests.conftest import ADMIN_TOKEN, running_sandbox, running_service, wait_for
+from tests.conftest import (
+    ADMIN_TOKEN,
+    VIDU_KEY,
+    Sandbox,
+    running_sandbox,
+    running_service,
+    settings_restored,
+    wait_for,
+)
 from tests.tools import missing
+from tests.vidu_signer import vidu_headers
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +62,7 @@ CHROMIUM_ARGS = [
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "docs" / "screenshots"
 WAIT_MS = 15_000
+log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +126,10 @@ def demo() -> Iterator[Demo]:
 
 @dataclass
 class Live:
-    service: object
-    slack: object
+    service: Any
+    slack: Any
     url: str
+    sandbox: Sandbox
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +148,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
         }
         db_path = tmp_path_factory.mktemp("browser") / "vidhook.db"
         with running_service(sandbox.url, db_path, extra=extra) as service:
-            yield Live(service, slack, service.url)
+            yield Live(service, slack, service.url, sandbox)
 
 
 @pytest.fixture
@@ -287,3 +302,282 @@ def test_a_cross_site_post_is_refused(context, live):
         assert navigation.value.status == 403
         assert "refused" in page.content().lower()
     assert live.service.counts() == before
+
+
+# -- live, themes, phones, keyboards, times -------------------------------------------------
+
+# Records, in the page, the moment (Date.now(), the same clock as time.time()) the element
+# matching the selector first shows the status.
+WATCH_FOR_STATUS = """([selector, status]) => {
+  window.seenAt = null;
+  const look = () => {
+    const element = document.querySelector(selector);
+    if (window.seenAt === null && element && element.dataset.status === status) {
+      window.seenAt = Date.now();
+    }
+  };
+  new MutationObserver(look).observe(document.body,
+    { subtree: true, childList: true, attributes: true, attributeFilter: ["data-status"] });
+}"""
+
+
+def connected(page: Page) -> None:
+    page.wait_for_selector("#live-state.connected", timeout=WAIT_MS)
+
+
+def processing_callback(live: Live, job_id: str) -> float:
+    """A signed callback moving the job to processing; the moment it was sent (its answer
+    comes after the transition's commit, a few milliseconds later)."""
+    ((url, task),) = live.service.rows(
+        "SELECT callback_url, provider_job_id FROM jobs WHERE id = ?", job_id
+    )
+    body = json.dumps({"id": task, "state": "processing"}).encode()
+    headers = vidu_headers(VIDU_KEY, url)
+    sent = time.time()
+    response = live.service.http.post(url, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return sent
+
+
+def test_a_change_reaches_the_open_list_and_job_page_promptly(context, live):
+    listing = context.new_page()
+    sign_in(listing, live.url, ADMIN_TOKEN)
+    connected(listing)
+    seen: list[tuple[float, float]] = []
+    jobs = []
+    with settings_restored(live.sandbox.settings) as settings:
+        settings.queue_delay = 120  # the provider says nothing; the callback moves the job
+        for n in range(3):
+            job = live.service.submit(f"A candle flame in a draught {n}")
+            jobs.append(job["id"])
+            wait_for(lambda j=job: live.service.job(j["id"])["provider_job_id"], what="a task")
+            page = context.new_page()
+            page.goto(f"{live.url}/ui/jobs/{job['id']}")
+            connected(page)
+            listing.wait_for_selector(f'tr[data-job-id="{job["id"]}"]', timeout=WAIT_MS)
+            row = f'tr[data-job-id="{job["id"]}"]'
+            listing.evaluate(WATCH_FOR_STATUS, [row, "processing"])
+            page.evaluate(WATCH_FOR_STATUS, ["article.job", "processing"])
+            sent = processing_callback(live, job["id"])
+            moments = []
+            for shown in (listing, page):
+                shown.wait_for_function("() => window.seenAt !== null", timeout=WAIT_MS)
+                moments.append(shown.evaluate("() => window.seenAt") / 1000 - sent)
+            seen.append((moments[0], moments[1]))
+            page.close()
+    for job_id in jobs:
+        live.service.api.post(f"/api/jobs/{job_id}/cancel")
+    log.info(
+        "from sending the callback to the page showing it: list %s s, job page %s s",
+        ", ".join(f"{a:.3f}" for a, _ in seen),
+        ", ".join(f"{b:.3f}" for _, b in seen),
+    )
+    assert all(0 <= delay < 5 for pair in seen for delay in pair), seen
+
+
+def full_job(live: Live, prompt: str) -> str:
+    """A completed job with its result kept, callbacks received and a dead delivery."""
+    live.slack.answer(SlackAnswer(status=500))
+    job = live.service.submit(prompt)
+    live.service.wait(
+        job["id"],
+        lambda j: (
+            j["media"]["status"] == "kept" and [d["status"] for d in j["deliveries"]] == ["dead"]
+        ),
+    )
+    return str(job["id"])
+
+
+LONG_PROMPT = (
+    "A slow dolly shot along a rain-soaked neon street at night, reflections rippling in "
+    "puddles, steam rising from a noodle stall, reference https://images.example.com/"
+    "moodboards/2026/neon-street-reference-frame-0042-final-final.png"
+)
+
+# Text and the background it sits on, as the reader sees them: the first non-transparent
+# background up the tree.
+COLOURS = """(selectors) => {
+  const parse = (text) => (text.match(/[\\d.]+/g) || []).map(Number);
+  const background = (element) => {
+    for (let e = element; e; e = e.parentElement) {
+      const value = parse(getComputedStyle(e).backgroundColor);
+      if (value.length === 3 || value[3] > 0) return value.slice(0, 3);
+    }
+    return matchMedia("(prefers-color-scheme: dark)").matches ? [0, 0, 0] : [255, 255, 255];
+  };
+  const found = [];
+  for (const selector of selectors) {
+    for (const element of document.querySelectorAll(selector)) {
+      if (!element.getClientRects().length) continue;
+      found.push({ selector, text: element.textContent.trim().slice(0, 40),
+        fg: parse(getComputedStyle(element).color).slice(0, 3), bg: background(element) });
+    }
+  }
+  return found;
+}"""
+TEXTS = {
+    "/ui/": ["body", "h1", "tr[data-job-id] a", ".status", ".id", ".count", "thead th",
+             "button", ".button", "select", "input[name=q]", ".topbar nav a", ".error-text"],
+    "job": ["h1", ".status", ".facts dt", ".facts dd", ".via", ".offset", ".dstatus",
+            ".error-text", "button", ".button", "summary", "h2 .sub", ".sub"],
+}  # fmt: skip
+
+
+def luminance(rgb: list[float]) -> float:
+    def linear(channel: float) -> float:
+        c = channel / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(fg: list[float], bg: list[float]) -> float:
+    light, dark = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_the_dark_theme_follows_the_system_and_stays_readable(chromium, live):
+    job_id = full_job(live, "A fox crossing a frozen river")
+    failed = live.service.submit("Fireflies in a jar [fail]")
+    live.service.wait_status(failed["id"], "failed")
+    body: dict[str, tuple[list[float], list[float]]] = {}
+    for scheme in ("light", "dark"):
+        context = chromium.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+        page = context.new_page()
+        sign_in(page, live.url, ADMIN_TOKEN)
+        unreadable = []
+        for path, selectors in TEXTS.items():
+            page.goto(f"{live.url}/ui/jobs/{job_id}" if path == "job" else f"{live.url}{path}")
+            for found in page.evaluate(COLOURS, selectors):
+                ratio = contrast(found["fg"], found["bg"])
+                if ratio < 4.5:  # WCAG AA for body text
+                    unreadable.append((path, found["selector"], found["text"], round(ratio, 2)))
+                if found["selector"] == "body" or (path == "job" and found["selector"] == "h1"):
+                    body.setdefault(scheme, (found["fg"], found["bg"]))
+        context.close()
+        assert unreadable == [], (scheme, unreadable)
+    (light_fg, light_bg), (dark_fg, dark_bg) = body["light"], body["dark"]
+    assert luminance(light_bg) > 0.8 and luminance(dark_bg) < 0.05
+    assert luminance(light_fg) < 0.05 and luminance(dark_fg) > 0.7
+
+
+def test_a_phone_width_needs_no_sideways_scrolling(chromium, live):
+    job_id = full_job(live, LONG_PROMPT)
+    context = chromium.new_context(
+        viewport={"width": 375, "height": 812}, is_mobile=True, has_touch=True,
+        device_scale_factor=2,
+    )  # fmt: skip
+    page = context.new_page()
+    sign_in(page, live.url, ADMIN_TOKEN)
+    wide = {}
+    paths = ["/ui/", "/ui/?view=gallery", f"/ui/jobs/{job_id}", "/ui/deliveries", "/ui/new",
+             "/ui/providers"]  # fmt: skip
+    for path in paths:
+        page.goto(f"{live.url}{path}")
+        page.evaluate("() => document.querySelectorAll('details').forEach(d => d.open = true)")
+        widths = page.evaluate(
+            "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        if widths[0] > widths[1]:
+            wide[path] = widths
+    context.close()
+    assert wide == {}
+
+
+FOCUSED = """() => {
+  const element = document.activeElement;
+  const style = getComputedStyle(element);
+  const parse = (text) => (text.match(/[\\d.]+/g) || []).map(Number).slice(0, 3);
+  let behind = [255, 255, 255];
+  for (let e = element.parentElement; e; e = e.parentElement) {
+    const value = (getComputedStyle(e).backgroundColor.match(/[\\d.]+/g) || []).map(Number);
+    if (value.length === 3 || value[3] > 0) { behind = value.slice(0, 3); break; }
+  }
+  return {
+    tag: element.tagName.toLowerCase(),
+    name: element.getAttribute("name"),
+    text: (element.textContent || "").trim().replace(/\\s+/g, " ").slice(0, 60),
+    in_row: Boolean(element.closest("tr[data-job-id]")),
+    shown: element.matches(":focus-visible") && style.outlineStyle !== "none"
+      && parseFloat(style.outlineWidth) >= 2,
+    ring: parse(style.outlineColor),
+    behind,
+  };
+}"""
+
+
+def tab_through(page: Page, presses: int) -> list[dict[str, Any]]:
+    """Where each press of Tab lands, until the page's end (focus back on the body)."""
+    reached = []
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        focused = page.evaluate(FOCUSED)
+        if focused["tag"] == "body":
+            break
+        reached.append(focused)
+    return reached
+
+
+def unmarked(reached: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What had the focus without showing it plainly: no ring, or a ring that stands out
+    from what is behind it by less than 3:1. Tab walks on into a video's own controls,
+    which the browser draws and marks itself: the video is checked when it is reached."""
+    return [
+        r
+        for r in reached
+        if (not r["shown"] or contrast(r["ring"], r["behind"]) < 3)
+        and not (r["tag"] == "video" and r is not first_video(reached))
+    ]
+
+
+def first_video(reached: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((r for r in reached if r["tag"] == "video"), None)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_keyboard_reaches_filters_rows_and_actions_with_visible_focus(chromium, live, scheme):
+    job_id = full_job(live, "Snow falling past a street lamp")
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+    page = context.new_page()
+    sign_in(page, live.url, ADMIN_TOKEN)
+    reached = tab_through(page, 60)
+    assert reached[0]["text"] == "Skip to the content"
+    names = {r["name"] for r in reached}
+    assert {"q", "status", "provider"} <= names
+    assert any(r["tag"] == "a" and r["in_row"] for r in reached)
+    assert unmarked(reached) == []
+
+    page.goto(f"{live.url}/ui/jobs/{job_id}")
+    reached = tab_through(page, 60)
+    buttons = {r["text"] for r in reached if r["tag"] == "button"}
+    assert {"Download again", "Submit again", "Retry", "Sign out"} <= buttons
+    assert first_video(reached) is not None
+    assert unmarked(reached) == []
+    # Enter on the focused Retry sends its form.
+    page.keyboard.press("Shift+Tab")
+    while page.evaluate(FOCUSED)["text"] != "Retry":
+        page.keyboard.press("Shift+Tab")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert "done=retried" in page.url
+    context.close()
+
+
+def test_a_relative_time_shows_the_exact_time_on_hover(context, live):
+    job = live.service.submit("Clouds over a ridge")
+    live.service.wait_status(job["id"], "completed")
+    page = context.new_page()
+    sign_in(page, live.url, ADMIN_TOKEN)
+    page.goto(f"{live.url}/ui/jobs/{job['id']}")
+    times = page.locator("time[data-relative]")
+    assert times.count() >= 3
+    for n in range(times.count()):
+        element = times.nth(n)
+        if not element.is_visible():
+            continue
+        element.hover()
+        moment = datetime.fromisoformat(element.get_attribute("datetime"))
+        title = element.get_attribute("title")
+        assert moment.strftime("%Y-%m-%d %H:%M:%S UTC") in title, title
+        assert re.fullmatch(r"just now|(in )?\d+ (s|min|h|days?|y)( ago)?", element.inner_text())

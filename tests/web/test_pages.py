@@ -8,11 +8,10 @@ import re
 
 import pytest
 
-from receiver.sandbox import ServerThread
 from receiver.sandbox.media import sample_cover
-from receiver.sandbox.slack import SlackAnswer, SlackSinkSettings, create_slack_sink
+from receiver.sandbox.slack import SlackAnswer
 from receiver.web import jobs as jobs_view
-from tests.conftest import running_service, settings_restored, wait_for
+from tests.conftest import settings_restored, wait_for
 from tests.web.conftest import Browser
 
 ROW = re.compile(r'<(?:tr|li)[^>]*data-job-id="([^"]+)" data-status="([^"]+)"')
@@ -206,26 +205,6 @@ def test_a_running_job_is_refreshed_and_canceled_from_its_page(service, sandbox,
         canceled = browser.act(f"{page}/cancel", from_page=page)
         assert canceled.headers["location"] == f"{page}?done=canceled"
     assert service.job(job["id"])["status"] == "canceled"
-
-
-@pytest.fixture
-def slack():
-    app = create_slack_sink(SlackSinkSettings())
-    with ServerThread(app) as server:
-        app.state.slack.url = f"{server.url}/services/T000/B000/XXXX"
-        yield app.state.slack
-
-
-@pytest.fixture
-def slack_service(sandbox, slack, db_path):
-    extra = {
-        "env": {"SLACK_URL": slack.url},
-        "default_channels": ["team"],
-        "channels": {"team": {"type": "slack", "webhook_url_env": "SLACK_URL", "min_interval": 0}},
-        "notify": {"retry_base": 0.1, "retry_max": 0.2, "max_attempts": 1},
-    }
-    with running_service(sandbox.url, db_path, extra=extra) as svc:
-        yield svc
 
 
 def test_dead_deliveries_are_listed_with_their_error_and_retried_from_the_page(
