@@ -101,6 +101,33 @@ def test_spacing_is_the_rate_with_a_tenth_to_spare():
     assert Gate(requests_per_second=0, max_concurrency=1).spacing == 0.0
 
 
+class RecordingBudget:
+    """A shared budget that is always open, and remembers the spacing each request asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    async def reserve(self, spacing: float) -> tuple[float, float]:
+        self.asked.append(spacing)
+        return 0.0, 0.0
+
+    async def block(self, seconds: float) -> None:
+        pass
+
+
+def test_replicas_reserve_their_moments_with_a_quarter_to_spare():
+    gate = Gate(requests_per_second=4, max_concurrency=1)
+    budget = RecordingBudget()
+    gate.share(budget)
+
+    async def run():
+        async with gate.slot():
+            pass
+
+    asyncio.run(run())
+    assert budget.asked == [pytest.approx(1.25 / 4)]
+
+
 def test_each_request_sleeps_exactly_the_spacing_after_the_last(fake_time):
     async def run():
         gate = Gate(requests_per_second=4, max_concurrency=1, clock=fake_time.clock)
