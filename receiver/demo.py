@@ -148,12 +148,14 @@ SAMPLES = (
         "failed",
     ),
 )
-# Quick schedules for the demo; real defaults are in vidhook.example.toml.
+# Quick schedules for the demo; real defaults are in vidhook.example.toml. A callback
+# job is reconciled only well after its fake's one-second run, so that on a busy machine
+# its webhook still comes first, as the samples say.
 DEMO_POLLING = {
     "initial_delay": 0.3,
     "poll_interval": 0.3,
     "poll_max_interval": 1.0,
-    "reconcile_after": 2.0,
+    "reconcile_after": 4.0,
     "reconcile_interval": 2.0,
 }
 
