@@ -314,6 +314,14 @@ def test_a_failure_logs_the_latest_error_it_knows(conn, route, caplog, earlier, 
     ]
 
 
+def test_a_cancel_logs_no_result_and_no_error(conn, route, caplog):
+    insert(conn, route)
+    apply(conn, route, Observation(Status.CANCELED, "canceled"), "api", now=NOW + 3)
+    assert finished_lines(conn, caplog) == [
+        "job job_1 canceled after 3.0s (provider vidu, via api)"
+    ]
+
+
 @pytest.mark.parametrize(
     ("url", "told"),
     [
