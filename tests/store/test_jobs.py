@@ -15,7 +15,14 @@ import pytest
 from receiver.providers.base import Observation, Submission
 from receiver.states import Status
 from receiver.store import jobs
-from receiver.store.jobs import AdmittedCallback, CallbackTarget, JobNotFound, NewJob, UnknownToken
+from receiver.store.jobs import (
+    AdmittedCallback,
+    CallbackTarget,
+    JobNotFound,
+    NewJob,
+    UnknownTask,
+    UnknownToken,
+)
 
 NOW = 1_767_000_000.0
 EVENT_ID = re.compile(r"evt_[0-9a-f]{24}")
@@ -495,6 +502,51 @@ def test_a_refusal_by_admit_writes_nothing(conn, route):
         jobs.record_token_callback(
             conn, provider="vidu", token="tok-job_1", admit=refuse, now=NOW, route=route
         )
+    assert table(conn, "callbacks") == []
+    assert conn.execute("SELECT count(*) FROM nonces").fetchone()[0] == 0
+
+
+# -- record_task_callback -----------------------------------------------------------------------
+
+
+def test_a_task_callback_goes_to_the_latest_job_of_that_provider_with_the_task(conn, route):
+    for job_id, provider, created in (
+        ("job_old", "vidu", NOW), ("job_new", "vidu", NOW + 1), ("job_other", "kvid", NOW + 2),
+    ):  # fmt: skip
+        insert(conn, route, new_job(job_id, provider=provider), now=created)
+        set_columns(conn, job_id, provider_job_id="task-1")
+    seen: list[CallbackTarget] = []
+
+    def admit(target: CallbackTarget) -> AdmittedCallback:
+        seen.append(target)
+        return admitted()
+
+    job_id, outcome, kept = jobs.record_task_callback(
+        conn, provider="vidu", task_id="task-1", admit=admit, now=NOW + 5, route=route
+    )
+
+    assert (job_id, outcome, kept) == ("job_new", "accepted", admitted())
+    assert seen == [
+        CallbackTarget(
+            "job_new", "task-1", "sha256:0123456789abcdef",
+            "https://me.example/callbacks/vidu/tok-job_new",
+        )
+    ]  # fmt: skip
+    assert len(table(conn, "callbacks", "job_new")) == 1
+    assert job_row(conn, "job_new")["status"] == "processing"
+
+
+@pytest.mark.parametrize(("provider", "task_id"), [("vidu", "task-2"), ("kvid", "task-1")])
+def test_a_task_of_no_job_of_that_provider_is_unknown(conn, route, provider, task_id):
+    insert(conn, route)
+    set_columns(conn, provider_job_id="task-1")
+    admitting: list[CallbackTarget] = []
+    with pytest.raises(UnknownTask, match=f"no {provider} job has this task"):
+        jobs.record_task_callback(
+            conn, provider=provider, task_id=task_id, admit=admitting.append, now=NOW,
+            route=route,
+        )  # fmt: skip
+    assert admitting == []
     assert table(conn, "callbacks") == []
     assert conn.execute("SELECT count(*) FROM nonces").fetchone()[0] == 0
 
