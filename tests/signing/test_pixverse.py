@@ -7,7 +7,9 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import string
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -145,6 +147,14 @@ def test_values_are_written_as_text() -> None:
     )
 
 
+def test_nested_values_are_written_as_compact_json() -> None:
+    body = '{"o":{"k":[true,false,null,-2.50,{"d":{},"é":"a\\"b"}],"":[]}}'.encode()
+    assert pixverse.payload_text(body) == (
+        "o=%7B%22k%22%3A%5Btrue%2Cfalse%2Cnull%2C-2.50%2C%7B%22d%22%3A%7B%7D%2C%22%C3%A9%22"
+        "%3A%22a%5C%22b%22%7D%5D%2C%22%22%3A%5B%5D%7D"
+    )
+
+
 def test_the_vector_with_one_character_changed_is_bad_signature() -> None:
     changed = ("A" if SORTED_SIGNATURE[0] != "A" else "B") + SORTED_SIGNATURE[1:]
     assert reason(headers(signature=changed)) == "bad_signature"
@@ -272,6 +282,48 @@ def test_whitespace_and_escapes_in_the_json_are_not_signed() -> None:
     # The fields are signed, not the bytes: another spelling of the same JSON verifies.
     spaced = json.dumps(json.loads(BODY), indent=2, ensure_ascii=True).encode()
     assert pixverse.verify(SECRET, headers(), spaced, now=TS).order == pixverse.SORTED
+
+
+def sized_body(size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes."""
+    frame = b'{"id":"123456789","pad":""}'
+    return frame[:-2] + b"x" * (size - len(frame)) + frame[-2:]
+
+
+def test_a_body_of_up_to_one_mib_is_read_and_a_byte_more_is_malformed() -> None:
+    mib = 1024 * 1024
+    body = sized_body(mib)
+    assert len(body) == mib
+    assert pixverse.verify(SECRET, signed(body), body, now=TS).nonce == NONCE
+    longer = sized_body(mib + 1)
+    assert reason(signed(longer), longer) == "malformed_body"
+
+
+def test_a_nonce_of_128_characters_is_read() -> None:
+    nonce = "n" * 128
+    assert pixverse.verify(SECRET, signed(nonce=nonce), BODY, now=TS).nonce == nonce
+
+
+def test_headers_that_are_not_pairs_are_malformed_and_other_names_are_ignored() -> None:
+    assert reason([1, 2]) == "malformed_header"  # type: ignore[list-item]
+    assert reason(None) == "malformed_header"  # type: ignore[arg-type]
+    odd_names = [(4242, "x"), (b"webhook-nonce", "x"), *headers().items()]
+    verified = pixverse.verify(SECRET, odd_names, BODY, now=TS)  # type: ignore[arg-type]
+    assert verified.nonce == NONCE
+
+
+def test_without_now_the_clock_decides() -> None:
+    fresh = int(time.time())
+    assert pixverse.verify(SECRET, signed(ts=fresh), BODY).timestamp == fresh
+    with pytest.raises(SignatureError) as caught:
+        pixverse.verify(SECRET, headers(), BODY)
+    assert caught.value.reason == "stale_date"
+
+
+@pytest.mark.parametrize("now", [math.nan, math.inf, -math.inf])
+def test_a_now_that_is_no_time_is_a_programming_error(now: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        pixverse.verify(SECRET, headers(), BODY, now=now)
 
 
 # --- properties -----------------------------------------------------------------------------
