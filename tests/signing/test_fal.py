@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -147,6 +148,8 @@ def test_load_jwks_takes_bytes_text_or_a_mapping_and_keeps_kids() -> None:
     for form in (document, text, text.encode()):
         loaded = fal.load_jwks(form)
         assert [k.kid for k in loaded] == ["one", None]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded[0].kid = "other"  # type: ignore[misc]
 
 
 def test_load_jwks_skips_keys_it_cannot_use() -> None:
@@ -157,6 +160,8 @@ def test_load_jwks_skips_keys_it_cannot_use() -> None:
             {"kty": "OKP", "crv": "Ed25519", "x": "not base64!"},
             {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(b"short").decode()},
             {"kty": "OKP", "crv": "Ed25519"},
+            {"kty": "OKP", "x": jwk(RFC_KEY)["x"]},
+            {"kty": "OKP", "crv": "ED25519", "x": jwk(RFC_KEY)["x"]},
             "a string",
             jwk(RFC_KEY, "good"),
         ]
@@ -225,12 +230,16 @@ def test_missing_or_empty_header(header: str, value: str | None) -> None:
 
 def test_header_names_are_case_insensitive_and_pairs_work() -> None:
     pairs = [(name.upper(), value) for name, value in headers().items()]
-    pairs.append(("x-fal-webhook-user-id", USER_ID))  # the same value twice is fine
-    assert fal.verify(keys(RFC_KEY), pairs, BODY, now=TS).user_id == USER_ID
+    pairs.append(("x-fal-webhook-user-id", USER_ID[:3] + USER_ID[3:]))  # the same value twice
+    verified = fal.verify(keys(RFC_KEY), pairs, BODY, now=TS)
+    assert verified == fal.Verified(REQUEST_ID, USER_ID, TS, "k0")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.user_id = "other"  # type: ignore[misc]
 
 
-def test_header_repeated_with_another_value_is_malformed() -> None:
-    pairs = [*headers().items(), ("X-Fal-Webhook-Request-Id", "another")]
+@pytest.mark.parametrize("other", ["another", "0000"])  # after and before the first
+def test_header_repeated_with_another_value_is_malformed(other: str) -> None:
+    pairs = [*headers().items(), ("X-Fal-Webhook-Request-Id", other)]
     assert reason(pairs) == "malformed_header"
 
 
