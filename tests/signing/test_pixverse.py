@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -178,12 +179,16 @@ def test_missing_or_empty_header(header: str, value: str | None) -> None:
 
 def test_header_names_are_case_insensitive_and_pairs_work() -> None:
     pairs = [(name.upper(), value) for name, value in headers().items()]
-    pairs.append(("webhook-nonce", NONCE))  # the same value twice is fine
-    assert pixverse.verify(SECRET, pairs, BODY, now=TS).nonce == NONCE
+    pairs.append(("webhook-nonce", NONCE[:3] + NONCE[3:]))  # the same value twice is fine
+    verified = pixverse.verify(SECRET, pairs, BODY, now=TS)
+    assert verified == pixverse.Verified(TS, NONCE, pixverse.SORTED)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.nonce = "other"  # type: ignore[misc]
 
 
-def test_header_repeated_with_another_value_is_malformed() -> None:
-    pairs = [*headers().items(), ("Webhook-Nonce", "another")]
+@pytest.mark.parametrize("other", ["another", "0000"])  # after and before the first
+def test_header_repeated_with_another_value_is_malformed(other: str) -> None:
+    pairs = [*headers().items(), ("Webhook-Nonce", other)]
     assert reason(pairs) == "malformed_header"
 
 
