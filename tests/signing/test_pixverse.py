@@ -148,6 +148,18 @@ def test_values_are_written_as_text() -> None:
     )
 
 
+def test_an_order_read_at_run_time_is_the_same_order() -> None:
+    # Equal to the constant, not the same object: as an order read from a setting would be.
+    order: Any = "".join(["sor", "ted"])
+    assert pixverse.payload_text(BODY, order=order) == SORTED_PAYLOAD
+    assert pixverse.sign(SECRET, TS, NONCE, BODY, order=order) == SORTED_SIGNATURE
+
+
+def test_a_body_of_many_fields_verifies() -> None:
+    body = json.dumps({f"field_{i:03}": i for i in range(300)}).encode()
+    assert pixverse.verify(SECRET, signed(body), body, now=TS).order == pixverse.SORTED
+
+
 def test_nested_values_are_written_as_compact_json() -> None:
     body = '{"o":{"k":[true,false,null,-2.50,{"d":{},"é":"a\\"b"}],"":[]}}'.encode()
     assert pixverse.payload_text(body) == (
@@ -212,6 +224,7 @@ def test_header_repeated_with_another_value_is_malformed(other: str) -> None:
         {"signature": "*" + SORTED_SIGNATURE[1:]},
         {"signature": base64.b64decode(SORTED_SIGNATURE).hex()},
         {"signature": base64.urlsafe_b64encode(b"\xfb" * 32).decode()},
+        {"signature": base64.b64encode(b"\x00" * 33).decode()},  # 44 characters, 33 bytes
     ],
 )
 def test_malformed_header(changes: dict[str, str]) -> None:
