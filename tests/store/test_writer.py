@@ -6,6 +6,7 @@ Its batches, savepoints and cancellations are in test_writer_batches.py."""
 
 import asyncio
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -112,6 +113,7 @@ def test_a_write_behind_another_programs_lock_is_refused_after_the_busy_timeout(
 
 def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends(writer, db_path, caplog):
     caplog.set_level(logging.INFO, logger="vidhook.store")
+    began_at = time.monotonic()
     with write_locked(db_path):
         # Three rounds of refusals, several requests each: still one line.
         for round_ in range(3):
@@ -120,6 +122,7 @@ def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends(writer, d
                 assert isinstance(future.exception(timeout=10), DatabaseUnavailable)
     assert writer.submit(inserter("job_after")).result(timeout=10) == "job_after"
     assert writer.submit(inserter("job_after_2")).result(timeout=10) == "job_after_2"
+    lasted = time.monotonic() - began_at
 
     lines = outage_lines(caplog)
     assert len(lines) == 2, lines
@@ -128,6 +131,9 @@ def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends(writer, d
     assert "503" in began
     assert str(db_path) in ended and "takes writes again" in ended
     assert "(12 refused meanwhile)" in ended
+    # From the first refusal: two more busy timeouts at least, and no longer than the test.
+    told = float(re.search(r"after ([0-9.]+) s", ended)[1])  # type: ignore[index]
+    assert QUICK <= told <= lasted
     assert writer.outage is None
     assert job_ids(db_path) == {"job_after", "job_after_2"}
 
