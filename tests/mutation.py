@@ -4,8 +4,9 @@
 
 Each argument is a module or a folder of modules. For each module, cosmic-ray changes one
 thing at a time (an operator, a constant, a condition negated, a loop skipped) and runs the
-module's own tests against every such mutant: ``tests/<path>/test_<name>.py``, mirroring
-the package, or ``tests/store/`` for any store module. A mutant the tests pass with
+module's own tests against every such mutant: ``tests/<path>/test_<name>.py`` (and any
+``test_<name>_<part>.py`` beside it), mirroring the package, or the package's test folder
+for a module without a test file of its own. A mutant the tests pass with
 survives. The work happens in a throwaway copy of the tree, so the working tree is never
 changed and other work can go on meanwhile; mutants run one at a time.
 
@@ -77,7 +78,9 @@ def own_tests(module: str) -> list[str]:
     stem = path.parent.name if path.stem == "__init__" else path.stem
     mirrored = Path("tests", *parts, f"test_{stem}.py")
     if (ROOT / mirrored).exists():
-        return [str(mirrored)]
+        # A module's tests may be split over test_<name>_<part>.py files: all are its own.
+        parts_of = sorted((ROOT / mirrored.parent).glob(f"test_{stem}_*.py"))
+        return [str(mirrored), *(str(p.relative_to(ROOT)) for p in parts_of)]
     # A module without a file of its own is tested by its package's tests (the store's
     # smaller modules are exercised through the Store).
     package = Path("tests", *parts)

@@ -20,6 +20,9 @@ def test_each_module_is_tested_by_its_mirror():
     assert mutation.own_tests("signing/vidu.py") == ["tests/signing/test_vidu.py"]
     assert mutation.own_tests("receiver/states.py") == ["tests/test_states.py"]
     assert mutation.own_tests("receiver/store/jobs.py") == ["tests/store/test_jobs.py"]
+    assert mutation.own_tests("receiver/store/writer.py") == [
+        "tests/store/test_writer.py", "tests/store/test_writer_batches.py",
+    ]  # fmt: skip
     assert mutation.own_tests("receiver/store/__init__.py") == ["tests/store/test_store.py"]
     assert mutation.own_tests("receiver/store/schema.py") == ["tests/store/test_store.py"]
     # Without a file of its own, a module is tested by its package's folder.

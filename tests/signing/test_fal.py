@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
+import math
 import string
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -82,6 +85,12 @@ def reason(given_headers: Headers, body: bytes | str = BODY, *, now: float = TS)
     return caught.value.reason
 
 
+def reason_with(published: Sequence[fal.PublicKey], given_headers: Headers) -> str:
+    with pytest.raises(SignatureError) as caught:
+        fal.verify(published, given_headers, BODY, now=TS)
+    return caught.value.reason
+
+
 # --- the vector -----------------------------------------------------------------------------
 
 
@@ -139,6 +148,8 @@ def test_load_jwks_takes_bytes_text_or_a_mapping_and_keeps_kids() -> None:
     for form in (document, text, text.encode()):
         loaded = fal.load_jwks(form)
         assert [k.kid for k in loaded] == ["one", None]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded[0].kid = "other"  # type: ignore[misc]
 
 
 def test_load_jwks_skips_keys_it_cannot_use() -> None:
@@ -149,6 +160,8 @@ def test_load_jwks_skips_keys_it_cannot_use() -> None:
             {"kty": "OKP", "crv": "Ed25519", "x": "not base64!"},
             {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(b"short").decode()},
             {"kty": "OKP", "crv": "Ed25519"},
+            {"kty": "OKP", "x": jwk(RFC_KEY)["x"]},
+            {"kty": "OKP", "crv": "ED25519", "x": jwk(RFC_KEY)["x"]},
             "a string",
             jwk(RFC_KEY, "good"),
         ]
@@ -166,6 +179,46 @@ def test_load_jwks_refuses_what_holds_no_key(document: bytes | str | dict[str, o
         fal.load_jwks(document)
 
 
+def padded(document: dict[str, object], size: int) -> bytes:
+    """The JWKS as JSON, with spaces after it up to ``size`` bytes."""
+    text = json.dumps(document).encode()
+    return text + b" " * (size - len(text))
+
+
+def test_a_jwks_of_up_to_64_kib_loads_and_a_byte_more_is_refused() -> None:
+    document = {"keys": [jwk(RFC_KEY, "edge")]}
+    for form in (padded(document, 65536), padded(document, 65536).decode()):
+        assert [k.kid for k in fal.load_jwks(form)] == ["edge"]
+    for form in (padded(document, 65537), padded(document, 65537).decode()):
+        with pytest.raises(ValueError, match="over 65536 bytes"):
+            fal.load_jwks(form)
+
+
+def test_a_jwks_nested_too_deep_to_read_is_not_json() -> None:
+    with pytest.raises(ValueError, match="not JSON"):
+        fal.load_jwks("[" * 30000 + "]" * 30000)
+
+
+def test_a_jwks_gives_at_most_sixteen_keys() -> None:
+    many = [Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(17)]
+    loaded = fal.load_jwks({"keys": [jwk(k, f"k{i}") for i, k in enumerate(many)]})
+    assert [k.kid for k in loaded] == [f"k{i}" for i in range(16)]
+
+
+def test_verify_tries_at_most_sixteen_keys() -> None:
+    others = [Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in range(16)]
+    published = [*keys(*others), *keys(RFC_KEY)]
+    assert reason_with(published, headers()) == "bad_signature"
+    assert fal.verify(published[1:], headers(), BODY, now=TS).timestamp == TS
+
+
+@pytest.mark.parametrize("kid", ["", 7, None, ["k"]])
+def test_a_kid_that_is_not_a_name_is_none(kid: object) -> None:
+    entry: dict[str, object] = {**jwk(RFC_KEY), "kid": kid}
+    (loaded,) = fal.load_jwks({"keys": [entry]})
+    assert loaded.kid is None
+
+
 # --- every reason ---------------------------------------------------------------------------
 
 
@@ -177,12 +230,16 @@ def test_missing_or_empty_header(header: str, value: str | None) -> None:
 
 def test_header_names_are_case_insensitive_and_pairs_work() -> None:
     pairs = [(name.upper(), value) for name, value in headers().items()]
-    pairs.append(("x-fal-webhook-user-id", USER_ID))  # the same value twice is fine
-    assert fal.verify(keys(RFC_KEY), pairs, BODY, now=TS).user_id == USER_ID
+    pairs.append(("x-fal-webhook-user-id", USER_ID[:3] + USER_ID[3:]))  # the same value twice
+    verified = fal.verify(keys(RFC_KEY), pairs, BODY, now=TS)
+    assert verified == fal.Verified(REQUEST_ID, USER_ID, TS, "k0")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.user_id = "other"  # type: ignore[misc]
 
 
-def test_header_repeated_with_another_value_is_malformed() -> None:
-    pairs = [*headers().items(), ("X-Fal-Webhook-Request-Id", "another")]
+@pytest.mark.parametrize("other", ["another", "0000"])  # after and before the first
+def test_header_repeated_with_another_value_is_malformed(other: str) -> None:
+    pairs = [*headers().items(), ("X-Fal-Webhook-Request-Id", other)]
     assert reason(pairs) == "malformed_header"
 
 
@@ -255,6 +312,34 @@ def test_bad_signature(changes: dict[str, str], body: bytes) -> None:
 
 def test_a_text_body_that_cannot_be_utf8_is_bad_signature() -> None:
     assert reason(headers(), "\ud800") == "bad_signature"
+
+
+def test_an_id_of_256_characters_is_read() -> None:
+    long_id = "u" * 256
+    signed = sign(RFC_KEY, REQUEST_ID, long_id, TS, BODY)
+    assert fal.verify(keys(RFC_KEY), signed, BODY, now=TS).user_id == long_id
+
+
+def test_headers_that_are_not_pairs_are_malformed_and_other_names_are_ignored() -> None:
+    assert reason([1, 2]) == "malformed_header"  # type: ignore[list-item]
+    assert reason(None) == "malformed_header"  # type: ignore[arg-type]
+    odd_names = [(4242, "x"), (b"x-fal-webhook-user-id", "x"), *headers().items()]
+    assert fal.verify(keys(RFC_KEY), odd_names, BODY, now=TS).user_id == USER_ID  # type: ignore[arg-type]
+
+
+def test_without_now_the_clock_decides() -> None:
+    fresh = int(time.time())
+    signed = sign(RFC_KEY, REQUEST_ID, USER_ID, fresh, BODY)
+    assert fal.verify(keys(RFC_KEY), signed, BODY).timestamp == fresh
+    with pytest.raises(SignatureError) as caught:
+        fal.verify(keys(RFC_KEY), headers(), BODY)
+    assert caught.value.reason == "stale_date"
+
+
+@pytest.mark.parametrize("now", [math.nan, math.inf, -math.inf])
+def test_a_now_that_is_no_time_is_a_programming_error(now: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        fal.verify(keys(RFC_KEY), headers(), BODY, now=now)
 
 
 # --- properties -----------------------------------------------------------------------------

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
+import math
 import string
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -145,6 +148,26 @@ def test_values_are_written_as_text() -> None:
     )
 
 
+def test_an_order_read_at_run_time_is_the_same_order() -> None:
+    # Equal to the constant, not the same object: as an order read from a setting would be.
+    order: Any = "".join(["sor", "ted"])
+    assert pixverse.payload_text(BODY, order=order) == SORTED_PAYLOAD
+    assert pixverse.sign(SECRET, TS, NONCE, BODY, order=order) == SORTED_SIGNATURE
+
+
+def test_a_body_of_many_fields_verifies() -> None:
+    body = json.dumps({f"field_{i:03}": i for i in range(300)}).encode()
+    assert pixverse.verify(SECRET, signed(body), body, now=TS).order == pixverse.SORTED
+
+
+def test_nested_values_are_written_as_compact_json() -> None:
+    body = '{"o":{"k":[true,false,null,-2.50,{"d":{},"é":"a\\"b"}],"":[]}}'.encode()
+    assert pixverse.payload_text(body) == (
+        "o=%7B%22k%22%3A%5Btrue%2Cfalse%2Cnull%2C-2.50%2C%7B%22d%22%3A%7B%7D%2C%22%C3%A9%22"
+        "%3A%22a%5C%22b%22%7D%5D%2C%22%22%3A%5B%5D%7D"
+    )
+
+
 def test_the_vector_with_one_character_changed_is_bad_signature() -> None:
     changed = ("A" if SORTED_SIGNATURE[0] != "A" else "B") + SORTED_SIGNATURE[1:]
     assert reason(headers(signature=changed)) == "bad_signature"
@@ -168,12 +191,16 @@ def test_missing_or_empty_header(header: str, value: str | None) -> None:
 
 def test_header_names_are_case_insensitive_and_pairs_work() -> None:
     pairs = [(name.upper(), value) for name, value in headers().items()]
-    pairs.append(("webhook-nonce", NONCE))  # the same value twice is fine
-    assert pixverse.verify(SECRET, pairs, BODY, now=TS).nonce == NONCE
+    pairs.append(("webhook-nonce", NONCE[:3] + NONCE[3:]))  # the same value twice is fine
+    verified = pixverse.verify(SECRET, pairs, BODY, now=TS)
+    assert verified == pixverse.Verified(TS, NONCE, pixverse.SORTED)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.nonce = "other"  # type: ignore[misc]
 
 
-def test_header_repeated_with_another_value_is_malformed() -> None:
-    pairs = [*headers().items(), ("Webhook-Nonce", "another")]
+@pytest.mark.parametrize("other", ["another", "0000"])  # after and before the first
+def test_header_repeated_with_another_value_is_malformed(other: str) -> None:
+    pairs = [*headers().items(), ("Webhook-Nonce", other)]
     assert reason(pairs) == "malformed_header"
 
 
@@ -197,6 +224,7 @@ def test_header_repeated_with_another_value_is_malformed() -> None:
         {"signature": "*" + SORTED_SIGNATURE[1:]},
         {"signature": base64.b64decode(SORTED_SIGNATURE).hex()},
         {"signature": base64.urlsafe_b64encode(b"\xfb" * 32).decode()},
+        {"signature": base64.b64encode(b"\x00" * 33).decode()},  # 44 characters, 33 bytes
     ],
 )
 def test_malformed_header(changes: dict[str, str]) -> None:
@@ -272,6 +300,48 @@ def test_whitespace_and_escapes_in_the_json_are_not_signed() -> None:
     # The fields are signed, not the bytes: another spelling of the same JSON verifies.
     spaced = json.dumps(json.loads(BODY), indent=2, ensure_ascii=True).encode()
     assert pixverse.verify(SECRET, headers(), spaced, now=TS).order == pixverse.SORTED
+
+
+def sized_body(size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes."""
+    frame = b'{"id":"123456789","pad":""}'
+    return frame[:-2] + b"x" * (size - len(frame)) + frame[-2:]
+
+
+def test_a_body_of_up_to_one_mib_is_read_and_a_byte_more_is_malformed() -> None:
+    mib = 1024 * 1024
+    body = sized_body(mib)
+    assert len(body) == mib
+    assert pixverse.verify(SECRET, signed(body), body, now=TS).nonce == NONCE
+    longer = sized_body(mib + 1)
+    assert reason(signed(longer), longer) == "malformed_body"
+
+
+def test_a_nonce_of_128_characters_is_read() -> None:
+    nonce = "n" * 128
+    assert pixverse.verify(SECRET, signed(nonce=nonce), BODY, now=TS).nonce == nonce
+
+
+def test_headers_that_are_not_pairs_are_malformed_and_other_names_are_ignored() -> None:
+    assert reason([1, 2]) == "malformed_header"  # type: ignore[list-item]
+    assert reason(None) == "malformed_header"  # type: ignore[arg-type]
+    odd_names = [(4242, "x"), (b"webhook-nonce", "x"), *headers().items()]
+    verified = pixverse.verify(SECRET, odd_names, BODY, now=TS)  # type: ignore[arg-type]
+    assert verified.nonce == NONCE
+
+
+def test_without_now_the_clock_decides() -> None:
+    fresh = int(time.time())
+    assert pixverse.verify(SECRET, signed(ts=fresh), BODY).timestamp == fresh
+    with pytest.raises(SignatureError) as caught:
+        pixverse.verify(SECRET, headers(), BODY)
+    assert caught.value.reason == "stale_date"
+
+
+@pytest.mark.parametrize("now", [math.nan, math.inf, -math.inf])
+def test_a_now_that_is_no_time_is_a_programming_error(now: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        pixverse.verify(SECRET, headers(), BODY, now=now)
 
 
 # --- properties -----------------------------------------------------------------------------

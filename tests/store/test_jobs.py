@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import sqlite3
 from typing import Any
@@ -14,7 +15,14 @@ import pytest
 from receiver.providers.base import Observation, Progress, Submission
 from receiver.states import Status
 from receiver.store import jobs
-from receiver.store.jobs import AdmittedCallback, CallbackTarget, JobNotFound, NewJob, UnknownToken
+from receiver.store.jobs import (
+    AdmittedCallback,
+    CallbackTarget,
+    JobNotFound,
+    NewJob,
+    UnknownTask,
+    UnknownToken,
+)
 from tests.store.ops import run
 
 NOW = 1_767_000_000.0
@@ -249,6 +257,94 @@ def test_apply_to_a_missing_job_raises_and_writes_nothing(conn, route):
     assert route.calls == []
 
 
+# -- what a job's end leaves for after the commit ---------------------------------------------
+
+
+def downloads(conn) -> list[tuple[Any, ...]]:
+    query = "SELECT job_id, status, next_attempt_at, queued_at, updated_at FROM downloads"
+    return [tuple(r) for r in conn.execute(query)]
+
+
+def finished_lines(conn, caplog) -> list[str]:
+    """What the actions handed to the commit log, run as the writer runs them after it."""
+    caplog.set_level(logging.INFO, logger="vidhook.jobs")
+    for action in conn.committed:
+        action()
+    return [r.getMessage() for r in caplog.records if r.name == "vidhook.jobs"]
+
+
+def test_only_a_completion_queues_the_download_of_its_result(conn, route):
+    for job_id, end in (("job_f", Status.FAILED), ("job_x", Status.CANCELED)):
+        insert(conn, route, new_job(job_id))
+        apply(conn, route, Observation(Status.PROCESSING), job_id=job_id)
+        apply(conn, route, Observation(end), now=NOW + 20, job_id=job_id)
+    insert(conn, route)
+    apply(conn, route, Observation(Status.PROCESSING))
+    assert downloads(conn) == []
+
+    apply(conn, route, Observation(Status.COMPLETED, result_url="https://cdn/r.mp4"), now=NOW + 20)
+
+    assert downloads(conn) == [("job_1", "pending", NOW + 20, NOW + 20, NOW + 20)]
+
+
+def test_an_end_logs_one_line_after_the_commit_with_what_the_job_knows(conn, route, caplog):
+    insert(conn, route)
+    signed = "https://cdn.example/r.mp4?Expires=1767000600&Signature=c2VjcmV0"
+    apply(conn, route, Observation(Status.PROCESSING, result_url=signed), "callback")
+    assert conn.committed == []  # a job still running logs nothing
+
+    apply(conn, route, Observation(Status.COMPLETED), now=NOW + 72.5)
+
+    # The link of an earlier observation, without its query: that is a credential to the file.
+    assert finished_lines(conn, caplog) == [
+        "job job_1 completed after 72.5s (provider vidu, via poll):"
+        " result https://cdn.example/r.mp4?…"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("earlier", "error", "ending"),
+    [
+        (None, "AuditSubmitIllegal", ": AuditSubmitIllegal"),
+        ("quota exceeded", None, ": quota exceeded"),
+        ("quota exceeded", "AuditSubmitIllegal", ": AuditSubmitIllegal"),
+        (None, None, ""),
+    ],
+)
+def test_a_failure_logs_the_latest_error_it_knows(conn, route, caplog, earlier, error, ending):
+    insert(conn, route)
+    set_columns(conn, error=earlier)
+
+    apply(conn, route, Observation(Status.FAILED, error=error), "deadline", now=NOW + 3)
+
+    assert finished_lines(conn, caplog) == [
+        f"job job_1 failed after 3.0s (provider vidu, via deadline){ending}"
+    ]
+
+
+def test_a_cancel_logs_no_result_and_no_error(conn, route, caplog):
+    insert(conn, route)
+    apply(conn, route, Observation(Status.CANCELED, "canceled"), "api", now=NOW + 3)
+    assert finished_lines(conn, caplog) == [
+        "job job_1 canceled after 3.0s (provider vidu, via api)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "told"),
+    [
+        ("https://cdn.example/r.mp4", "https://cdn.example/r.mp4"),
+        ("https://cdn.example/r.mp4?", "https://cdn.example/r.mp4?…"),
+        ("https://cdn.example/r.mp4?a=1?b=2", "https://cdn.example/r.mp4?…"),
+    ],
+)
+def test_a_result_link_is_told_without_its_query(url, told):
+    finished = jobs.Finished("job_1", "vidu", Status.COMPLETED, "poll", url, None, 1.0)
+    assert (
+        str(finished) == f"job job_1 completed after 1.0s (provider vidu, via poll): result {told}"
+    )
+
+
 # -- record_submission ------------------------------------------------------------------------
 
 
@@ -426,6 +522,58 @@ def test_a_refusal_by_admit_writes_nothing(conn, route):
             now=NOW,
             route=route,
         )
+    assert table(conn, "callbacks") == []
+    assert conn.execute("SELECT count(*) FROM nonces").fetchone()[0] == 0
+
+
+# -- record_task_callback -----------------------------------------------------------------------
+
+
+def test_a_task_callback_goes_to_the_latest_job_of_that_provider_with_the_task(conn, route):
+    for job_id, provider, created in (
+        ("job_old", "vidu", NOW), ("job_new", "vidu", NOW + 1), ("job_other", "kvid", NOW + 2),
+    ):  # fmt: skip
+        insert(conn, route, new_job(job_id, provider=provider), now=created)
+        set_columns(conn, job_id, provider_job_id="task-1")
+    seen: list[CallbackTarget] = []
+
+    def admit(target: CallbackTarget) -> AdmittedCallback:
+        seen.append(target)
+        return admitted()
+
+    job_id, outcome, kept = run(
+        jobs.record_task_callback,
+        conn,
+        provider="vidu",
+        task_id="task-1",
+        admit=admit,
+        now=NOW + 5,
+        route=route,
+    )
+
+    assert (job_id, outcome, kept) == ("job_new", "accepted", admitted())
+    assert seen == [
+        CallbackTarget(
+            "job_new", "task-1", "sha256:0123456789abcdef",
+            "https://me.example/callbacks/vidu/tok-job_new",
+        )
+    ]  # fmt: skip
+    assert len(table(conn, "callbacks", "job_new")) == 1
+    assert job_row(conn, "job_new")["status"] == "processing"
+
+
+@pytest.mark.parametrize(("provider", "task_id"), [("vidu", "task-2"), ("kvid", "task-1")])
+def test_a_task_of_no_job_of_that_provider_is_unknown(conn, route, provider, task_id):
+    insert(conn, route)
+    set_columns(conn, provider_job_id="task-1")
+    admitting: list[CallbackTarget] = []
+    with pytest.raises(UnknownTask, match=f"no {provider} job has this task"):
+        run(
+            jobs.record_task_callback, conn, provider=provider, task_id=task_id,
+            admit=admitting.append, now=NOW,
+            route=route,
+        )  # fmt: skip
+    assert admitting == []
     assert table(conn, "callbacks") == []
     assert conn.execute("SELECT count(*) FROM nonces").fetchone()[0] == 0
 
