@@ -4,7 +4,7 @@ Every request to a provider passes through its Gate, so submissions, polls and r
 share one budget, and a provider that is slow or refusing never holds up another.
 
 With replicas (PostgreSQL), the rate and the pauses are shared too: a Gate given a
-``SharedBudget`` reserves each request's moment in the database (receiver.store.budgets),
+``SharedBudget`` takes each request's turn in the database (receiver.store.budgets),
 so that all the replicas together keep to ``requests_per_second``. Concurrency stays
 each replica's own.
 """
@@ -21,10 +21,11 @@ from typing import Protocol
 log = logging.getLogger("vidhook.providers")
 
 SAFETY = 1.1
-# Replicas share a schedule of moments reserved in the database, and each sends at its
-# moment from a process and a path of its own: a request that leaves a little late lands
-# close to the next replica's, which is on time. The wider margin absorbs that.
+# Replicas take turns in the database, each when its turn is due, and send from a process
+# and a path of their own: the time from taking a turn to reaching the provider differs
+# from one request to the next. The wider margin absorbs that.
 SHARED_SAFETY = 1.25
+MIN_RETRY = 0.005  # seconds before asking for a shared turn again that looked free
 
 
 class GateClosed(Exception):
@@ -36,8 +37,9 @@ class GateClosed(Exception):
 
 
 class SharedBudget(Protocol):
-    async def reserve(self, spacing: float) -> tuple[float, float]:
-        """Seconds until this request's moment, and until the shared pause ends."""
+    async def take(self, spacing: float) -> tuple[bool, float, float]:
+        """Whether this request took the shared turn; if not, seconds until the next turn
+        and until the shared pause ends."""
         ...
 
     async def block(self, seconds: float) -> None: ...
@@ -100,10 +102,13 @@ class Gate:
             self._next_send = self._clock() + self.spacing
             if self.budget is not None and self.spacing > 0:
                 shared = self.spacing * SHARED_SAFETY / SAFETY
-                until_turn, until_open = await self.budget.reserve(shared)
-                wait = max(until_turn, until_open)
-                if max_wait is not None and wait > max_wait:
-                    raise GateClosed(wait)
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                while True:
+                    taken, until_turn, until_open = await self.budget.take(shared)
+                    if taken:
+                        break
+                    wait = max(until_turn, until_open)
+                    if max_wait is not None and wait > max_wait:
+                        raise GateClosed(wait)
+                    # Another replica may take the turn first: then ask again.
+                    await asyncio.sleep(max(wait, MIN_RETRY))
             yield

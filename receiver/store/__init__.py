@@ -570,12 +570,12 @@ class ProviderBudget:
         self.store = store
         self.provider = provider
 
-    async def reserve(self, spacing: float) -> tuple[float, float]:
-        until_turn, until_open, answered = await self.store.write(
-            partial(budgets.reserve, provider=self.provider, spacing=spacing)
+    async def take(self, spacing: float) -> tuple[bool, float, float]:
+        taken, until_turn, until_open, answered = await self.store.write(
+            partial(budgets.take, provider=self.provider, spacing=spacing)
         )
         spent = time.monotonic() - answered  # the commit, and the way back here
-        return until_turn - spent, until_open - spent
+        return taken, until_turn - spent, until_open - spent
 
     async def block(self, seconds: float) -> None:
         await self.store.write(partial(budgets.block, provider=self.provider, seconds=seconds))

@@ -107,15 +107,15 @@ class RecordingBudget:
     def __init__(self) -> None:
         self.asked: list[float] = []
 
-    async def reserve(self, spacing: float) -> tuple[float, float]:
+    async def take(self, spacing: float) -> tuple[bool, float, float]:
         self.asked.append(spacing)
-        return 0.0, 0.0
+        return True, 0.0, 0.0
 
     async def block(self, seconds: float) -> None:
         pass
 
 
-def test_replicas_reserve_their_moments_with_a_quarter_to_spare():
+def test_replicas_take_their_turns_with_a_quarter_to_spare():
     gate = Gate(requests_per_second=4, max_concurrency=1)
     budget = RecordingBudget()
     gate.share(budget)
@@ -238,3 +238,47 @@ def test_a_pause_shorter_than_the_callers_patience_is_waited(fake_time):
 
     asyncio.run(run())
     assert fake_time.slept == [2.0]
+
+
+class BusyBudget:
+    """A shared budget whose turn another replica takes first, once."""
+
+    def __init__(self) -> None:
+        self.answers = [(False, 0.05, 0.0), (False, -0.01, 0.0), (True, 0.0, 0.0)]
+        self.asked = 0
+
+    async def take(self, spacing: float) -> tuple[bool, float, float]:
+        self.asked += 1
+        return self.answers.pop(0)
+
+    async def block(self, seconds: float) -> None:
+        pass
+
+
+def test_a_turn_another_replica_took_is_asked_for_again_until_taken():
+    gate = Gate(requests_per_second=4, max_concurrency=1)
+    budget = BusyBudget()
+    gate.share(budget)
+
+    async def run() -> float:
+        began = time.monotonic()
+        async with gate.slot():
+            return time.monotonic() - began
+
+    waited = asyncio.run(run())
+    assert budget.asked == 3 and budget.answers == []
+    assert waited >= 0.05  # the turn's wait was slept before asking again
+
+
+def test_a_shared_pause_past_max_wait_closes_the_gate():
+    gate = Gate(requests_per_second=4, max_concurrency=1)
+    budget = BusyBudget()
+    budget.answers = [(False, 0.0, 30.0)]
+    gate.share(budget)
+
+    async def run() -> None:
+        async with gate.slot(max_wait=5.0):
+            pass
+
+    with pytest.raises(GateClosed):
+        asyncio.run(run())
