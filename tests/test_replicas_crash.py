@@ -54,6 +54,7 @@ from tests.test_crash import (
     check_deliveries,
     check_transitions,
     config_for,
+    count_answers,
     explained,
 )
 from tests.test_restart import ServiceProcess
@@ -222,14 +223,7 @@ def check_everything(
     # Work a killed replica had claimed waits for its lease to run out (15 s).
     wait_for(settled, timeout=90, what="every delivery sent, success confirmed, result kept")
     sent = stream.sent
-    answers = [x for cb in sent for x in cb.answers]
-    run.stats.update(
-        callbacks=len(sent),
-        requests=len(answers),
-        failed=sum(not x.startswith("200") for x in answers),
-        answered_duplicate=answers.count("200 duplicate"),
-        successes=sum(cb.state == "success" for cb in sent),
-    )
+    count_answers(run, sent)
     check_callbacks_of_replicas(a, sent)
     transitions = check_transitions(a, sent)
     deliveries = check_deliveries(a, transitions)

@@ -13,29 +13,16 @@ import pytest
 from receiver.providers.base import Observation
 from receiver.providers.limits import Gate
 from receiver.states import Status
-from receiver.store import AdmittedCallback, NewJob, Store, claims
+from receiver.store import AdmittedCallback, Store, claims
 from receiver.store.queries import due_polls
 from tests.pg import PgRows
+from tests.store.test_store import new_job
 
 pytestmark = pytest.mark.postgres
 
 
 def route_all(status, notify):
     return ["team"] if status in (Status.PROCESSING, Status.COMPLETED, Status.FAILED) else []
-
-
-def new_job(job_id):
-    return NewJob(
-        id=job_id,
-        provider="vidu",
-        model="viduq2",
-        prompt="a cat",
-        request={"images": []},
-        callback_token=f"tok-{job_id}",
-        callback_url=f"https://hooks.example.com/callbacks/vidu/tok-{job_id}",
-        key_fingerprint="sha256:0123456789abcdef",
-        notify=None,
-    )
 
 
 class Clock:
